@@ -1,0 +1,127 @@
+"""Replay decoder layers on calibration windows: capture layer inputs, collect Hessians.
+
+Layer call arguments (position embeddings, masks) are captured once per batch from the model's own
+forward; ``past_key_values``/``use_cache`` are dropped so no replay ever attends to another window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .models.adapters import INPUT_OF, STAT_ORDER, ArchitectureAdapter
+
+_DROP_KWARGS = ("past_key_values", "past_key_value", "use_cache", "cache_position")
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass early once everything needed was seen."""
+
+
+@dataclass
+class LayerInputs:
+    """Hidden states entering one decoder layer, batch by batch, with the layer's call kwargs."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of calibration tokens held."""
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_layer_inputs(
+    model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, batch_size: int
+) -> LayerInputs:
+    """Inputs of decoder layer 0 for all calibration windows (embeddings + call kwargs)."""
+    first = adapter.decoder_layers(model)[0]
+    captured = LayerInputs(hidden=[])
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        captured.kwargs.append({k: v for k, v in kwargs.items() if k not in _DROP_KWARGS})
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, windows.shape[0], batch_size):
+            try:
+                model(windows[start : start + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
+    """The layer's outputs for every batch (the next layer's inputs)."""
+    outs = []
+    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+        out = layer(hidden, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return LayerInputs(hidden=outs, kwargs=inputs.kwargs)
+
+
+@torch.no_grad()
+def collect_hessians(
+    layer: nn.Module,
+    adapter: ArchitectureAdapter,
+    inputs: LayerInputs,
+    keys: tuple[str, ...] = STAT_ORDER,
+) -> dict[str, torch.Tensor]:
+    """H = (2/N)·Σ x xᵀ (float32) for each requested distinct linear input of ``layer``.
+
+    The forward pass stops right after the last requested input is seen.
+    """
+    unknown = set(keys) - set(STAT_ORDER)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; allowed: {STAT_ORDER}")
+    ordered = [k for k in STAT_ORDER if k in keys]
+    role_of = {key: next(r for r, k in INPUT_OF.items() if k == key) for key in ordered}
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(ordered, 0)
+    handles = []
+
+    def make_hook(key: str, last: bool):
+        def hook(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            if key not in sums:
+                sums[key] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+            sums[key].addmm_(x.T, x)
+            counts[key] += x.shape[0]
+            if last:
+                raise _Stop
+
+        return hook
+
+    for i, key in enumerate(ordered):
+        lin = adapter.linear(layer, role_of[key])
+        handles.append(lin.register_forward_pre_hook(make_hook(key, i == len(ordered) - 1)))
+    try:
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+            try:
+                layer(hidden, **kwargs)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: sums[k] * (2.0 / counts[k]) for k in ordered}

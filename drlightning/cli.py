@@ -1,0 +1,71 @@
+"""``drlightning fit --config configs/<model>/<method>-<pattern>.yaml``: a LightningCLI whose fit
+runs the per-layer rotate → merge → prune loop (a fresh Trainer per layer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from .calibration_data import CalibrationDataModule
+from .rotation_module import RotationModule
+from .run import RunOptions, check_precision, default_trainer_factory, run_job
+
+TRAINER_DEFAULTS = {
+    "accelerator": "auto",
+    "devices": 1,
+    "precision": "32-true",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 10,
+    "enable_progress_bar": False,
+}
+
+
+class DRLightningCLI(LightningCLI):
+    """LightningCLI for drlightning: ``model`` = per-layer RotationModule settings, ``data`` =
+    calibration data, ``trainer`` = the template of each layer's Trainer, ``run`` = RunOptions."""
+
+    def __init__(self, args=None, run: bool = True) -> None:
+        super().__init__(
+            RotationModule,
+            CalibrationDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=None,
+            seed_everything_default=0,
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.link_arguments("model.steps", "trainer.max_steps")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Only ``fit``: the layer loop has no separate validate/test/predict stage yet."""
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+
+    def fit(self, model: RotationModule, datamodule: CalibrationDataModule, **_) -> dict:
+        """Run the layer loop; the Trainer built by LightningCLI is used as the per-layer template."""
+        cfg = self.config["fit"]
+        check_precision(cfg.trainer.precision)
+        opts = RunOptions(**cfg.run.as_dict())
+        base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
+                if k not in ("callbacks", "max_steps", "logger")}
+        user_callbacks = self.config_init["fit"]["trainer"].get("callbacks") or []
+        make = default_trainer_factory(opts, Path(opts.output_dir), base, user_callbacks)
+        text = self._parser("fit").dump(cfg, skip_none=False)
+        self.results = run_job(model, datamodule, opts, make, config_text=text)
+        return self.results
+
+
+def main(args=None) -> None:
+    """Console entry point."""
+    DRLightningCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

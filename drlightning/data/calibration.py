@@ -1,0 +1,83 @@
+"""Tokenisation and SparseGPT/Wanda-style random calibration windows."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+
+def tokenize_text(tokenizer: Any, text: str) -> torch.LongTensor:
+    """Tokenise ``text`` once into a (1, N) LongTensor, without the "longer than max" warning."""
+    from transformers import PreTrainedTokenizerBase
+
+    kwargs = {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
+    ids = tokenizer(text, **kwargs)["input_ids"]
+    return torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+
+
+class _TokenCache:
+    """Tokenise each document at most once, on first use."""
+
+    def __init__(self, tokenizer: Any, documents: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.documents = documents
+        self.tokens: dict[int, torch.Tensor] = {}
+
+    def __call__(self, index: int) -> torch.Tensor:
+        if index not in self.tokens:
+            self.tokens[index] = tokenize_text(self.tokenizer, self.documents[index])[0]
+        return self.tokens[index]
+
+
+def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int) -> None:
+    """Raise unless documents longer than ``seqlen`` hold ≥ nsamples × seqlen tokens.
+
+    Documents are tokenised in order only until enough text is found, so a large corpus
+    (a C4 shard) is not tokenised whole.
+    """
+    need = nsamples * seqlen
+    held, longest = 0, 0
+    for index in range(len(cache.documents)):
+        count = cache(index).numel()
+        longest = max(longest, count)
+        if count > seqlen:
+            held += count
+            if held >= need:
+                return
+    if held == 0:
+        raise ValueError(f"no calibration document is longer than seqlen={seqlen} tokens (the "
+                         f"longest has {longest}); lower seqlen or give longer text")
+    raise ValueError(f"too little calibration text: need nsamples × seqlen = {nsamples} × "
+                     f"{seqlen} = {need} tokens, the text holds {held} (in documents longer "
+                     "than seqlen); lower nsamples/seqlen or give more text")
+
+
+def calibration_windows(
+    tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int = 0
+) -> torch.LongTensor:
+    """``nsamples`` random windows of ``seqlen`` tokens, shape (nsamples, seqlen).
+
+    Paper protocol: seed the RNG; per sample draw random documents until one has more than
+    ``seqlen`` tokens, then a random start in it. A private ``random.Random(seed)`` gives the
+    same draws as ``random.seed(seed)`` without touching the global RNG.
+    """
+    if not isinstance(nsamples, int) or nsamples < 1:
+        raise ValueError(f"nsamples={nsamples!r} must be an integer ≥ 1")
+    if not isinstance(seqlen, int) or seqlen < 2:
+        raise ValueError(f"seqlen={seqlen!r} must be an integer ≥ 2")
+    if not documents:
+        raise ValueError("no calibration documents given")
+    cache = _TokenCache(tokenizer, documents)
+    _check_enough(cache, nsamples, seqlen)
+    rng = random.Random(seed)
+    windows = []
+    for _ in range(nsamples):
+        while True:
+            tokens = cache(rng.randint(0, len(documents) - 1))
+            if tokens.numel() > seqlen:
+                break
+        start = rng.randint(0, tokens.numel() - seqlen - 1)
+        windows.append(tokens[start:start + seqlen])
+    return torch.stack(windows)

@@ -1,0 +1,61 @@
+"""The per-layer LightningDataModule: a decoder layer's frozen weights, Hessians and inputs.
+
+Rotation training needs no batches: the objective is a deterministic function of frozen weights and
+Hessians. The dataloader therefore yields one step index per optimisation step, and the frozen
+tensors reach the LightningModule once (as non-persistent buffers) in ``configure_model``.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning import LightningDataModule
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .capture import LayerInputs
+from .models.adapters import ROLES, ArchitectureAdapter, HeadLayout
+
+
+class _Steps(Dataset):
+    """``n`` full-batch optimisation steps; item i is just the step index."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class LayerDataModule(LightningDataModule):
+    """One decoder layer as a 'dataset': frozen weights, Hessians, calibration inputs."""
+
+    def __init__(
+        self,
+        index: int,
+        layer: nn.Module,
+        adapter: ArchitectureAdapter,
+        layout: HeadLayout,
+        inputs: LayerInputs,
+        hessians: dict[str, torch.Tensor] | None,
+        steps: int,
+    ) -> None:
+        super().__init__()
+        self.index = index
+        self.layer = layer
+        self.adapter = adapter
+        self.layout = layout
+        self.inputs = inputs
+        self.hessians = hessians
+        self.steps = steps
+        self.rotation: torch.Tensor | None = None
+        self.prune_report: dict = {}
+
+    def frozen_weights(self) -> dict[str, torch.Tensor]:
+        """Float32 copies of the seven linear weights (after norm folding)."""
+        return {r: self.adapter.linear(self.layer, r).weight.detach().float() for r in ROLES}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.steps), batch_size=None, shuffle=False)

@@ -1,0 +1,132 @@
+"""Per-architecture facts as data: where each linear role lives and how attention heads are laid out.
+
+Every supported model is a stack of pre-norm decoder layers with a q/k/v/o attention block and a
+gated MLP (gate/up/down). The adapters below only say *where* things are; all rotation, pruning and
+capture code is written once against these roles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+"""The seven linear roles of a decoder layer, in forward order."""
+
+INPUT_OF: dict[str, str] = {
+    "q": "attn_in",
+    "k": "attn_in",
+    "v": "attn_in",
+    "o": "o",
+    "gate": "mlp_in",
+    "up": "mlp_in",
+    "down": "down",
+}
+"""Which distinct input (and so which Hessian) each role reads."""
+
+STAT_ORDER: tuple[str, ...] = ("attn_in", "o", "mlp_in", "down")
+"""Distinct linear inputs in the order a forward pass reaches them."""
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where the parts of one decoder-only architecture live (dotted attribute paths)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    linears: dict[str, str] = field(
+        default_factory=lambda: {
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj",
+            "gate": "mlp.gate_proj",
+            "up": "mlp.up_proj",
+            "down": "mlp.down_proj",
+        }
+    )
+    input_norm: str = "input_layernorm"
+    post_attention_norm: str = "post_attention_layernorm"
+    norm_feeds: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "input_layernorm": ("q", "k", "v"),
+            "post_attention_layernorm": ("gate", "up"),
+        }
+    )
+    """Each RMSNorm (attribute inside a layer) and the roles whose input it scales."""
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The model's list of decoder layers."""
+        return _get(model, self.layers)
+
+    def linear(self, layer: nn.Module, role: str) -> nn.Linear:
+        """The nn.Linear playing ``role`` inside a decoder layer (unwrapping rotation wrappers)."""
+        layer = getattr(layer, "inner", layer)
+        return _get(layer, self.linears[role])
+
+    def norm(self, layer: nn.Module, attr: str) -> nn.Module:
+        """An RMSNorm module inside a decoder layer."""
+        return _get(getattr(layer, "inner", layer), attr)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Sizes needed by the rotation objective, read from a model config."""
+
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate: int
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per KV head (HF ``repeat_kv`` factor)."""
+        return self.n_heads // self.n_kv_heads
+
+    @classmethod
+    def from_config(cls, config) -> HeadLayout:
+        """Read hidden size, head counts and head_dim from a transformers config."""
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        if n_heads % n_kv:
+            raise ValueError(f"num_attention_heads={n_heads} is not a multiple of "
+                             f"num_key_value_heads={n_kv}")
+        return cls(config.hidden_size, n_heads, n_kv, head_dim, config.intermediate_size)
+
+
+ADAPTERS: tuple[ArchitectureAdapter, ...] = (
+    ArchitectureAdapter(name="llama", model_types=("llama",)),
+    ArchitectureAdapter(name="qwen2", model_types=("qwen2",)),
+    ArchitectureAdapter(name="mistral", model_types=("mistral",)),
+)
+
+
+def supported_model_types() -> list[str]:
+    """All ``config.model_type`` values drlightning can rotate."""
+    return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for(config) -> ArchitectureAdapter:
+    """The adapter for a transformers config; a clear error for anything unsupported."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise ValueError(
+        f"unsupported architecture model_type={model_type!r}; drlightning supports "
+        f"{', '.join(supported_model_types())}"
+    )
+
+
+def _get(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj

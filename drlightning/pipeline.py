@@ -1,0 +1,69 @@
+"""The layer loop: per decoder layer fold → collect H → fit rotations → merge → prune → propagate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from lightning import Trainer
+from torch import nn
+from tqdm.auto import tqdm
+
+from drlightning.callbacks import prune_layer
+
+from .capture import capture_layer_inputs, collect_hessians, run_layer
+from .layer_data import LayerDataModule
+from .models.adapters import ArchitectureAdapter, HeadLayout
+from .rotation import fold_norms
+from .rotation_module import RotationModule
+
+TrainerFactory = Callable[[int, RotationModule], Trainer]
+
+
+def rotate_and_prune(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    windows: torch.Tensor,
+    template: RotationModule,
+    make_trainer: TrainerFactory,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
+    """Rotate and prune every decoder layer of ``model`` in place, sequentially.
+
+    Layer ℓ sees the outputs of the already rotated and pruned layers before it. With
+    ``steps == 0`` no rotation is trained or merged and the plain pruner runs on the original layer.
+    Returns one report dict per layer.
+    """
+    hp = template.settings()
+    steps, method = hp["steps"], hp["method"]
+    layout = HeadLayout.from_config(model.config)
+    inputs = capture_layer_inputs(model, adapter, windows, batch_size)
+    layers = adapter.decoder_layers(model)
+    reports = []
+    bar = tqdm(range(len(layers)), desc="layers", disable=not progress)
+    for i in bar:
+        start = time.perf_counter()
+        layer = layers[i]
+        report: dict = {"layer": i}
+        if steps == 0:
+            sparsity = prune_layer(layer, adapter, inputs, method, hp["pattern"])
+            report["sparsity"] = sparsity
+        else:
+            fold_norms(layer, adapter)
+            hessians = collect_hessians(layer, adapter, inputs) if method != "magnitude" else None
+            dm = LayerDataModule(i, layer, adapter, layout, inputs, hessians, steps)
+            module = template.fresh()
+            fit_start = time.perf_counter()
+            make_trainer(i, module).fit(module, datamodule=dm)
+            layers[i] = layer = dm.layer
+            report.update(dm.rotation_report, **dm.prune_report,
+                          fit_seconds=time.perf_counter() - fit_start)
+            del dm, module, hessians
+        inputs = run_layer(layer, inputs)
+        report["seconds"] = time.perf_counter() - start
+        if steps:
+            bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")
+        reports.append(report)
+    return reports

@@ -1,0 +1,69 @@
+"""Run directories, provenance and the printed result table."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+EVAL_PROTOCOL = {
+    "perplexity": "non-overlapping windows of eval_seqlen tokens over the evaluation text joined "
+                  "with '\\n\\n' and tokenised once; exp(mean token NLL) (WikiText-2 protocol)",
+    "calibration": "nsamples random windows of seqlen tokens; random.seed(seed); documents longer "
+                   "than seqlen; random start (SparseGPT/Wanda/DenoiseRotator protocol)",
+}
+PACKAGES = ("drlightning", "torch", "lightning", "transformers", "datasets", "lm_eval", "gguf")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape the numbers."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the compute device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def format_table(results: dict) -> str:
+    """A small plain-text table of dense vs pruned perplexity."""
+    title = (f"{results['model']} | {results['method']} {results['pattern']} | "
+             f"steps {results['steps']}")
+    rows = [title, f"{'dataset':<16}{'dense ppl':>12}{'pruned ppl':>12}"]
+    for name, ppl in results["ppl"].items():
+        dense = results.get("dense_ppl", {}).get(name)
+        dense_s = f"{dense:12.3f}" if dense is not None else f"{'-':>12}"
+        rows.append(f"{name:<16}{dense_s}{ppl:12.3f}")
+    rows.append(f"wall time {results['seconds']:.1f} s")
+    return "\n".join(rows)

@@ -1,0 +1,130 @@
+"""The DenoiseRotator objective: summed entropy of importance scores of one rotated layer.
+
+Shapes follow nn.Linear (out, in). With Q (d×d, residual stream) and R2 (G×hd×hd, one per KV head):
+
+| role            | rotated weight  | input factor c_j (wanda / sparsegpt)       | entropy groups |
+| q, k, gate, up  | W·Q             | D(QᵀHQ) / 1 / D(Qᵀ(H+λI)⁻¹Q)               | rows           |
+| v               | B_vᵀ·W·Q        | as q                                       | rows + columns |
+| o               | Qᵀ·W·B_o        | D(B_oᵀHB_o) / 1 / D(B_oᵀ(H+λI)⁻¹B_o)       | rows + columns |
+| down            | Qᵀ·W            | cancels inside each column                 | columns        |
+
+Scores are S = W̃² ⊙ c. Diagonals use D(QᵀMQ)_j = Σ_i (MQ)_ij Q_ij; QᵀMQ is never formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.adapters import HeadLayout
+from .entropy import group_entropy
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def damped_inverse(h: torch.Tensor, percdamp: float = 0.01, quirk: bool = False) -> torch.Tensor:
+    """(H + λI)⁻¹ with λ = percdamp·mean(diag H); dead inputs (H_jj = 0) get H_jj = 1 first.
+
+    ``quirk=True`` reproduces the authors' released code (λ added *after* inversion), under which the
+    SparseGPT denominator is nearly constant and the objective collapses to magnitude.
+    """
+    h = h.clone()
+    diag = torch.diagonal(h)
+    diag[diag == 0] = 1.0
+    lam = percdamp * diag.mean()
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    if quirk:
+        return torch.linalg.inv(h + 1e-8 * lam * eye) + lam * eye
+    chol = torch.linalg.cholesky(h + lam * eye)
+    return torch.cholesky_inverse(chol)
+
+
+@dataclass
+class FrozenLayer:
+    """Frozen float32 weights and per-input matrices M (H for wanda, (H+λI)⁻¹ for sparsegpt)."""
+
+    weights: dict[str, torch.Tensor]
+    m_attn: torch.Tensor | None
+    m_mlp: torch.Tensor | None
+    m_o_blocks: torch.Tensor | None
+    """Diagonal (hd × hd) blocks of M_o, one per attention head: (n_heads, hd, hd)."""
+
+
+def frozen_layer(
+    weights: dict[str, torch.Tensor],
+    hessians: dict[str, torch.Tensor] | None,
+    method: str,
+    layout: HeadLayout,
+    quirks: bool = False,
+) -> FrozenLayer:
+    """Precompute what the objective needs from the frozen weights and Hessians."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    w = {k: v.detach().float() for k, v in weights.items()}
+    if method == "magnitude":
+        return FrozenLayer(w, None, None, None)
+    assert hessians is not None, "wanda/sparsegpt objectives need Hessians"
+
+    def m_of(h: torch.Tensor) -> torch.Tensor:
+        h = h.float()
+        return h if method == "wanda" else damped_inverse(h, quirk=quirks)
+
+    hd, nh = layout.head_dim, layout.n_heads
+    m_o = m_of(hessians["o"]).reshape(nh, hd, nh, hd)
+    idx = torch.arange(nh, device=m_o.device)
+    return FrozenLayer(w, m_of(hessians["attn_in"]), m_of(hessians["mlp_in"]),
+                       m_o[idx, :, idx, :].contiguous())
+
+
+def _diag_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch.Tensor | None:
+    """c = D(QᵀMQ) for wanda or 1/D(QᵀMQ) for sparsegpt; works batched over leading dims."""
+    if m is None:
+        return None
+    d = ((m @ q) * q).sum(dim=-2)
+    return d if method == "wanda" else 1.0 / d
+
+
+def _scores(w: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    s = w.square()
+    return s if c is None else s * c
+
+
+def layer_entropy(
+    q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total entropy (the loss) and its part per role for rotations Q (d×d) and R2 (G×hd×hd)."""
+    w = frozen.weights
+    g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
+    c_attn = _diag_factor(frozen.m_attn, q, method)
+    c_mlp = _diag_factor(frozen.m_mlp, q, method)
+    parts: dict[str, torch.Tensor] = {}
+
+    n_q = w["q"].shape[0]
+    qk = torch.cat([w["q"], w["k"]]) @ q
+    s = _scores(qk, c_attn)
+    parts["q"] = group_entropy(s[:n_q], dim=1)
+    parts["k"] = group_entropy(s[n_q:], dim=1)
+
+    wv = torch.einsum("gij,gid->gjd", r, w["v"].reshape(g, hd, -1)).reshape(g * hd, -1) @ q
+    s = _scores(wv, c_attn)
+    parts["v"] = group_entropy(s, dim=1) + group_entropy(s, dim=0)
+
+    wo = (q.T @ w["o"]).reshape(-1, g, nrep, hd)
+    wo = torch.einsum("dgrj,gjk->dgrk", wo, r).reshape(wo.shape[0], -1)
+    c_o = None
+    if frozen.m_o_blocks is not None:
+        r_heads = r.repeat_interleave(nrep, dim=0)
+        c_o = _diag_factor(frozen.m_o_blocks, r_heads, method).reshape(-1)
+    s = _scores(wo, c_o)
+    parts["o"] = group_entropy(s, dim=1) + group_entropy(s, dim=0)
+
+    n_gate = w["gate"].shape[0]
+    gu = torch.cat([w["gate"], w["up"]]) @ q
+    s = _scores(gu, c_mlp)
+    parts["gate"] = group_entropy(s[:n_gate], dim=1)
+    parts["up"] = group_entropy(s[n_gate:], dim=1)
+
+    parts["down"] = group_entropy((q.T @ w["down"]).square(), dim=0)
+    total = torch.stack(list(parts.values())).sum()
+    return total, parts

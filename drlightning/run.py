@@ -1,0 +1,154 @@
+"""One drlightning job: load → dense perplexity → rotate+prune every layer → perplexity → results."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from lightning import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .calibration_data import CalibrationDataModule
+from .data import load_eval_text, tokenize_text
+from .eval import perplexity
+from .models import DEFAULT_MODEL, adapter_for, load_model
+from .pipeline import rotate_and_prune
+from .results import EVAL_PROTOCOL, device_name, format_table, versions, write_json
+from .rotation_module import RotationModule
+
+BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
+
+
+@dataclass
+class RunOptions:
+    """Run-level settings (the ``run:`` section of a config).
+
+    Args:
+        model: "smollm2-135m-instruct" (embedded default), a .gguf file, a local HF directory or a
+            hub id.
+        gguf_file: GGUF file name inside ``model`` when ``model`` is a directory.
+        dtype: dtype the model is loaded in (float32, bfloat16, float16, float64).
+        device: "auto", "cpu" or "cuda[:i]" for calibration replay and evaluation.
+        output_dir: run directory (config, results.json, TensorBoard logs).
+        eval_data: perplexity datasets: "embedded", "wikitext2", "c4", "hf:<id>" or local paths.
+        eval_seqlen: perplexity window length (default: the calibration seqlen).
+        eval_max_windows: evaluate only the first N windows (None = all).
+        eval_batch_size: windows per forward pass during evaluation.
+        dense_ppl: also evaluate the dense model first.
+        tensorboard: log each layer's entropy curve to ``output_dir/tensorboard/layer_XX``.
+        trust_remote_code: allow remote modelling code of the *input* model (off by default).
+        progress: show progress bars.
+    """
+
+    model: str = DEFAULT_MODEL
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    output_dir: str = "runs/latest"
+    eval_data: list[str] = field(default_factory=lambda: ["embedded"])
+    eval_seqlen: int | None = None
+    eval_max_windows: int | None = None
+    eval_batch_size: int = 4
+    dense_ppl: bool = True
+    tensorboard: bool = True
+    trust_remote_code: bool = False
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device if present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_precision(precision) -> None:
+    """Refuse precisions that would cast the frozen weights/Hessians of the objective to 16 bits."""
+    if str(precision) in BAD_PRECISIONS:
+        raise ValueError(f"trainer.precision={precision!r} is not allowed for rotation training "
+                         "(it casts frozen weights and Hessians to 16 bits); use 32-true or bf16-mixed")
+
+
+def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
+                            callbacks: list | None = None) -> Callable[[int, RotationModule], Trainer]:
+    """A fresh Trainer per layer with the merge and prune callbacks and a per-layer logger."""
+    from drlightning.callbacks import MergeRotations, PruneLayer
+
+    base = dict(base or {})
+    user = [c for c in (callbacks or []) if not isinstance(c, MergeRotations | PruneLayer)]
+
+    def make(index: int, module: RotationModule) -> Trainer:
+        kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
+                  "enable_checkpointing": False, "enable_model_summary": False,
+                  "log_every_n_steps": 10, "enable_progress_bar": opts.progress, **base}
+        kwargs["max_steps"] = module.hparams.steps
+        kwargs["callbacks"] = [*user, MergeRotations(), PruneLayer()]
+        check_precision(kwargs["precision"])
+        if opts.tensorboard:
+            kwargs["logger"] = TensorBoardLogger(str(run_dir), name="tensorboard",
+                                                 version=f"layer_{index:02d}")
+        return Trainer(**kwargs)
+
+    return make
+
+
+def run_job(
+    module: RotationModule,
+    data: CalibrationDataModule,
+    opts: RunOptions,
+    make_trainer: Callable[[int, RotationModule], Trainer] | None = None,
+    *,
+    loaded: tuple | None = None,
+    dense_ppl: dict[str, float] | None = None,
+    config_text: str | None = None,
+) -> dict:
+    """Run one job and write ``results.json`` (and ``config.yaml``) into ``opts.output_dir``."""
+    start = time.perf_counter()
+    run_dir = Path(opts.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_text is not None:
+        (run_dir / "config.yaml").write_text(config_text, encoding="utf-8")
+    make_trainer = make_trainer or default_trainer_factory(opts, run_dir)
+    device = resolve_device(opts.device)
+    model, tokenizer = loaded or load_model(opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
+                                            trust_remote_code=opts.trust_remote_code)
+    adapter = adapter_for(model.config)
+    model.to(device)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    windows = data.calibration(tokenizer, max_len)
+    seqlen = opts.eval_seqlen or data.hparams.seqlen
+    eval_tokens = {name: tokenize_text(tokenizer, load_eval_text(name)) for name in opts.eval_data}
+
+    def evaluate() -> dict[str, float]:
+        return {name: perplexity(model, toks, seqlen, opts.eval_batch_size, opts.eval_max_windows,
+                                 progress=opts.progress) for name, toks in eval_tokens.items()}
+
+    if dense_ppl is None and opts.dense_ppl:
+        dense_ppl = evaluate()
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        layer_reports = rotate_and_prune(model, adapter, windows, module, make_trainer,
+                                         batch_size=data.hparams.batch_size, progress=opts.progress)
+    finally:
+        quiet.setLevel(level)
+    hp = module.settings()
+    results = {
+        "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
+        "steps": hp["steps"], "rotation": hp,
+        "calibration": {**data.protocol(), "tokens": int(windows.numel())},
+        "ppl": evaluate(), "dense_ppl": dense_ppl or {},
+        "eval": {"seqlen": seqlen, "max_windows": opts.eval_max_windows,
+                 "datasets": opts.eval_data, "protocol": EVAL_PROTOCOL},
+        "seconds": time.perf_counter() - start,
+        "device": device_name(device), "versions": versions(), "options": asdict(opts),
+        "layers": layer_reports,
+    }
+    write_json(run_dir / "results.json", results)
+    print(format_table(results))
+    return results

@@ -1,0 +1,57 @@
+"""Every config parses; the CLI runs end to end on the real embedded model with tiny settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drlightning.cli import DRLightningCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs_for_every_default_combination():
+    names = {p.stem for p in (ROOT / "configs" / "smollm2").glob("*.yaml")}
+    assert names == {f"{m}-{p}" for m in ("magnitude", "wanda", "sparsegpt")
+                     for p in ("50pct", "2of4", "4of8")}
+    for model in ("llama3-8b", "qwen2.5-7b", "mistral-7b"):
+        assert list((ROOT / "configs" / model).glob("*.yaml")), model
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_parses(path):
+    cli = DRLightningCLI(args=["--config", str(path)], run=False)
+    assert cli.model.hparams.method in path.stem
+    assert cli.trainer.max_steps == cli.model.hparams.steps
+
+
+def test_bf16_true_precision_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="bf16-true"):
+        DRLightningCLI(args=["fit", "--config", str(ROOT / "configs/smollm2/wanda-2of4.yaml"),
+                             "--trainer.precision", "bf16-true", "--run.output_dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    cli = DRLightningCLI(args=[
+        "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
+        "--model.steps", "2", "--data.nsamples", "4", "--data.seqlen", "64",
+        "--run.eval_max_windows", "4", "--run.output_dir", str(out), "--run.progress", "false",
+    ])
+    res = json.loads((out / "results.json").read_text())
+    assert res == json.loads(json.dumps(cli.results))
+    for key in ("model", "method", "pattern", "steps", "calibration", "ppl", "dense_ppl",
+                "seconds", "versions"):
+        assert key in res
+    assert res["method"] == "sparsegpt" and res["pattern"] == "2:4" and res["steps"] == 2
+    assert res["calibration"]["nsamples"] == 4 and res["calibration"]["seqlen"] == 64
+    dense, pruned = res["dense_ppl"]["embedded"], res["ppl"]["embedded"]
+    assert 1 < dense < pruned < 1e4
+    assert len(res["layers"]) == 30
+    assert (out / "config.yaml").read_text().count("sparsegpt") >= 1
+    assert "dense ppl" in capsys.readouterr().out
+    assert any((out / "tensorboard").iterdir())

@@ -1,0 +1,87 @@
+"""The per-layer LightningModule: loss goes down, Q stays orthogonal, best iterate is kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning import Trainer
+
+from drlightning.capture import LayerInputs
+from drlightning.layer_data import LayerDataModule
+from drlightning.models import HeadLayout, adapter_for
+from drlightning.rotation import frozen_layer, layer_entropy, orthogonality_error
+from drlightning.rotation_module import RotationModule
+
+from .tiny import tiny_model
+
+
+def layer_datamodule(method: str, steps: int) -> LayerDataModule:
+    model = tiny_model("llama")
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    layer = adapter.decoder_layers(model)[0]
+    g = torch.Generator().manual_seed(0)
+
+    def hess(n):
+        x = torch.randn(256, n, generator=g)
+        return 2 * x.T @ x / 256
+
+    hessians = {"attn_in": hess(layout.hidden), "o": hess(layout.n_heads * layout.head_dim),
+                "mlp_in": hess(layout.hidden), "down": hess(layout.intermediate)}
+    return LayerDataModule(0, layer, adapter, layout, LayerInputs([]), hessians, steps)
+
+
+def fit(method: str, steps: int, **kw) -> RotationModule:
+    module = RotationModule(method=method, pattern="2:4", steps=steps, **kw)
+    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=layer_datamodule(method, steps))
+    return module
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_loss_goes_down_and_q_stays_orthogonal(method):
+    module = fit(method, 30)
+    report = module.report()
+    assert report["best_entropy"] < report["initial_entropy"] - 1e-3
+    assert report["orthogonality_error"] <= 1e-5
+    q, r = module.best_rotations()
+    assert orthogonality_error(q) <= 1e-5 and orthogonality_error(r) <= 1e-5
+    # the best iterate really has the best loss
+    total = module.loss()[0].item()
+    assert report["best_entropy"] <= total + 1e-4
+
+
+def test_best_iterate_is_kept_when_steps_overshoot():
+    """With a huge learning rate the loss jumps around; the kept rotation has the lowest loss seen."""
+
+    class Recording(RotationModule):
+        seen: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.seen.append(loss.item())
+            return loss
+
+    module = Recording(method="magnitude", pattern="2:4", steps=25, lr=5.0)
+    trainer = Trainer(max_steps=25, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=layer_datamodule("magnitude", 25))
+    q, r = module.best_rotations()
+    seen = module.seen + [module.loss()[0].item()]
+    assert len(module.seen) == 25
+    assert module.best_loss == pytest.approx(min(seen), rel=1e-6)
+    assert module.best_step == seen.index(min(seen))
+    dm = layer_datamodule("magnitude", 25)
+    again = layer_entropy(q, r, frozen_layer(dm.frozen_weights(), None, "magnitude", dm.layout),
+                          dm.layout, "magnitude")[0]
+    assert again.item() == pytest.approx(min(seen), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "obs"}, "allowed: magnitude, wanda, sparsegpt"), ({"steps": -1}, "steps=-1"),
+     ({"lr": 0.0}, "lr=0.0"), ({"pattern": "5:4"}, "5:4"), ({"pattern": 1.5}, "1.5")],
+)
+def test_bad_hyperparameters_fail_early(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RotationModule(**kwargs)
