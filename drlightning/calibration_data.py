@@ -51,7 +51,7 @@ class CalibrationDataModule(LightningDataModule):
 
     def protocol(self) -> dict:
         """The calibration settings, for results.json."""
-        return dict(self.hparams)
+        return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
     def train_dataloader(self) -> DataLoader:
         assert self.windows is not None, "call calibration(tokenizer) first"

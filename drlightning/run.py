@@ -17,7 +17,7 @@ from .data import load_eval_text, tokenize_text
 from .eval import perplexity
 from .models import DEFAULT_MODEL, adapter_for, load_model
 from .pipeline import rotate_and_prune
-from .results import EVAL_PROTOCOL, device_name, format_table, versions, write_json
+from .results import EVAL_PROTOCOL, atomic_write_text, device_name, format_table, versions, write_json
 from .rotation_module import RotationModule
 
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
@@ -111,7 +111,7 @@ def run_job(
     run_dir = Path(opts.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
-        (run_dir / "config.yaml").write_text(config_text, encoding="utf-8")
+        atomic_write_text(run_dir / "config.yaml", config_text)
     make_trainer = make_trainer or default_trainer_factory(opts, run_dir)
     device = resolve_device(opts.device)
     model, tokenizer = loaded or load_model(opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
