@@ -55,3 +55,11 @@ def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
     assert (out / "config.yaml").read_text().count("sparsegpt") >= 1
     assert "dense ppl" in capsys.readouterr().out
     assert any((out / "tensorboard").iterdir())
+
+
+def test_print_config_shows_resolved_settings(capsys):
+    with pytest.raises(SystemExit):
+        DRLightningCLI(args=["fit", "--config", str(ROOT / "configs/smollm2/wanda-4of8.yaml"),
+                             "--model.steps", "0", "--print_config"])
+    out = capsys.readouterr().out
+    assert "method: wanda" in out and "pattern: 4:8" in out.replace("'", "") and "steps: 0" in out

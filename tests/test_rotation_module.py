@@ -85,3 +85,19 @@ def test_best_iterate_is_kept_when_steps_overshoot():
 def test_bad_hyperparameters_fail_early(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RotationModule(**kwargs)
+
+
+def test_checkpoint_holds_only_the_rotation_parameters():
+    module = fit("wanda", 2)
+    assert set(module.state_dict()) == {"A", "B"}
+
+
+def test_bf16_mixed_precision_trains_with_float32_loss():
+    module = RotationModule(method="sparsegpt", pattern="2:4", steps=5)
+    trainer = Trainer(max_steps=5, logger=False, enable_checkpointing=False, precision="bf16-mixed",
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=layer_datamodule("sparsegpt", 5))
+    assert module.A.dtype == torch.float32
+    report = module.report()
+    assert report["best_entropy"] < report["initial_entropy"]
+    assert report["orthogonality_error"] <= 1e-5

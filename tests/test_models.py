@@ -1,0 +1,57 @@
+"""Adapters, model sources and their errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config
+
+from drlightning.models import HeadLayout, adapter_for, check_finite, default_gguf_path
+from drlightning.models.loading import resolve_source
+
+from .tiny import tiny_config, tiny_model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_adapters_find_every_role(arch):
+    model = tiny_model(arch)
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    layer = adapter.decoder_layers(model)[0]
+    shapes = {r: tuple(adapter.linear(layer, r).weight.shape) for r in
+              ("q", "k", "v", "o", "gate", "up", "down")}
+    d, hd = layout.hidden, layout.head_dim
+    assert shapes["q"] == (layout.n_heads * hd, d) and shapes["v"] == (layout.n_kv_heads * hd, d)
+    assert shapes["o"] == (d, layout.n_heads * hd) and shapes["down"] == (d, layout.intermediate)
+    assert layout.n_rep == 2
+    assert (adapter.linear(layer, "q").bias is not None) == (arch == "qwen2")
+
+
+def test_unsupported_architecture_names_supported_ones():
+    with pytest.raises(ValueError, match=r"model_type='gpt2'.*llama, mistral, qwen2"):
+        adapter_for(GPT2Config())
+
+
+def test_missing_paths_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        resolve_source(str(tmp_path / "model.gguf"))
+    with pytest.raises(FileNotFoundError, match="model path not found"):
+        resolve_source(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    assert resolve_source("org/some-model") == ("org/some-model", None)
+
+
+def test_local_directory_and_embedded_gguf_resolve(tmp_path):
+    tiny_config("llama").save_pretrained(tmp_path)
+    assert resolve_source(str(tmp_path)) == (str(tmp_path), None)
+    path = default_gguf_path()
+    assert path.is_file() and path.suffix == ".gguf"
+    assert resolve_source("smollm2-135m-instruct") == (str(path.parent), path.name)
+
+
+def test_nan_weights_are_rejected():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layers.1.mlp.up_proj.weight"):
+        check_finite(model)
