@@ -75,7 +75,8 @@ def main() -> None:
         inputs = dense_out
     lines = [f"\n## Layer pruning error vs rotation steps ({args.method} {args.pattern})\n",
              f"`python benchmarks/layer_steps.py --layers {' '.join(map(str, args.layers))} --steps "
-             f"{' '.join(map(str, args.steps))} --method {args.method} --pattern {args.pattern}` "
+             f"{' '.join(map(str, args.steps))} --method {args.method} --pattern {args.pattern} "
+             f"--nsamples {args.nsamples} --seqlen {args.seqlen}` "
              f"({args.nsamples} × {args.seqlen} embedded calibration windows, dense inputs per layer, "
              "2-core CPU).\n",
              "| layer | steps | entropy (initial → best) | rel. pruning error | seconds |",
