@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 from drlightning.calibration_data import CalibrationDataModule
-from drlightning.callbacks import prune_layer
-from drlightning.capture import capture_layer_inputs, collect_hessians, run_layer
-from drlightning.layer_data import LayerDataModule
+from drlightning.capture import capture_layer_inputs, run_layer
 from drlightning.models import HeadLayout, adapter_for, load_model
-from drlightning.rotation import fold_norms
+from drlightning.pipeline import rotate_and_prune_layer
 from drlightning.rotation_module import RotationModule
 from drlightning.run import RunOptions, default_trainer_factory
 
@@ -56,19 +54,11 @@ def main() -> None:
         if index in args.layers:
             for steps in args.steps:
                 t0 = time.perf_counter()
-                layer = copy.deepcopy(layers[index])
-                entropy = ""
-                if steps == 0:
-                    prune_layer(layer, adapter, inputs, args.method, args.pattern)
-                else:
-                    fold_norms(layer, adapter)
-                    hess = collect_hessians(layer, adapter, inputs) if args.method != "magnitude" else None
-                    dm = LayerDataModule(index, layer, adapter, layout, inputs, hess, steps)
-                    module = RotationModule(method=args.method, pattern=args.pattern, steps=steps)
-                    make(index, module).fit(module, datamodule=dm)
-                    layer = dm.layer
-                    rep = dm.rotation_report
-                    entropy = f"{rep['initial_entropy']:.0f} → {rep['best_entropy']:.0f}"
+                module = RotationModule(method=args.method, pattern=args.pattern, steps=steps)
+                layer, rep = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), adapter,
+                                                    layout, inputs, module, make)
+                entropy = (f"{rep['initial_entropy']:.0f} → {rep['best_entropy']:.0f}"
+                           if steps else "")
                 err = rel_error(run_layer(layer, inputs), dense_out, inputs)
                 rows.append((index, steps, entropy, err, time.perf_counter() - t0))
                 print(rows[-1], flush=True)

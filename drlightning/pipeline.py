@@ -12,13 +12,40 @@ from tqdm.auto import tqdm
 
 from drlightning.callbacks import prune_layer
 
-from .capture import capture_layer_inputs, collect_hessians, run_layer
+from .capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .rotation import fold_norms
 from .rotation_module import RotationModule
 
 TrainerFactory = Callable[[int, RotationModule], Trainer]
+
+
+def rotate_and_prune_layer(
+    index: int,
+    layer: nn.Module,
+    adapter: ArchitectureAdapter,
+    layout: HeadLayout,
+    inputs: LayerInputs,
+    template: RotationModule,
+    make_trainer: TrainerFactory,
+) -> tuple[nn.Module, dict]:
+    """Rotate (unless ``steps == 0``), merge and prune one layer; returns (new layer, report).
+
+    With ``steps == 0`` no rotation is trained or merged and the plain pruner runs on the layer.
+    """
+    hp = template.settings()
+    steps, method = hp["steps"], hp["method"]
+    if steps == 0:
+        return layer, {"sparsity": prune_layer(layer, adapter, inputs, method, hp["pattern"])}
+    fold_norms(layer, adapter)
+    hessians = collect_hessians(layer, adapter, inputs) if method != "magnitude" else None
+    dm = LayerDataModule(index, layer, adapter, layout, inputs, hessians, steps)
+    module = template.fresh()
+    fit_start = time.perf_counter()
+    make_trainer(index, module).fit(module, datamodule=dm)
+    return dm.layer, {**dm.rotation_report, **dm.prune_report,
+                      "fit_seconds": time.perf_counter() - fit_start}
 
 
 def rotate_and_prune(
@@ -32,12 +59,9 @@ def rotate_and_prune(
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
-    Layer ℓ sees the outputs of the already rotated and pruned layers before it. With
-    ``steps == 0`` no rotation is trained or merged and the plain pruner runs on the original layer.
-    Returns one report dict per layer.
+    Layer ℓ sees the outputs of the already rotated and pruned layers before it. Returns one report
+    dict per layer.
     """
-    hp = template.settings()
-    steps, method = hp["steps"], hp["method"]
     layout = HeadLayout.from_config(model.config)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size)
     layers = adapter.decoder_layers(model)
@@ -45,25 +69,12 @@ def rotate_and_prune(
     bar = tqdm(range(len(layers)), desc="layers", disable=not progress)
     for i in bar:
         start = time.perf_counter()
-        layer = layers[i]
-        report: dict = {"layer": i}
-        if steps == 0:
-            sparsity = prune_layer(layer, adapter, inputs, method, hp["pattern"])
-            report["sparsity"] = sparsity
-        else:
-            fold_norms(layer, adapter)
-            hessians = collect_hessians(layer, adapter, inputs) if method != "magnitude" else None
-            dm = LayerDataModule(i, layer, adapter, layout, inputs, hessians, steps)
-            module = template.fresh()
-            fit_start = time.perf_counter()
-            make_trainer(i, module).fit(module, datamodule=dm)
-            layers[i] = layer = dm.layer
-            report.update(dm.rotation_report, **dm.prune_report,
-                          fit_seconds=time.perf_counter() - fit_start)
-            del dm, module, hessians
+        layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
+                                               make_trainer)
+        layers[i] = layer
         inputs = run_layer(layer, inputs)
-        report["seconds"] = time.perf_counter() - start
-        if steps:
-            bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")
+        report = {"layer": i, **report, "seconds": time.perf_counter() - start}
         reports.append(report)
+        if "best_entropy" in report:
+            bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")
     return reports
