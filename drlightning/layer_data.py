@@ -51,6 +51,7 @@ class LayerDataModule(LightningDataModule):
         self.hessians = hessians
         self.steps = steps
         self.rotation: torch.Tensor | None = None
+        self.rotation_report: dict = {}
         self.prune_report: dict = {}
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:

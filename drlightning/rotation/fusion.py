@@ -12,10 +12,6 @@ from torch import nn
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(t.dtype, torch.float32)
-
-
 @torch.no_grad()
 def fold_norms(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
     """W ← W·diag(γ) for every linear fed by an RMSNorm, then γ ← 1 (model function unchanged)."""
@@ -24,7 +20,7 @@ def fold_norms(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
         gamma = norm.weight
         for role in roles:
             lin = adapter.linear(layer, role)
-            dt = _compute_dtype(lin.weight)
+            dt = rotation_storage_dtype(lin.weight.dtype)
             lin.weight.copy_((lin.weight.to(dt) * gamma.to(dt)).to(lin.weight.dtype))
         gamma.fill_(1.0)
 
@@ -46,7 +42,7 @@ def merge_rotations(
 
     def update(role: str, fn_w, fn_b=None) -> None:
         lin = adapter.linear(layer, role)
-        dt = _compute_dtype(lin.weight)
+        dt = rotation_storage_dtype(lin.weight.dtype)
         qq, rr = q.to(dt).to(lin.weight.device), r.to(dt).to(lin.weight.device)
         lin.weight.copy_(fn_w(lin.weight.to(dt), qq, rr).to(lin.weight.dtype))
         if fn_b is not None and lin.bias is not None:
@@ -97,5 +93,5 @@ class RotatedLayer(nn.Module):
 
 
 def rotation_storage_dtype(weight_dtype: torch.dtype) -> torch.dtype:
-    """R1 is stored in at least float32 (float64 for float64 models)."""
+    """Rotations are stored and merged in at least float32 (float64 for float64 models)."""
     return torch.promote_types(weight_dtype, torch.float32)

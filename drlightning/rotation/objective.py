@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.adapters import HeadLayout
+from ..pruning import METHODS
 from .entropy import group_entropy
-
-METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 def damped_inverse(h: torch.Tensor, percdamp: float = 0.01, quirk: bool = False) -> torch.Tensor:
