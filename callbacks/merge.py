@@ -7,12 +7,27 @@ from lightning import Callback, LightningModule, Trainer
 
 from drlightning.rotation import RotatedLayer, merge_rotations, rotation_storage_dtype
 
+INVARIANCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,
+                        torch.float16: 1e-2}
+"""Largest relative output change a merge may cause, per weight dtype (rounding of merged weights)."""
+
+
+@torch.no_grad()
+def _first_batch_output(layer, inputs) -> torch.Tensor | None:
+    if not inputs.hidden:
+        return None
+    out = layer(inputs.hidden[0], **inputs.kwargs[0])
+    return (out[0] if isinstance(out, tuple) else out).double()
+
 
 class MergeRotations(Callback):
     """On ``on_train_end``: fuse R2 and the inner uses of R1 (float32 math) and wrap the layer.
 
     After this the datamodule's ``layer`` computes Q·f(Qᵀx) with f the merged layer, and
     ``datamodule.rotation`` holds Q (entry Qᵀ, exit Q). Runs before pruning (``on_fit_end``).
+    Self-check: on the first calibration batch the wrapped layer must reproduce the unrotated
+    layer's output within a dtype-appropriate tolerance, else the run stops (catches transpose and
+    fusion bugs on new architectures).
     """
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -22,8 +37,18 @@ class MergeRotations(Callback):
         weight = dm.adapter.linear(layer, "q").weight
         q = q.detach().to(weight.device, rotation_storage_dtype(weight.dtype))
         r = r.detach().to(weight.device, rotation_storage_dtype(weight.dtype))
+        before = _first_batch_output(layer, dm.inputs)
         merge_rotations(layer, dm.adapter, dm.layout, q, r)
         dm.layer = RotatedLayer(layer, q)
         dm.rotation = q
         dm.rotation_report = pl_module.report()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        after = _first_batch_output(dm.layer, dm.inputs)
+        if before is not None:
+            rel = ((after - before).norm() / before.norm()).item()
+            tol = INVARIANCE_TOLERANCE.get(weight.dtype, 1e-2)
+            dm.rotation_report["invariance_error"] = rel
+            if not rel <= tol:
+                raise RuntimeError(
+                    f"layer {dm.index}: merging the rotations changed the layer's output by {rel:.2e} "
+                    f"(relative; tolerance {tol:.0e} for {weight.dtype}); rotations must be "
+                    f"function-preserving — check the {dm.adapter.name} adapter's roles and norms")

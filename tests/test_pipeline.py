@@ -10,7 +10,7 @@ import torch
 from drlightning.models import adapter_for
 from drlightning.pipeline import rotate_and_prune
 from drlightning.pruning import prune_weight
-from drlightning.rotation import RotatedLayer
+from drlightning.rotation import RotatedLayer, merge_rotations
 from drlightning.rotation_module import RotationModule
 from drlightning.run import RunOptions, default_trainer_factory
 
@@ -82,3 +82,22 @@ def test_rotated_pipeline_merges_and_prunes(tmp_path):
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits
     assert torch.isfinite(logits).all()
+
+
+def test_merge_self_check_records_error_and_catches_a_broken_fusion(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    ids = windows(model)
+    reports = run(model, ids, tmp_path, method="wanda", pattern="2:4", steps=3)
+    assert all(0 <= r["invariance_error"] <= 1e-4 for r in reports)
+
+    import drlightning.callbacks.merge as merge_mod
+
+    @torch.no_grad()
+    def broken(layer, adapter, layout, q, r):
+        o = adapter.linear(layer, "o").weight.clone()
+        merge_rotations(layer, adapter, layout, q, r)
+        adapter.linear(layer, "o").weight.copy_(o)  # forget to rotate o_proj
+
+    monkeypatch.setattr(merge_mod, "merge_rotations", broken)
+    with pytest.raises(RuntimeError, match="layer 0: merging the rotations changed"):
+        run(tiny_model("llama"), ids, tmp_path, method="wanda", pattern="2:4", steps=3)
