@@ -51,6 +51,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def ensure_writable(path: Path) -> None:
+    """Create ``path`` and prove a file can be written there, or raise a clear error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path / ".write-test", "ok\n")
+        (path / ".write-test").unlink()
+    except OSError as err:
+        raise PermissionError(f"output_dir {str(path)!r} is not writable ({err}); "
+                              "choose another run.output_dir") from err
+
+
 def write_json(path: Path, data: dict) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -17,7 +17,15 @@ from .data import load_eval_text, tokenize_text
 from .eval import perplexity
 from .models import DEFAULT_MODEL, adapter_for, load_model
 from .pipeline import rotate_and_prune
-from .results import EVAL_PROTOCOL, atomic_write_text, device_name, format_table, versions, write_json
+from .results import (
+    EVAL_PROTOCOL,
+    atomic_write_text,
+    device_name,
+    ensure_writable,
+    format_table,
+    versions,
+    write_json,
+)
 from .rotation_module import RotationModule
 
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
@@ -109,7 +117,7 @@ def run_job(
     """Run one job and write ``results.json`` (and ``config.yaml``) into ``opts.output_dir``."""
     start = time.perf_counter()
     run_dir = Path(opts.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run_dir)
     if config_text is not None:
         atomic_write_text(run_dir / "config.yaml", config_text)
     make_trainer = make_trainer or default_trainer_factory(opts, run_dir)
