@@ -15,9 +15,15 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 def prune_weight(weight: torch.Tensor, hessian: torch.Tensor | None, method: str,
                  pattern: str | float | Pattern) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune one (out, in) weight with ``method``; returns (new weight, pruned mask)."""
+    """Prune one (out, in) weight with ``method``; returns (new weight, pruned mask).
+
+    ``hessian`` is the (in, in) matrix (2/N)·Σ x xᵀ; it may be None for magnitude pruning.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; allowed: {', '.join(METHODS)}")
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float (out, in) tensor, got "
+                         f"{tuple(weight.shape)} {weight.dtype}")
     pattern = parse_pattern(pattern)
     pattern.validate(weight.shape[1])
     if not torch.isfinite(weight).all():
@@ -26,6 +32,10 @@ def prune_weight(weight: torch.Tensor, hessian: torch.Tensor | None, method: str
         return magnitude_prune(weight, pattern)
     if hessian is None:
         raise ValueError(f"method {method!r} needs a Hessian (calibration statistics)")
+    cols = weight.shape[1]
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"Hessian must be ({cols}, {cols}) for weight {tuple(weight.shape)}, "
+                         f"got {tuple(hessian.shape)}")
     if not torch.isfinite(hessian).all():
         raise ValueError(f"Hessian of shape {tuple(hessian.shape)} contains NaN or Inf")
     if method == "wanda":
