@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from drlightning.capture import LayerInputs, run_layer
 from drlightning.rotation import RotatedLayer, merge_rotations, rotation_storage_dtype
 
 INVARIANCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,
@@ -12,12 +13,11 @@ INVARIANCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16
 """Largest relative output change a merge may cause, per weight dtype (rounding of merged weights)."""
 
 
-@torch.no_grad()
-def _first_batch_output(layer, inputs) -> torch.Tensor | None:
+def _first_batch_output(layer, inputs: LayerInputs) -> torch.Tensor | None:
     if not inputs.hidden:
         return None
-    out = layer(inputs.hidden[0], **inputs.kwargs[0])
-    return (out[0] if isinstance(out, tuple) else out).double()
+    first = LayerInputs(hidden=inputs.hidden[:1], kwargs=inputs.kwargs[:1])
+    return run_layer(layer, first).hidden[0].double()
 
 
 class MergeRotations(Callback):
