@@ -10,7 +10,7 @@ from torch import nn
 
 from drlightning.capture import LayerInputs, collect_hessians
 from drlightning.models.adapters import INPUT_OF, ArchitectureAdapter
-from drlightning.pruning import prune_weight
+from drlightning.pruning import NO_PRUNING, prune_weight
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 """True-sequential order: statistics are re-collected on the partially pruned layer per group."""
@@ -24,7 +24,12 @@ def prune_layer(
     method: str,
     pattern: str,
 ) -> dict[str, float]:
-    """Prune all seven linears of ``layer`` in place; returns the sparsity reached per role."""
+    """Prune all seven linears of ``layer`` in place; returns the sparsity reached per role.
+
+    ``pattern == "none"`` leaves every weight as it is (sparsity 0).
+    """
+    if pattern == NO_PRUNING:
+        return {role: 0.0 for group in GROUPS for role in group}
     sparsity = {}
     for group in GROUPS:
         key = INPUT_OF[group[0]]

@@ -58,7 +58,9 @@ class DRLightningCLI(LightningCLI):
         user_callbacks = self.config_init["fit"]["trainer"].get("callbacks") or []
         make = default_trainer_factory(opts, Path(opts.output_dir), base, user_callbacks)
         text = self._parser("fit").dump(cfg, skip_none=False)
-        self.results = run_job(model, datamodule, opts, make, config_text=text)
+        settings = {"seed_everything": cfg.get("seed_everything"),
+                    "trainer": {"precision": str(cfg.trainer.precision)}}
+        self.results = run_job(model, datamodule, opts, make, config_text=text, settings=settings)
         return self.results
 
 

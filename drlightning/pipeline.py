@@ -17,6 +17,7 @@ from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .rotation import fold_norms
 from .rotation_module import RotationModule
+from .run_state import RunState
 
 TrainerFactory = Callable[[int, RotationModule], Trainer]
 
@@ -56,17 +57,28 @@ def rotate_and_prune(
     make_trainer: TrainerFactory,
     batch_size: int = 8,
     progress: bool = True,
+    state: RunState | None = None,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
     Layer ℓ sees the outputs of the already rotated and pruned layers before it. Returns one report
-    dict per layer.
+    dict per layer. With a ``state``, layers finished by an earlier run are restored and replayed
+    instead of recomputed, and every newly finished layer is saved before the next one starts.
     """
     layout = HeadLayout.from_config(model.config)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size)
     layers = adapter.decoder_layers(model)
     reports = []
-    bar = tqdm(range(len(layers)), desc="layers", disable=not progress)
+    done = state.finished_layers(len(layers)) if state is not None else 0
+    for i in range(done):
+        layers[i], report = state.load_layer(i, layers[i])
+        inputs = run_layer(layers[i], inputs)
+        reports.append(report)
+    if done:
+        print(f"resuming {state.dir.parent}: layers 0-{done - 1} were finished by an earlier run "
+              f"({done} of {len(layers)}), continuing at layer {done}", flush=True)
+    bar = tqdm(range(done, len(layers)), desc="layers", disable=not progress,
+               initial=done, total=len(layers))
     for i in bar:
         start = time.perf_counter()
         layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
@@ -74,6 +86,8 @@ def rotate_and_prune(
         layers[i] = layer
         inputs = run_layer(layer, inputs)
         report = {"layer": i, **report, "seconds": time.perf_counter() - start}
+        if state is not None:
+            state.save_layer(i, layer, report)
         reports.append(report)
         if "best_entropy" in report:
             bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")

@@ -8,7 +8,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from .pruning import parse_pattern
+from .pruning import NO_PRUNING, parse_pattern
 from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
 
 
@@ -17,7 +17,8 @@ class RotationModule(LightningModule):
 
     Args:
         method: importance score used by the objective and the pruner (magnitude, wanda, sparsegpt).
-        pattern: pruning pattern applied after rotation: "2:4", "4:8" or a ratio such as "50%".
+        pattern: pruning pattern applied after rotation: "2:4", "4:8", a ratio such as "50%", or
+            "none" to rotate without pruning (the saved model then matches the dense one).
         steps: optimisation steps per layer; 0 skips rotation and gives the plain pruner.
         lr: Adam learning rate.
         grad_clip: gradient-norm clip over all rotation parameters.
@@ -37,7 +38,8 @@ class RotationModule(LightningModule):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-        parse_pattern(pattern)
+        if pattern != NO_PRUNING:
+            parse_pattern(pattern)
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps={steps!r} must be an integer ≥ 0 (0 = plain pruner)")
         if not lr > 0:

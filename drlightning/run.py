@@ -13,10 +13,15 @@ from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .calibration_data import CalibrationDataModule
+from .callbacks.merge import INVARIANCE_TOLERANCE
 from .data import load_eval_text, tokenize_text
 from .eval import perplexity
+from .export import install_boundaries, save_model_dir
 from .models import DEFAULT_MODEL, adapter_for, load_model
+from .models.adapters import ROLES
+from .models.loading import DTYPES
 from .pipeline import rotate_and_prune
+from .pruning import NO_PRUNING, parse_pattern
 from .results import (
     EVAL_PROTOCOL,
     atomic_write_text,
@@ -26,7 +31,9 @@ from .results import (
     versions,
     write_json,
 )
+from .rotation import rotation_storage_dtype
 from .rotation_module import RotationModule
+from .run_state import RunState
 
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
 
@@ -50,6 +57,10 @@ class RunOptions:
         tensorboard: log each layer's entropy curve to ``output_dir/tensorboard/layer_XX``.
         trust_remote_code: allow remote modelling code of the *input* model (off by default).
         progress: show progress bars.
+        save_model: save the final model as a Hugging Face directory in ``output_dir/model``.
+        rotation_dtype: storage dtype of the merged boundary rotations: "auto" (float32, float64
+            for float64 models), "model" (the model's dtype) or a dtype name; see
+            docs/benchmarks.md for the logit error of each choice.
     """
 
     model: str = DEFAULT_MODEL
@@ -65,6 +76,8 @@ class RunOptions:
     tensorboard: bool = True
     trust_remote_code: bool = False
     progress: bool = True
+    save_model: bool = True
+    rotation_dtype: str = "auto"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,6 +117,57 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
     return make
 
 
+def fingerprint(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
+                extra: dict | None = None) -> dict:
+    """The settings that shape the per-layer results (a resumed run must match them exactly)."""
+    return {"model": module.settings(), "data": data.protocol(),
+            "run": {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype},
+            **(extra or {})}
+
+
+def check_pattern_fits(model, adapter, pattern: str) -> None:
+    """Fail early if an N:M pattern does not tile the inputs of every linear of the model."""
+    if pattern == NO_PRUNING:
+        return
+    parsed = parse_pattern(pattern)
+    layer = adapter.decoder_layers(model)[0]
+    for role in ROLES:
+        try:
+            parsed.validate(adapter.linear(layer, role).in_features)
+        except ValueError as err:
+            raise ValueError(f"{err} ({role}_proj of {model.config.model_type})") from None
+
+
+def boundary_dtype(opts: RunOptions, model_dtype: torch.dtype) -> str:
+    """Name of the dtype the merged boundary rotations are stored in ("auto": at least float32)."""
+    if opts.rotation_dtype == "auto":
+        return str(rotation_storage_dtype(model_dtype)).removeprefix("torch.")
+    if opts.rotation_dtype == "model":
+        return str(model_dtype).removeprefix("torch.")
+    return opts.rotation_dtype
+
+
+@torch.no_grad()
+def finalize_rotations(model, adapter, windows: torch.Tensor, rotation_dtype: str) -> dict:
+    """Merge each layer's exit and the next layer's entry rotation into one boundary matrix.
+
+    Self-check: the logits on one calibration window must not move by more than the merge
+    tolerance of the coarser of the model and rotation dtypes.
+    """
+    device = next(model.parameters()).device
+    probe = windows[:1].to(device)
+    before = model(probe, use_cache=False).logits.double()
+    fields = install_boundaries(model, adapter, rotation_dtype)
+    after = model(probe, use_cache=False).logits.double()
+    rel = ((after - before).norm() / before.norm()).item()
+    tol = max(INVARIANCE_TOLERANCE.get(opts_dtype(model), 1e-2),
+              INVARIANCE_TOLERANCE.get(DTYPES[rotation_dtype], 1e-2))
+    if not rel <= tol:
+        raise RuntimeError(f"merging the boundary rotations changed the logits by {rel:.2e} "
+                           f"(relative; tolerance {tol:.0e}); this is a bug, please report it")
+    return {**fields, "boundary_merge_error": rel}
+
+
 def run_job(
     module: RotationModule,
     data: CalibrationDataModule,
@@ -113,11 +177,22 @@ def run_job(
     loaded: tuple | None = None,
     dense_ppl: dict[str, float] | None = None,
     config_text: str | None = None,
+    settings: dict | None = None,
 ) -> dict:
-    """Run one job and write ``results.json`` (and ``config.yaml``) into ``opts.output_dir``."""
+    """Run one job: results.json, config.yaml and the saved model go into ``opts.output_dir``.
+
+    ``settings`` (e.g. seed and trainer precision from the CLI) join the run fingerprint: a run
+    directory holding finished layers of a run with other settings is refused; one with the same
+    settings is resumed after its last finished layer.
+    """
     start = time.perf_counter()
     run_dir = Path(opts.output_dir)
     ensure_writable(run_dir)
+    if opts.rotation_dtype not in ("auto", "model", *DTYPES):
+        raise ValueError(f"run.rotation_dtype={opts.rotation_dtype!r}; allowed: 'auto', 'model', "
+                         f"{', '.join(map(repr, DTYPES))}")
+    state = RunState(run_dir, fingerprint(module, data, opts, settings))
+    state.check_or_claim()
     if config_text is not None:
         atomic_write_text(run_dir / "config.yaml", config_text)
     make_trainer = make_trainer or default_trainer_factory(opts, run_dir)
@@ -125,6 +200,8 @@ def run_job(
     model, tokenizer = loaded or load_model(opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
                                             trust_remote_code=opts.trust_remote_code)
     adapter = adapter_for(model.config)
+    hp = module.settings()
+    check_pattern_fits(model, adapter, hp["pattern"])
     model.to(device)
     max_len = getattr(model.config, "max_position_embeddings", None)
     windows = data.calibration(tokenizer, max_len)
@@ -135,17 +212,23 @@ def run_job(
         return {name: perplexity(model, toks, seqlen, opts.eval_batch_size, opts.eval_max_windows,
                                  progress=opts.progress) for name, toks in eval_tokens.items()}
 
+    cached = state.load_json("dense_ppl.json")
     if dense_ppl is None and opts.dense_ppl:
-        dense_ppl = evaluate()
+        if cached is not None and set(cached) == set(eval_tokens):
+            dense_ppl = cached
+        else:
+            dense_ppl = evaluate()
+            state.save_json("dense_ppl.json", dense_ppl)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
         layer_reports = rotate_and_prune(model, adapter, windows, module, make_trainer,
-                                         batch_size=data.hparams.batch_size, progress=opts.progress)
+                                         batch_size=data.hparams.batch_size, progress=opts.progress,
+                                         state=state)
     finally:
         quiet.setLevel(level)
-    hp = module.settings()
+    export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
@@ -153,10 +236,21 @@ def run_job(
         "ppl": evaluate(), "dense_ppl": dense_ppl or {},
         "eval": {"seqlen": seqlen, "max_windows": opts.eval_max_windows,
                  "datasets": opts.eval_data, "protocol": EVAL_PROTOCOL},
+        "export": export,
+        "settings": settings or {},
         "seconds": time.perf_counter() - start,
         "device": device_name(device), "versions": versions(), "options": asdict(opts),
         "layers": layer_reports,
     }
+    if opts.save_model:
+        save_model_dir(model, tokenizer, run_dir / "model", {k: v for k, v in export.items()
+                                                              if k.startswith("drl_")})
+        results["export"]["path"] = str(run_dir / "model")
     write_json(run_dir / "results.json", results)
     print(format_table(results))
     return results
+
+
+def opts_dtype(model) -> torch.dtype:
+    """The floating dtype of the model's weights."""
+    return next(model.parameters()).dtype

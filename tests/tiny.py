@@ -55,3 +55,50 @@ def exact_norms(model) -> None:
     for module in model.modules():
         if type(module).__name__.endswith("RMSNorm"):
             module.forward = types.MethodType(_rmsnorm_in_input_dtype, module)
+
+
+def tiny_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained in memory on a slice of the embedded text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from drlightning.data import load_documents
+
+    docs = load_documents("embedded", "calibration")[:200]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def save_tiny_dir(path, arch: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0,
+                  **overrides):
+    """A tiny model + tokenizer saved as a local Hugging Face directory (safetensors)."""
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(arch)
+    config.vocab_size = len(tokenizer)
+    config.eos_token_id = tokenizer.eos_token_id
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def fit_args(model_dir, out_dir, *, method: str = "sparsegpt", pattern: str = "2:4",
+             steps: int = 20, nsamples: int = 8, seqlen: int = 64, extra: tuple = ()) -> list[str]:
+    """``drlightning fit`` arguments for a quick run on a tiny local model."""
+    return ["fit", "--model.method", method, "--model.pattern", pattern, "--model.steps", str(steps),
+            "--data.nsamples", str(nsamples), "--data.seqlen", str(seqlen), "--data.batch_size", "4",
+            "--run.model", str(model_dir), "--run.output_dir", str(out_dir),
+            "--run.progress", "false", "--run.tensorboard", "false", "--run.eval_max_windows", "2",
+            *extra]

@@ -11,6 +11,8 @@ from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+NO_PRUNING = "none"
+"""Pattern value meaning "rotate only, prune nothing" (accepted by the layer loop, not by prune_weight)."""
 
 
 def prune_weight(weight: torch.Tensor, hessian: torch.Tensor | None, method: str,
@@ -43,5 +45,5 @@ def prune_weight(weight: torch.Tensor, hessian: torch.Tensor | None, method: str
     return sparsegpt_prune(weight, hessian, pattern)
 
 
-__all__ = ["METHODS", "Pattern", "magnitude_prune", "nm_mask", "parse_pattern", "prune_weight",
+__all__ = ["METHODS", "NO_PRUNING", "Pattern", "magnitude_prune", "nm_mask", "parse_pattern", "prune_weight",
            "sparsegpt_prune", "unstructured_mask", "wanda_prune"]

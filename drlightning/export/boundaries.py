@@ -1,0 +1,80 @@
+"""Turn per-layer entry/exit rotations into merged boundary matrices (pure tensor functions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.adapters import ArchitectureAdapter
+from ..rotation import RotatedLayer
+from . import modeling_drlightning as mdl
+
+
+def boundary_matrices(rotations: list[torch.Tensor | None]) -> dict[int, torch.Tensor]:
+    """Boundary b ∈ 0..L → M_b = Q_{b-1}ᵀ·Q_b (float64); a missing Q counts as the identity.
+
+    Row-vector hidden states enter rotated layer ℓ as h·Q_ℓ and leave it as h·Q_ℓᵀ, so between
+    layers the two merge into one matrix. Boundaries where both sides are identity are omitted.
+    """
+    n = len(rotations)
+    out = {}
+    for b in range(n + 1):
+        left = rotations[b - 1] if b > 0 else None
+        right = rotations[b] if b < n else None
+        if left is None and right is None:
+            continue
+        if left is None:
+            out[b] = right.double()
+        elif right is None:
+            out[b] = left.double().T
+        else:
+            out[b] = left.double().T @ right.double()
+    return out
+
+
+def unwrap_rotated_layers(model: nn.Module, adapter: ArchitectureAdapter) -> list[torch.Tensor | None]:
+    """Replace every RotatedLayer by its inner layer; returns each layer's Q (None if unrotated)."""
+    layers = adapter.decoder_layers(model)
+    rotations: list[torch.Tensor | None] = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, RotatedLayer):
+            rotations.append(layer.rotation.detach())
+            layers[i] = layer.inner
+        else:
+            rotations.append(None)
+    return rotations
+
+
+class _BoundaryConfig:
+    """The drl_* fields that ``install_rotations`` reads (also written to config.json)."""
+
+    def __init__(self, boundaries: list[int], dtype: str, hidden: int, adapter: ArchitectureAdapter):
+        self.drl_boundaries = boundaries
+        self.drl_rotation_dtype = dtype
+        self.hidden_size = hidden
+        self.drl_layers_path = adapter.layers
+        self.drl_final_norm_path = adapter.final_norm
+
+    def fields(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k.startswith("drl_")}
+
+
+@torch.no_grad()
+def install_boundaries(
+    model: nn.Module, adapter: ArchitectureAdapter, rotation_dtype: str = "float32"
+) -> dict:
+    """Convert a model with RotatedLayer wrappers to merged-boundary form, in place.
+
+    Returns the ``drl_*`` config fields ({} when no layer was rotated: the model is then plain).
+    """
+    if rotation_dtype not in mdl.ROTATION_DTYPES:
+        raise ValueError(f"rotation_dtype={rotation_dtype!r}; allowed: {sorted(mdl.ROTATION_DTYPES)}")
+    mats = boundary_matrices(unwrap_rotated_layers(model, adapter))
+    if not mats:
+        return {}
+    cfg = _BoundaryConfig(sorted(mats), rotation_dtype, model.config.hidden_size, adapter)
+    owner = mdl.install_rotations(model, cfg)
+    device = next(model.parameters()).device
+    for b, m in mats.items():
+        owner.matrix(b).copy_(m.to(device))
+    return cfg.fields()

@@ -1,0 +1,136 @@
+"""Modelling code of a drlightning output: a standard causal LM plus merged boundary rotations.
+
+This file is self-contained (torch + transformers only). drlightning copies it next to every saved
+model and registers it through ``auto_map``, so
+``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` works without drlightning.
+
+The decoder layers' weights already hold the merged rotations; what remains is one d×d matrix per
+layer boundary, applied to the residual stream (row vectors) as ``h ← h · M_b``:
+``M_0 = Q_0`` (entry of the first rotated layer), ``M_b = Q_{b-1}ᵀ·Q_b`` between layers and
+``M_L = Q_{L-1}ᵀ`` before the final norm. Boundaries without a matrix are the identity.
+Loading is strict: a missing, unexpected or mis-shaped tensor is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from transformers import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+BASE_MODEL_TYPE = "llama"  # rewritten by drlightning when the file is saved next to a model
+ROTATION_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+                   "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BoundaryRotations(nn.Module):
+    """The boundary matrices as buffers ``m{b}``; they keep their dtype under ``.to(dtype)``."""
+
+    def __init__(self, boundaries: list[int], hidden: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.boundaries = list(boundaries)
+        self.rotation_dtype = dtype
+        for b in self.boundaries:
+            self.register_buffer(f"m{b}", torch.eye(hidden, dtype=dtype), persistent=True)
+
+    def matrix(self, b: int) -> torch.Tensor:
+        """The matrix applied at boundary ``b``."""
+        return getattr(self, f"m{b}")
+
+    def _apply(self, fn, recurse=True):
+        # Follow device moves but never change the stored precision of the rotations.
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                target = fn(torch.empty(0, dtype=buf.dtype, device=buf.device)).device
+                self._buffers[name] = buf.to(target)
+        return self
+
+
+def rotate_rows(hidden: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``hidden · matrix`` computed in the matrix's dtype, returned in the hidden dtype."""
+    return (hidden.to(matrix.dtype) @ matrix).to(hidden.dtype)
+
+
+def _pre_hook(module, args, kwargs, *, owner: BoundaryRotations, b: int):
+    matrix = owner.matrix(b)
+    if args:
+        return (rotate_rows(args[0], matrix), *args[1:]), kwargs
+    kwargs["hidden_states"] = rotate_rows(kwargs["hidden_states"], matrix)
+    return args, kwargs
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def install_rotations(model: nn.Module, config) -> BoundaryRotations:
+    """Attach ``model.drl_rotations`` and the forward pre-hooks that apply them."""
+    layers = _get(model, config.drl_layers_path)
+    n = len(layers)
+    bad = [b for b in config.drl_boundaries if not 0 <= b <= n]
+    if bad:
+        raise ValueError(f"drl_boundaries {bad} out of range 0..{n}")
+    dtype = ROTATION_DTYPES[config.drl_rotation_dtype]
+    owner = BoundaryRotations(config.drl_boundaries, config.hidden_size, dtype)
+    model.drl_rotations = owner
+    for b in owner.boundaries:
+        target = layers[b] if b < n else _get(model, config.drl_final_norm_path)
+        target.register_forward_pre_hook(functools.partial(_pre_hook, owner=owner, b=b),
+                                         with_kwargs=True)
+    return owner
+
+
+def check_loading_info(info: dict) -> None:
+    """Raise if weights were missing, unexpected or mis-shaped (strict loading)."""
+    problems = {k: v for k, v in info.items()
+                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"checkpoint does not match the model: {problems}")
+
+
+@functools.cache
+def build_classes(base_model_type: str) -> tuple[type, type]:
+    """(config class, causal-LM class) of a drlightning model over ``base_model_type``."""
+    base_config = CONFIG_MAPPING[base_model_type]
+    base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
+
+    class DRLightningConfig(base_config):
+        model_type = f"drlightning_{base_model_type}"
+
+        def __init__(self, drl_boundaries=(), drl_rotation_dtype="float32",
+                     drl_layers_path="model.layers", drl_final_norm_path="model.norm",
+                     base_model_type=base_model_type, **kwargs):
+            self.drl_boundaries = [int(b) for b in drl_boundaries]
+            if drl_rotation_dtype not in ROTATION_DTYPES:
+                raise ValueError(f"drl_rotation_dtype={drl_rotation_dtype!r}; "
+                                 f"allowed: {sorted(ROTATION_DTYPES)}")
+            self.drl_rotation_dtype = drl_rotation_dtype
+            self.drl_layers_path = drl_layers_path
+            self.drl_final_norm_path = drl_final_norm_path
+            self.base_model_type = base_model_type
+            super().__init__(**kwargs)
+
+    class DRLightningForCausalLM(base_model):
+        config_class = DRLightningConfig
+
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            install_rotations(self, config)
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            want_info = kwargs.pop("output_loading_info", False)
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+            check_loading_info(info)
+            return (model, info) if want_info else model
+
+    DRLightningConfig.__name__ = DRLightningConfig.__qualname__ = "DRLightningConfig"
+    DRLightningForCausalLM.__name__ = DRLightningForCausalLM.__qualname__ = "DRLightningForCausalLM"
+    return DRLightningConfig, DRLightningForCausalLM
+
+
+DRLightningConfig, DRLightningForCausalLM = build_classes(BASE_MODEL_TYPE)

@@ -1,0 +1,111 @@
+"""Resumable run state: one atomically written safetensors file per finished layer.
+
+``<run_dir>/state/`` holds ``fingerprint.json`` (the settings that shape the layer results),
+``dense_ppl.json`` and ``layer_XX.safetensors`` (the final layer weights, its rotation Q and its
+report). A re-run with the same settings reloads the finished layers, replays them on the
+calibration inputs and continues with the next layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .results import atomic_write_text
+from .rotation import RotatedLayer
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def describe_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable ``key: old → new`` lines for every setting that differs."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+class RunState:
+    """The ``state/`` folder of one run directory."""
+
+    def __init__(self, run_dir: Path, fingerprint: dict) -> None:
+        self.dir = Path(run_dir) / "state"
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+
+    def check_or_claim(self) -> None:
+        """Refuse a run directory made with other settings; record ours if it is new."""
+        path = self.dir / "fingerprint.json"
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            diff = describe_differences(old, self.fingerprint)
+            if diff:
+                raise ValueError(
+                    f"run directory {self.dir.parent} holds a run with other settings; refusing to "
+                    "mix them. Differences (saved → now):\n  " + "\n  ".join(diff) +
+                    "\nUse another run.output_dir, or delete the directory to start over.")
+            return
+        atomic_write_text(path, json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
+
+    def layer_path(self, index: int) -> Path:
+        return self.dir / f"layer_{index:02d}.safetensors"
+
+    def finished_layers(self, n_layers: int) -> int:
+        """Number of leading layers (0, 1, …) whose state file exists."""
+        done = 0
+        while done < n_layers and self.layer_path(done).is_file():
+            done += 1
+        return done
+
+    def save_layer(self, index: int, layer: nn.Module, report: dict) -> None:
+        """Write the finished layer (weights, rotation, report) atomically."""
+        rotated = isinstance(layer, RotatedLayer)
+        inner = layer.inner if rotated else layer
+        tensors = {f"layer.{k}": v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+        if rotated:
+            tensors["rotation"] = layer.rotation.detach().cpu().contiguous()
+        path = self.layer_path(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"report": json.dumps(report, default=float)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_layer(self, index: int, layer: nn.Module) -> tuple[nn.Module, dict]:
+        """Restore layer ``index`` into ``layer`` (strictly); returns (layer or wrapper, report)."""
+        from safetensors import safe_open
+
+        path = self.layer_path(index)
+        with safe_open(str(path), framework="pt") as fh:
+            report = json.loads((fh.metadata() or {}).get("report", "{}"))
+        tensors = load_file(str(path))
+        rotation = tensors.pop("rotation", None)
+        device = next(layer.parameters()).device
+        state = {k.removeprefix("layer."): v.to(device) for k, v in tensors.items()}
+        layer.load_state_dict(state, strict=True)
+        if rotation is not None:
+            layer = RotatedLayer(layer, rotation.to(device))
+        return layer, report
+
+    def load_json(self, name: str) -> dict | None:
+        path = self.dir / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def save_json(self, name: str, data: dict) -> None:
+        atomic_write_text(self.dir / name, json.dumps(data, indent=2) + "\n")
