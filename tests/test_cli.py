@@ -63,3 +63,28 @@ def test_print_config_shows_resolved_settings(capsys):
                              "--model.steps", "0", "--print_config"])
     out = capsys.readouterr().out
     assert "method: wanda" in out and "pattern: 4:8" in out.replace("'", "") and "steps: 0" in out
+
+
+@pytest.mark.slow
+def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
+    """Zero sparsity: the saved default model's logits match the dense model's (float32)."""
+    import torch
+
+    import drlightning
+    from drlightning.models import load_model
+
+    out = tmp_path / "run"
+    DRLightningCLI(args=[
+        "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
+        "--model.pattern", "none", "--model.steps", "3", "--data.nsamples", "2",
+        "--data.seqlen", "32", "--run.eval_data", "[]", "--run.dense_ppl", "false",
+        "--run.output_dir", str(out), "--run.progress", "false", "--run.tensorboard", "false",
+    ])
+    dense, tok = load_model()
+    saved = drlightning.load_pretrained(out / "model")
+    ids = tok("Pruning removes the weights with the lowest importance scores.",
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref, got = dense(ids).logits.double(), saved(ids).logits.double()
+    assert ((got - ref).norm() / ref.norm()).item() <= 1e-4
+    assert not torch.equal(saved.drl_rotations.matrix(1), torch.eye(576))

@@ -157,3 +157,29 @@ def test_saved_model_generates_and_loads_in_lm_eval(pruned_runs):
     req = Instance("loglikelihood", {}, ("The object", " is"), 0)
     (logprob, _), = lm.loglikelihood([req])
     assert logprob < 0 and torch.isfinite(torch.tensor(logprob))
+
+
+def test_run_directory_records_provenance(rotated_runs):
+    _, run = rotated_runs["llama"]
+    res = json.loads((run / "results.json").read_text())
+    assert res["settings"] == {"seed_everything": 0, "trainer": {"precision": "32-true"}}
+    assert {"python", "torch", "lightning", "transformers", "lm_eval"} <= set(res["versions"])
+    assert res["device"].startswith("cpu") and res["seconds"] > 0
+    assert all(layer["seconds"] > 0 and "fit_seconds" in layer for layer in res["layers"])
+    assert {"perplexity", "calibration"} <= set(res["eval"]["protocol"])
+    assert res["calibration"]["seed"] == 0 and res["calibration"]["nsamples"] == 8
+    assert res["export"]["boundary_merge_error"] < 1e-5
+    assert "pattern: none" in (run / "config.yaml").read_text()
+
+
+def test_unrotated_run_saves_a_plain_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = save_tiny_dir(tmp_path / "tiny", "qwen2")
+    DRLightningCLI(args=fit_args(src, tmp_path / "run", method="wanda", steps=0))
+    model_dir = tmp_path / "run" / "model"
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == "qwen2"
+    assert not (model_dir / "modeling_drlightning.py").exists()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert (w.reshape(w.shape[0], -1, 4) == 0).sum(-1).eq(2).all()

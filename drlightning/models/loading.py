@@ -80,10 +80,17 @@ def load_model(
             f"{DEFAULT_MODEL!r}, or a hub id with the hub reachable"
         ) from err
     adapter_for(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation, **kwargs,
-    )
+    if not gguf:  # never unpickle: weights come from safetensors (or GGUF) only
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation, **kwargs,
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not load weights of {source!r}: drlightning reads weights only from "
+            f"safetensors or GGUF files, never from pickled .bin/.pt files ({err})") from err
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
     if getattr(model.config, "quantization_config", None) is not None and gguf:
         del model.config.quantization_config  # weights are dequantised floats now
