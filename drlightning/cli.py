@@ -64,9 +64,30 @@ class DRLightningCLI(LightningCLI):
         return self.results
 
 
-def main(args=None) -> None:
-    """Console entry point."""
-    DRLightningCLI(args=args)
+COMMANDS = "fit (rotate + prune), eval (perplexity / zero-shot), compare (runs side by side)"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: ``drlightning fit|eval|compare …``."""
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["eval"]:
+        from jsonargparse import CLI
+
+        from .evaluate import evaluate
+
+        CLI(evaluate, args=argv[1:])
+    elif argv[:1] == ["compare"]:
+        from .report import compare
+
+        if not argv[1:] or argv[1] in ("-h", "--help"):
+            print("usage: drlightning compare RUN_DIR [RUN_DIR ...]\n"
+                  "Print a side-by-side table of the runs' results.json.")
+            return
+        compare(argv[1:])
+    else:
+        DRLightningCLI(args=argv)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ class LayerDataModule(LightningDataModule):
         self.prune_report: dict = {}
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
-        """Float32 copies of the seven linear weights (after norm folding)."""
-        return {r: self.adapter.linear(self.layer, r).weight.detach().float() for r in ROLES}
+        """Float32 copies of the seven linear weights (after norm folding); copies, so merging and
+        pruning the layer in place later does not change them."""
+        return {r: self.adapter.linear(self.layer, r).weight.detach().to(torch.float32, copy=True)
+                for r in ROLES}
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(self.steps), batch_size=None, shuffle=False)

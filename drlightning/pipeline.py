@@ -22,6 +22,13 @@ from .run_state import RunState
 TrainerFactory = Callable[[int, RotationModule], Trainer]
 
 
+def relative_error(out: LayerInputs, ref: LayerInputs, x: LayerInputs) -> float:
+    """‖out − ref‖ / ‖ref − x‖ over all batches (the layer's error relative to its own update)."""
+    num = sum((o.double() - r.double()).square().sum() for o, r in zip(out.hidden, ref.hidden, strict=True))
+    den = sum((r.double() - i.double()).square().sum() for r, i in zip(ref.hidden, x.hidden, strict=True))
+    return float((num / den).sqrt()) if den > 0 else float("nan")
+
+
 def rotate_and_prune_layer(
     index: int,
     layer: nn.Module,
@@ -30,10 +37,12 @@ def rotate_and_prune_layer(
     inputs: LayerInputs,
     template: RotationModule,
     make_trainer: TrainerFactory,
+    on_fit: Callable[[int, RotationModule], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Rotate (unless ``steps == 0``), merge and prune one layer; returns (new layer, report).
 
     With ``steps == 0`` no rotation is trained or merged and the plain pruner runs on the layer.
+    ``on_fit(index, module)`` is called after rotation training (e.g. to draw importance pictures).
     """
     hp = template.settings()
     steps, method = hp["steps"], hp["method"]
@@ -45,6 +54,8 @@ def rotate_and_prune_layer(
     module = template.fresh()
     fit_start = time.perf_counter()
     make_trainer(index, module).fit(module, datamodule=dm)
+    if on_fit is not None:
+        on_fit(index, module)
     return dm.layer, {**dm.rotation_report, **dm.prune_report,
                       "fit_seconds": time.perf_counter() - fit_start}
 
@@ -58,12 +69,16 @@ def rotate_and_prune(
     batch_size: int = 8,
     progress: bool = True,
     state: RunState | None = None,
+    on_layer: Callable[[dict], None] | None = None,
+    on_fit: Callable[[int, RotationModule], None] | None = None,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
     Layer ℓ sees the outputs of the already rotated and pruned layers before it. Returns one report
-    dict per layer. With a ``state``, layers finished by an earlier run are restored and replayed
-    instead of recomputed, and every newly finished layer is saved before the next one starts.
+    dict per layer, including the layer's pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖
+    on the calibration inputs X. With a ``state``, layers finished by an earlier run are restored
+    and replayed instead of recomputed, and every newly finished layer is saved before the next one
+    starts. ``on_layer(report)`` is called after each finished layer.
     """
     layout = HeadLayout.from_config(model.config)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size)
@@ -81,14 +96,19 @@ def rotate_and_prune(
                initial=done, total=len(layers))
     for i in bar:
         start = time.perf_counter()
+        dense_out = run_layer(layers[i], inputs)
         layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
-                                               make_trainer)
+                                               make_trainer, on_fit)
         layers[i] = layer
-        inputs = run_layer(layer, inputs)
-        report = {"layer": i, **report, "seconds": time.perf_counter() - start}
+        pruned_out = run_layer(layer, inputs)
+        report = {"layer": i, **report, "pruning_error": relative_error(pruned_out, dense_out, inputs),
+                  "seconds": time.perf_counter() - start}
+        inputs = pruned_out
         if state is not None:
             state.save_layer(i, layer, report)
         reports.append(report)
+        if on_layer is not None:
+            on_layer(report)
         if "best_entropy" in report:
             bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")
     return reports

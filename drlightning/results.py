@@ -51,6 +51,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def ensure_writable(path: Path) -> None:
     """Create ``path`` and prove a file can be written there, or raise a clear error."""
     try:
@@ -76,5 +89,13 @@ def format_table(results: dict) -> str:
         dense = results.get("dense_ppl", {}).get(name)
         dense_s = f"{dense:12.3f}" if dense is not None else f"{'-':>12}"
         rows.append(f"{name:<16}{dense_s}{ppl:12.3f}")
+    tasks = (results.get("zero_shot") or {}).get("tasks") or {}
+    dense_tasks = (results.get("dense_zero_shot") or {}).get("tasks") or {}
+    if tasks:
+        rows.append(f"{'task (acc %)':<16}{'dense':>12}{'pruned':>12}")
+    for name, row in tasks.items():
+        dense = dense_tasks.get(name, {}).get("value")
+        dense_s = f"{100 * dense:12.2f}" if dense is not None else f"{'-':>12}"
+        rows.append(f"{name[:16]:<16}{dense_s}{100 * row['value']:12.2f}")
     rows.append(f"wall time {results['seconds']:.1f} s")
     return "\n".join(rows)

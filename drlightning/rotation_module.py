@@ -10,6 +10,7 @@ from torch import nn
 
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
+from .rotation.objective import layer_scores
 
 
 class RotationModule(LightningModule):
@@ -129,6 +130,17 @@ class RotationModule(LightningModule):
             self._track(total, q, r, self.global_step)
         assert self.best is not None, "no loss was evaluated"
         return self.best
+
+    @torch.no_grad()
+    def importance(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Importance scores of one linear before (identity) and after the best rotations."""
+        q, r = self.best_rotations()
+        q, r = q.float(), r.float()
+        eye_q = torch.eye(q.shape[0], device=q.device)
+        eye_r = torch.eye(r.shape[-1], device=r.device).expand_as(r).contiguous()
+        method = self.hparams.method
+        before = layer_scores(eye_q, eye_r, self.frozen, self.layout, method)[role]
+        return before, layer_scores(q, r, self.frozen, self.layout, method)[role]
 
     def report(self) -> dict:
         """Per-layer numbers for results.json."""

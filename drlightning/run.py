@@ -13,15 +13,16 @@ from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .calibration_data import CalibrationDataModule
-from .callbacks.merge import INVARIANCE_TOLERANCE
 from .data import load_eval_text, tokenize_text
-from .eval import perplexity
-from .export import install_boundaries, save_model_dir
+from .evaluate import evaluate_loaded
+from .export import save_model_dir
 from .models import DEFAULT_MODEL, adapter_for, load_model
 from .models.adapters import ROLES
 from .models.loading import DTYPES
+from .monitor import RunMonitor
 from .pipeline import rotate_and_prune
 from .pruning import NO_PRUNING, parse_pattern
+from .report import load_run, report_markdown
 from .results import (
     EVAL_PROTOCOL,
     atomic_write_text,
@@ -31,8 +32,8 @@ from .results import (
     versions,
     write_json,
 )
-from .rotation import rotation_storage_dtype
 from .rotation_module import RotationModule
+from .run_setup import boundary_dtype, check_pattern_fits, finalize_rotations, fingerprint, opts_dtype
 from .run_state import RunState
 
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
@@ -53,7 +54,19 @@ class RunOptions:
         eval_seqlen: perplexity window length (default: the calibration seqlen).
         eval_max_windows: evaluate only the first N windows (None = all).
         eval_batch_size: windows per forward pass during evaluation.
-        dense_ppl: also evaluate the dense model first.
+        dense_ppl: also evaluate the dense model first (perplexity and zero-shot).
+        zero_shot: lm-eval tasks evaluated 0-shot at the end (and on the dense model), e.g.
+            [piqa, hellaswag, arc_easy, arc_challenge, winogrande] or [drl_continuation] (offline,
+            generated from ``task_text``); empty = perplexity only.
+        task_data_dir: folder of <task>.jsonl files to run the standard tasks offline.
+        task_text: text source of the generated ``drl_continuation`` task.
+        task_items: number of generated ``drl_continuation`` items.
+        task_limit: evaluate only the first N documents of each task.
+        picture_layers: layers whose importance picture (before/after rotation) is drawn to
+            ``output_dir/pictures`` and TensorBoard.
+        picture_role: the linear drawn: q, k, v, o, gate, up or down.
+        baseline_run: run directory of a baseline (e.g. the plain pruner, steps 0) for report.md's
+            "gap closed" column.
         tensorboard: log each layer's entropy curve to ``output_dir/tensorboard/layer_XX``.
         trust_remote_code: allow remote modelling code of the *input* model (off by default).
         progress: show progress bars.
@@ -73,6 +86,14 @@ class RunOptions:
     eval_max_windows: int | None = None
     eval_batch_size: int = 4
     dense_ppl: bool = True
+    zero_shot: list[str] = field(default_factory=list)
+    task_data_dir: str | None = None
+    task_text: str = "embedded"
+    task_items: int = 500
+    task_limit: int | None = None
+    picture_layers: list[int] = field(default_factory=lambda: [0])
+    picture_role: str = "o"
+    baseline_run: str | None = None
     tensorboard: bool = True
     trust_remote_code: bool = False
     progress: bool = True
@@ -117,57 +138,6 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
     return make
 
 
-def fingerprint(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
-                extra: dict | None = None) -> dict:
-    """The settings that shape the per-layer results (a resumed run must match them exactly)."""
-    return {"model": module.settings(), "data": data.protocol(),
-            "run": {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype},
-            **(extra or {})}
-
-
-def check_pattern_fits(model, adapter, pattern: str) -> None:
-    """Fail early if an N:M pattern does not tile the inputs of every linear of the model."""
-    if pattern == NO_PRUNING:
-        return
-    parsed = parse_pattern(pattern)
-    layer = adapter.decoder_layers(model)[0]
-    for role in ROLES:
-        try:
-            parsed.validate(adapter.linear(layer, role).in_features)
-        except ValueError as err:
-            raise ValueError(f"{err} ({role}_proj of {model.config.model_type})") from None
-
-
-def boundary_dtype(opts: RunOptions, model_dtype: torch.dtype) -> str:
-    """Name of the dtype the merged boundary rotations are stored in ("auto": at least float32)."""
-    if opts.rotation_dtype == "auto":
-        return str(rotation_storage_dtype(model_dtype)).removeprefix("torch.")
-    if opts.rotation_dtype == "model":
-        return str(model_dtype).removeprefix("torch.")
-    return opts.rotation_dtype
-
-
-@torch.no_grad()
-def finalize_rotations(model, adapter, windows: torch.Tensor, rotation_dtype: str) -> dict:
-    """Merge each layer's exit and the next layer's entry rotation into one boundary matrix.
-
-    Self-check: the logits on one calibration window must not move by more than the merge
-    tolerance of the coarser of the model and rotation dtypes.
-    """
-    device = next(model.parameters()).device
-    probe = windows[:1].to(device)
-    before = model(probe, use_cache=False).logits.double()
-    fields = install_boundaries(model, adapter, rotation_dtype)
-    after = model(probe, use_cache=False).logits.double()
-    rel = ((after - before).norm() / before.norm()).item()
-    tol = max(INVARIANCE_TOLERANCE.get(opts_dtype(model), 1e-2),
-              INVARIANCE_TOLERANCE.get(DTYPES[rotation_dtype], 1e-2))
-    if not rel <= tol:
-        raise RuntimeError(f"merging the boundary rotations changed the logits by {rel:.2e} "
-                           f"(relative; tolerance {tol:.0e}); this is a bug, please report it")
-    return {**fields, "boundary_merge_error": rel}
-
-
 def run_job(
     module: RotationModule,
     data: CalibrationDataModule,
@@ -191,6 +161,8 @@ def run_job(
     if opts.rotation_dtype not in ("auto", "model", *DTYPES):
         raise ValueError(f"run.rotation_dtype={opts.rotation_dtype!r}; allowed: 'auto', 'model', "
                          f"{', '.join(map(repr, DTYPES))}")
+    if opts.picture_role not in ROLES:
+        raise ValueError(f"run.picture_role={opts.picture_role!r}; allowed: {', '.join(ROLES)}")
     state = RunState(run_dir, fingerprint(module, data, opts, settings))
     state.check_or_claim()
     if config_text is not None:
@@ -207,33 +179,46 @@ def run_job(
     windows = data.calibration(tokenizer, max_len)
     seqlen = opts.eval_seqlen or data.hparams.seqlen
     eval_tokens = {name: tokenize_text(tokenizer, load_eval_text(name)) for name in opts.eval_data}
+    baseline = load_run(opts.baseline_run) if opts.baseline_run else None
 
-    def evaluate() -> dict[str, float]:
-        return {name: perplexity(model, toks, seqlen, opts.eval_batch_size, opts.eval_max_windows,
-                                 progress=opts.progress) for name, toks in eval_tokens.items()}
+    def evaluate() -> dict:
+        return evaluate_loaded(model, tokenizer, ppl=opts.eval_data, seqlen=seqlen,
+                               max_windows=opts.eval_max_windows, batch_size=opts.eval_batch_size,
+                               tasks=opts.zero_shot, task_data_dir=opts.task_data_dir,
+                               task_text=opts.task_text, task_items=opts.task_items,
+                               task_limit=opts.task_limit, progress=opts.progress,
+                               eval_tokens=eval_tokens)
 
-    cached = state.load_json("dense_ppl.json")
-    if dense_ppl is None and opts.dense_ppl:
-        if cached is not None and set(cached) == set(eval_tokens):
-            dense_ppl = cached
+    dense = {"ppl": dense_ppl} if dense_ppl is not None else None
+    cached = state.load_json("dense_eval.json")
+    wanted = {"ppl": sorted(opts.eval_data), "zero_shot": sorted(opts.zero_shot)}
+    if dense is None and opts.dense_ppl:
+        if cached is not None and cached.get("wanted") == wanted:
+            dense = cached["result"]
         else:
-            dense_ppl = evaluate()
-            state.save_json("dense_ppl.json", dense_ppl)
+            dense = evaluate()
+            state.save_json("dense_eval.json", {"wanted": wanted, "result": dense})
+    pattern = hp["pattern"]
+    monitor = RunMonitor(run_dir, opts.tensorboard, opts.picture_layers, opts.picture_role,
+                         0.5 if pattern == NO_PRUNING else parse_pattern(pattern).sparsity)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
         layer_reports = rotate_and_prune(model, adapter, windows, module, make_trainer,
                                          batch_size=data.hparams.batch_size, progress=opts.progress,
-                                         state=state)
+                                         state=state, on_layer=monitor.layer_done,
+                                         on_fit=monitor.fit_done)
     finally:
         quiet.setLevel(level)
     export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))
+    final = evaluate()
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
         "calibration": {**data.protocol(), "tokens": int(windows.numel())},
-        "ppl": evaluate(), "dense_ppl": dense_ppl or {},
+        **final, "dense_ppl": (dense or {}).get("ppl", {}),
+        "dense_zero_shot": (dense or {}).get("zero_shot", {}),
         "eval": {"seqlen": seqlen, "max_windows": opts.eval_max_windows,
                  "datasets": opts.eval_data, "protocol": EVAL_PROTOCOL},
         "export": export,
@@ -246,11 +231,9 @@ def run_job(
         save_model_dir(model, tokenizer, run_dir / "model", {k: v for k, v in export.items()
                                                               if k.startswith("drl_")})
         results["export"]["path"] = str(run_dir / "model")
+    monitor.model_done(results)
+    monitor.close()
     write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "report.md", report_markdown(results, baseline))
     print(format_table(results))
     return results
-
-
-def opts_dtype(model) -> torch.dtype:
-    """The floating dtype of the model's weights."""
-    return next(model.parameters()).dtype

@@ -89,41 +89,39 @@ def _scores(w: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     return s if c is None else s * c
 
 
-def layer_entropy(
+def layer_scores(
     q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total entropy (the loss) and its part per role for rotations Q (d×d) and R2 (G×hd×hd)."""
+) -> dict[str, torch.Tensor]:
+    """Importance scores S = W̃² ⊙ c of all seven rotated linears (down: without c, which cancels
+    inside each column)."""
     w = frozen.weights
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
     c_attn = _diag_factor(frozen.m_attn, q, method)
     c_mlp = _diag_factor(frozen.m_mlp, q, method)
-    parts: dict[str, torch.Tensor] = {}
-
-    n_q = w["q"].shape[0]
-    qk = torch.cat([w["q"], w["k"]]) @ q
-    s = _scores(qk, c_attn)
-    parts["q"] = group_entropy(s[:n_q], dim=1)
-    parts["k"] = group_entropy(s[n_q:], dim=1)
-
+    n_q, n_gate = w["q"].shape[0], w["gate"].shape[0]
+    qk = _scores(torch.cat([w["q"], w["k"]]) @ q, c_attn)
     wv = torch.einsum("gij,gid->gjd", r, w["v"].reshape(g, hd, -1)).reshape(g * hd, -1) @ q
-    s = _scores(wv, c_attn)
-    parts["v"] = group_entropy(s, dim=1) + group_entropy(s, dim=0)
-
     wo = (q.T @ w["o"]).reshape(-1, g, nrep, hd)
     wo = torch.einsum("dgrj,gjk->dgrk", wo, r).reshape(wo.shape[0], -1)
     c_o = None
     if frozen.m_o_blocks is not None:
         r_heads = r.repeat_interleave(nrep, dim=0)
         c_o = _diag_factor(frozen.m_o_blocks, r_heads, method).reshape(-1)
-    s = _scores(wo, c_o)
-    parts["o"] = group_entropy(s, dim=1) + group_entropy(s, dim=0)
+    gu = _scores(torch.cat([w["gate"], w["up"]]) @ q, c_mlp)
+    return {"q": qk[:n_q], "k": qk[n_q:], "v": _scores(wv, c_attn), "o": _scores(wo, c_o),
+            "gate": gu[:n_gate], "up": gu[n_gate:], "down": (q.T @ w["down"]).square()}
 
-    n_gate = w["gate"].shape[0]
-    gu = torch.cat([w["gate"], w["up"]]) @ q
-    s = _scores(gu, c_mlp)
-    parts["gate"] = group_entropy(s[:n_gate], dim=1)
-    parts["up"] = group_entropy(s[n_gate:], dim=1)
 
-    parts["down"] = group_entropy((q.T @ w["down"]).square(), dim=0)
+GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up": (1,), "down": (0,)}
+"""Dimensions over which each role's scores are normalised (1: per row, 0: per column)."""
+
+
+def layer_entropy(
+    q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total entropy (the loss) and its part per role for rotations Q (d×d) and R2 (G×hd×hd)."""
+    scores = layer_scores(q, r, frozen, layout, method)
+    parts = {role: sum(group_entropy(s, dim=d) for d in GROUP_DIMS[role])
+             for role, s in scores.items()}
     total = torch.stack(list(parts.values())).sum()
     return total, parts

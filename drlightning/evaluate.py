@@ -1,0 +1,121 @@
+"""One evaluation entry point: perplexity (+ zero-shot) of a model, a GGUF file or a run directory.
+
+    drlightning eval --model runs/smollm2/sparsegpt-2of4 --tasks [drl_continuation]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .data import load_eval_text, tokenize_text
+from .eval import perplexity
+from .eval.zeroshot import CONTINUATION, zero_shot
+from .models import DEFAULT_MODEL, load_model
+from .results import EVAL_PROTOCOL, device_name, versions, write_json
+
+PROTOCOL_WINDOWS = {"c4": 256}
+"""Evaluation windows fixed by a dataset's protocol (C4: 256 × seqlen tokens) when none are given."""
+
+
+def evaluate_loaded(model, tokenizer, *, ppl: list[str], seqlen: int, max_windows: int | None = None,
+                    batch_size: int = 4, tasks: list[str] | None = None,
+                    task_data_dir: str | None = None, task_text: str = "embedded",
+                    task_items: int = 500, task_limit: int | None = None,
+                    progress: bool = True, eval_tokens: dict | None = None) -> dict:
+    """Perplexity on each ``ppl`` dataset and 0-shot accuracy on ``tasks`` of an in-memory model."""
+    out: dict = {"ppl": {}}
+    for name in ppl:
+        tokens = (eval_tokens or {}).get(name)
+        if tokens is None:
+            tokens = tokenize_text(tokenizer, load_eval_text(name))
+        windows = max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
+        out["ppl"][name] = perplexity(model, tokens, seqlen, batch_size, windows, progress=progress)
+    if tasks:
+        text = load_eval_text(task_text) if CONTINUATION in tasks else None
+        out["zero_shot"] = zero_shot(model, tokenizer, list(tasks), task_data_dir=task_data_dir,
+                                     text=text, n_items=task_items, limit=task_limit)
+    return out
+
+
+def resolve_eval_target(spec: str) -> tuple[str, Path | None]:
+    """A run directory evaluates its saved ``model/``; returns (model spec, run dir or None)."""
+    path = Path(spec)
+    if (path / "results.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model"), path
+    return spec, None
+
+
+def load_any(spec: str, gguf_file: str | None, dtype: str, trust_remote_code: bool):
+    """(model, tokenizer): drlightning outputs without remote code, anything else via load_model."""
+    from .export import load_pretrained
+
+    cfg = Path(spec) / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("model_type", "").startswith("drlightning_"):
+        return load_pretrained(spec, dtype=dtype, with_tokenizer=True)
+    return load_model(spec, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def evaluate(
+    model: str = DEFAULT_MODEL,
+    ppl: list[str] | None = None,
+    seqlen: int = 512,
+    max_windows: int | None = None,
+    batch_size: int = 4,
+    tasks: list[str] | None = None,
+    task_data_dir: str | None = None,
+    task_text: str = "embedded",
+    task_items: int = 500,
+    task_limit: int | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    output: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a model: perplexity on ``ppl`` datasets and 0-shot accuracy on ``tasks``.
+
+    Args:
+        model: a drlightning run directory, a saved model directory, a .gguf file, a hub id, or
+            "smollm2-135m-instruct" (the embedded default).
+        ppl: perplexity datasets: "embedded", "wikitext2", "c4" (256 windows), "hf:<id>", local paths.
+        seqlen: perplexity window length.
+        max_windows: evaluate only the first N windows (default: all; C4: 256).
+        batch_size: windows per forward pass.
+        tasks: lm-eval tasks (piqa hellaswag arc_easy arc_challenge winogrande …) and/or
+            "drl_continuation" (generated from ``task_text``, works offline).
+        task_data_dir: folder with <task>.jsonl files to run standard tasks offline.
+        task_text: text source of the generated task.
+        task_items: items of the generated task.
+        task_limit: evaluate only the first N documents of each task.
+        dtype: dtype to load the model in.
+        device: "auto", "cpu" or "cuda[:i]".
+        gguf_file: GGUF file name when ``model`` is a folder holding one.
+        trust_remote_code: allow remote modelling code of a hub model.
+        output: JSON file for the numbers (default: <run dir>/eval.json for run directories).
+        progress: show progress bars.
+    """
+    start = time.perf_counter()
+    spec, run_dir = resolve_eval_target(model)
+    mdl, tok = load_any(spec, gguf_file, dtype, trust_remote_code)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    mdl.to(dev)
+    res = evaluate_loaded(mdl, tok, ppl=["embedded"] if ppl is None else ppl, seqlen=seqlen,
+                          max_windows=max_windows, batch_size=batch_size, tasks=tasks,
+                          task_data_dir=task_data_dir, task_text=task_text, task_items=task_items,
+                          task_limit=task_limit, progress=progress)
+    res.update(model=model, eval={"seqlen": seqlen, "max_windows": max_windows,
+                                  "protocol": EVAL_PROTOCOL},
+               device=device_name(dev), versions=versions(), seconds=time.perf_counter() - start)
+    target = Path(output) if output else (run_dir / "eval.json" if run_dir else None)
+    if target is not None:
+        write_json(target, res)
+    from .report import eval_table
+
+    print(eval_table(res))
+    return res

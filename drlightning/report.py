@@ -1,0 +1,101 @@
+"""Markdown reports of runs and side-by-side comparisons (``drlightning compare run_a run_b``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if pct else f"{value:.3f}"
+
+
+def _rows(res: dict, dense: bool) -> dict[str, tuple[float | None, bool]]:
+    """metric label → (value, is accuracy) for a run's pruned (or dense) numbers."""
+    ppl = res.get("dense_ppl" if dense else "ppl") or {}
+    zs = res.get("dense_zero_shot" if dense else "zero_shot") or {}
+    rows = {f"ppl {k}": (v, False) for k, v in ppl.items()}
+    for task, row in (zs.get("tasks") or {}).items():
+        rows[f"{task} ({row['metric']})"] = (row["value"], True)
+    if zs.get("tasks"):
+        rows["zero-shot mean"] = (zs["mean"], True)
+    return rows
+
+
+def gap_closed(dense: float, baseline: float, ours: float) -> float | None:
+    """Share of the baseline's perplexity gap to dense that ``ours`` closes."""
+    gap = baseline - dense
+    return (baseline - ours) / gap if gap > 0 else None
+
+
+def report_markdown(res: dict, baseline: dict | None = None) -> str:
+    """The ``report.md`` of a run: dense vs pruned (vs baseline) and the protocol."""
+    title = f"# {res['model']} — {res['method']} {res['pattern']}, {res['steps']} rotation steps\n"
+    ours, dense = _rows(res, False), _rows(res, True)
+    base = _rows(baseline, False) if baseline else {}
+    head = "| metric | dense | pruned |" + (" baseline | gap closed |" if baseline else "")
+    lines = [title, head, "|---" * (5 if baseline else 3) + "|"]
+    for label, (value, acc) in ours.items():
+        d = dense.get(label, (None, acc))[0]
+        row = f"| {label} | {_fmt(d, acc)} | {_fmt(value, acc)} |"
+        if baseline:
+            b = base.get(label, (None, acc))[0]
+            closed = gap_closed(d, b, value) if None not in (d, b) and not acc else None
+            row += f" {_fmt(b, acc)} | {'-' if closed is None else f'{100 * closed:.1f}%'} |"
+        lines.append(row)
+    lines += ["", "Accuracies in %, perplexities lower-is-better. "
+              + (f"Baseline: {baseline.get('run_dir', 'given run')}. " if baseline else ""), "",
+              "## Protocol", "", "```json",
+              json.dumps({"calibration": res.get("calibration"), "eval": res.get("eval"),
+                          "zero_shot": (res.get("zero_shot") or {}).get("protocol"),
+                          "rotation": res.get("rotation"), "settings": res.get("settings"),
+                          "device": res.get("device"), "versions": res.get("versions")},
+                         indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def load_run(path: str | Path) -> dict:
+    """results.json of a run directory (with ``run_dir`` added)."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a drlightning run directory (no results.json)")
+    res = json.loads(file.read_text(encoding="utf-8"))
+    res["run_dir"] = str(path)
+    return res
+
+
+def compare_table(runs: list[dict]) -> str:
+    """Markdown table: one column per run (plus the dense model of the first run)."""
+    labels: dict[str, bool] = {}
+    for res in runs:
+        labels.update({k: acc for k, (_, acc) in _rows(res, False).items()})
+    names = [f"{r['method']} {r['pattern']} s{r['steps']}" for r in runs]
+    lines = ["| metric | dense | " + " | ".join(names) + " |", "|---" * (len(runs) + 2) + "|"]
+    dense = _rows(runs[0], True)
+    for label, acc in labels.items():
+        cells = [_fmt(_rows(r, False).get(label, (None, acc))[0], acc) for r in runs]
+        lines.append(f"| {label} | {_fmt(dense.get(label, (None, acc))[0], acc)} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {n}: {r['run_dir']}" for n, r in zip(names, runs, strict=True)]
+    return "\n".join(lines)
+
+
+def compare(runs: list[str]) -> str:
+    """Print a side-by-side table of the given run directories."""
+    if not runs:
+        raise ValueError("give at least one run directory")
+    table = compare_table([load_run(r) for r in runs])
+    print(table)
+    return table
+
+
+def eval_table(res: dict) -> str:
+    """Plain table of one ``drlightning eval`` result."""
+    rows = [f"{res.get('model')}"]
+    for label, (value, acc) in _rows(res, False).items():
+        rows.append(f"  {label:<32}{_fmt(value, acc):>10}")
+    return "\n".join(rows)
