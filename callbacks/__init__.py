@@ -1,6 +1,7 @@
-"""Lightning callbacks of drlightning: merging rotations and pruning each layer."""
+"""Lightning callbacks of drlightning: merging rotations, pruning each layer, LoRA export."""
 
+from .lora import LoRAExport
 from .merge import MergeRotations
 from .prune import GROUPS, PruneLayer, prune_layer
 
-__all__ = ["GROUPS", "MergeRotations", "PruneLayer", "prune_layer"]
+__all__ = ["GROUPS", "LoRAExport", "MergeRotations", "PruneLayer", "prune_layer"]

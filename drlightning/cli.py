@@ -64,11 +64,30 @@ class DRLightningCLI(LightningCLI):
         return self.results
 
 
-COMMANDS = "fit (rotate + prune), eval (perplexity / zero-shot), compare (runs side by side)"
+COMMANDS = ("fit (rotate + prune), lora fit (LoRA recovery of a pruned run), eval (perplexity / "
+            "zero-shot), compare (runs side by side)")
+
+
+def config_stage(argv: list[str]) -> str | None:
+    """The ``stage:`` key of the last ``--config`` file on the command line (None if absent)."""
+    import yaml
+
+    stage = None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if path and Path(path).is_file():
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "stage" in data:
+                stage = data["stage"]
+    return stage
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: ``drlightning fit|eval|compare …``."""
+    """Console entry point: ``drlightning fit|lora fit|eval|compare …``.
+
+    ``drlightning fit --config <file with stage: lora>`` runs the LoRA stage as well.
+    """
     import sys
 
     argv = list(sys.argv[1:] if args is None else args)
@@ -86,6 +105,10 @@ def main(args: list[str] | None = None) -> None:
                   "Print a side-by-side table of the runs' results.json.")
             return
         compare(argv[1:])
+    elif argv[:1] == ["lora"] or (argv[:1] == ["fit"] and config_stage(argv) == "lora"):
+        from .lora.cli import LoRACLI
+
+        LoRACLI(args=argv[1:] if argv[:1] == ["lora"] else argv)
     else:
         DRLightningCLI(args=argv)
 

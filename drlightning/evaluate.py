@@ -24,7 +24,7 @@ PROTOCOL_WINDOWS = {"c4": 256}
 def evaluate_loaded(model, tokenizer, *, ppl: list[str], seqlen: int, max_windows: int | None = None,
                     batch_size: int = 4, tasks: list[str] | None = None,
                     task_data_dir: str | None = None, task_text: str = "embedded",
-                    task_items: int = 500, task_limit: int | None = None,
+                    task_items: int = 200, task_limit: int | None = None,
                     progress: bool = True, eval_tokens: dict | None = None) -> dict:
     """Perplexity on each ``ppl`` dataset and 0-shot accuracy on ``tasks`` of an in-memory model."""
     out: dict = {"ppl": {}}
@@ -68,7 +68,7 @@ def evaluate(
     tasks: list[str] | None = None,
     task_data_dir: str | None = None,
     task_text: str = "embedded",
-    task_items: int = 500,
+    task_items: int = 200,
     task_limit: int | None = None,
     dtype: str = "float32",
     device: str = "auto",

@@ -10,7 +10,8 @@ from .results import atomic_write_bytes
 from .rotation_module import RotationModule
 
 LAYER_SCALARS = ("initial_entropy", "best_entropy", "best_step", "orthogonality_error",
-                 "invariance_error", "pruning_error", "seconds", "fit_seconds", "prune_seconds")
+                 "invariance_error", "pruning_error", "pruning_error_unrotated", "seconds",
+                 "fit_seconds", "prune_seconds")
 
 
 class RunMonitor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -71,6 +72,7 @@ def rotate_and_prune(
     state: RunState | None = None,
     on_layer: Callable[[dict], None] | None = None,
     on_fit: Callable[[int, RotationModule], None] | None = None,
+    unrotated_error: bool = False,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
@@ -78,7 +80,8 @@ def rotate_and_prune(
     dict per layer, including the layer's pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖
     on the calibration inputs X. With a ``state``, layers finished by an earlier run are restored
     and replayed instead of recomputed, and every newly finished layer is saved before the next one
-    starts. ``on_layer(report)`` is called after each finished layer.
+    starts. ``on_layer(report)`` is called after each finished layer. ``unrotated_error`` also
+    prunes a copy of each layer without rotation and reports its error (one extra pruning per layer).
     """
     layout = HeadLayout.from_config(model.config)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size)
@@ -97,12 +100,21 @@ def rotate_and_prune(
     for i in bar:
         start = time.perf_counter()
         dense_out = run_layer(layers[i], inputs)
+        plain_error = None
+        if unrotated_error and template.hparams.steps > 0:
+            plain = copy.deepcopy(layers[i])
+            hp = template.settings()
+            prune_layer(plain, adapter, inputs, hp["method"], hp["pattern"])
+            plain_error = relative_error(run_layer(plain, inputs), dense_out, inputs)
+            del plain
         layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
                                                make_trainer, on_fit)
         layers[i] = layer
         pruned_out = run_layer(layer, inputs)
         report = {"layer": i, **report, "pruning_error": relative_error(pruned_out, dense_out, inputs),
                   "seconds": time.perf_counter() - start}
+        if plain_error is not None:
+            report["pruning_error_unrotated"] = plain_error
         inputs = pruned_out
         if state is not None:
             state.save_layer(i, layer, report)

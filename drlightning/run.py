@@ -65,6 +65,8 @@ class RunOptions:
         picture_layers: layers whose importance picture (before/after rotation) is drawn to
             ``output_dir/pictures`` and TensorBoard.
         picture_role: the linear drawn: q, k, v, o, gate, up or down.
+        unrotated_error: also prune an unrotated copy of each layer and report its pruning error
+            next to the rotated one (the per-layer gain; costs one extra pruning per layer).
         baseline_run: run directory of a baseline (e.g. the plain pruner, steps 0) for report.md's
             "gap closed" column.
         tensorboard: log each layer's entropy curve to ``output_dir/tensorboard/layer_XX``.
@@ -89,10 +91,11 @@ class RunOptions:
     zero_shot: list[str] = field(default_factory=list)
     task_data_dir: str | None = None
     task_text: str = "embedded"
-    task_items: int = 500
+    task_items: int = 200
     task_limit: int | None = None
     picture_layers: list[int] = field(default_factory=lambda: [0])
     picture_role: str = "o"
+    unrotated_error: bool = False
     baseline_run: str | None = None
     tensorboard: bool = True
     trust_remote_code: bool = False
@@ -208,7 +211,8 @@ def run_job(
         layer_reports = rotate_and_prune(model, adapter, windows, module, make_trainer,
                                          batch_size=data.hparams.batch_size, progress=opts.progress,
                                          state=state, on_layer=monitor.layer_done,
-                                         on_fit=monitor.fit_done)
+                                         on_fit=monitor.fit_done,
+                                         unrotated_error=opts.unrotated_error)
     finally:
         quiet.setLevel(level)
     export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))

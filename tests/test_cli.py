@@ -10,13 +10,13 @@ import pytest
 from drlightning.cli import DRLightningCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.stem != "lora")
 
 
 def test_there_are_configs_for_every_default_combination():
     names = {p.stem for p in (ROOT / "configs" / "smollm2").glob("*.yaml")}
     assert names == {f"{m}-{p}" for m in ("magnitude", "wanda", "sparsegpt")
-                     for p in ("50pct", "2of4", "4of8")}
+                     for p in ("50pct", "2of4", "4of8")} | {"lora"}
     for model in ("llama3-8b", "qwen2.5-7b", "mistral-7b"):
         assert list((ROOT / "configs" / model).glob("*.yaml")), model
 
@@ -26,6 +26,19 @@ def test_config_parses(path):
     cli = DRLightningCLI(args=["--config", str(path)], run=False)
     assert cli.model.hparams.method in path.stem
     assert cli.trainer.max_steps == cli.model.hparams.steps
+
+
+def test_lora_config_parses_with_paper_defaults():
+    from drlightning.lora import PAPER_DEFAULTS
+    from drlightning.lora.cli import LoRACLI
+
+    path = ROOT / "configs" / "smollm2" / "lora.yaml"
+    cli = LoRACLI(args=["--config", str(path), "--model.model", "smollm2-135m-instruct"], run=False)
+    hp = cli.model.hparams
+    assert {k: hp[k] for k in PAPER_DEFAULTS if k != "warmup_steps"} == {
+        k: v for k, v in PAPER_DEFAULTS.items() if k != "warmup_steps"}
+    assert cli.trainer.max_steps == 200 and hp.mask_updates
+    assert any(type(c).__name__ == "LoRAExport" for c in cli.trainer.callbacks)
 
 
 def test_bf16_true_precision_is_refused(tmp_path):
@@ -41,6 +54,7 @@ def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
         "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
         "--model.steps", "2", "--data.nsamples", "4", "--data.seqlen", "64",
         "--run.eval_max_windows", "4", "--run.output_dir", str(out), "--run.progress", "false",
+        "--run.zero_shot", "[drl_continuation]", "--run.task_items", "8",
     ])
     res = json.loads((out / "results.json").read_text())
     assert res == json.loads(json.dumps(cli.results))
@@ -52,6 +66,7 @@ def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
     dense, pruned = res["dense_ppl"]["embedded"], res["ppl"]["embedded"]
     assert 1 < dense < pruned < 1e4
     assert len(res["layers"]) == 30
+    assert res["zero_shot"]["tasks"]["drl_continuation"]["n"] == 8
     assert (out / "config.yaml").read_text().count("sparsegpt") >= 1
     assert "dense ppl" in capsys.readouterr().out
     assert any((out / "tensorboard").iterdir())
@@ -78,6 +93,7 @@ def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
         "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
         "--model.pattern", "none", "--model.steps", "3", "--data.nsamples", "2",
         "--data.seqlen", "32", "--run.eval_data", "[]", "--run.dense_ppl", "false",
+        "--run.zero_shot", "[]",
         "--run.output_dir", str(out), "--run.progress", "false", "--run.tensorboard", "false",
     ])
     dense, tok = load_model()

@@ -141,3 +141,22 @@ def test_fit_with_zero_shot_writes_report_and_eval_compare_cli(tiny, tmp_path, c
     ev = json.loads((tmp_path / "dr" / "eval.json").read_text())
     assert ev["zero_shot"]["tasks"]["drl_continuation"] == res["zero_shot"]["tasks"]["drl_continuation"]
     assert ev["ppl"]["embedded"] == pytest.approx(res["ppl"]["embedded"], rel=1e-5)
+
+
+def test_c4_uses_the_protocol_window_count(monkeypatch):
+    import drlightning.evaluate as ev
+
+    seen = {}
+    monkeypatch.setattr(ev, "load_eval_text", lambda name: f"text of {name}")
+    monkeypatch.setattr(ev, "tokenize_text", lambda tok, text: text)
+
+    def fake_ppl(model, tokens, seqlen, batch_size, windows, progress):
+        seen[tokens] = (seqlen, windows)
+        return 1.0
+
+    monkeypatch.setattr(ev, "perplexity", fake_ppl)
+    ev.evaluate_loaded(None, None, ppl=["c4", "wikitext2", "notes.txt"], seqlen=2048)
+    assert seen == {"text of c4": (2048, 256), "text of wikitext2": (2048, None),
+                    "text of notes.txt": (2048, None)}
+    ev.evaluate_loaded(None, None, ppl=["c4"], seqlen=128, max_windows=3)
+    assert seen["text of c4"] == (128, 3)

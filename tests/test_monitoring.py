@@ -37,7 +37,8 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("mon")
     src = save_tiny_dir(base / "tiny", "mistral")
     DRLightningCLI(args=fit_args(src, base / "run", steps=15, extra=(
-        "--run.tensorboard", "true", "--run.picture_layers", "[0, 1]", "--run.picture_role", "v")))
+        "--run.tensorboard", "true", "--run.picture_layers", "[0, 1]", "--run.picture_role", "v",
+        "--run.unrotated_error", "true")))
     return base / "run"
 
 
@@ -52,7 +53,8 @@ def test_run_draws_pictures_and_logs_summary_scalars(run):
     acc.Reload()
     tags = acc.Tags()
     for key in ("layer/best_entropy", "layer/pruning_error", "layer/orthogonality_error",
-                "layer/best_step", "layer/seconds", "model/ppl_embedded", "sparsity/down"):
+                "layer/best_step", "layer/seconds", "layer/pruning_error_unrotated",
+                "model/ppl_embedded", "sparsity/down"):
         assert key in tags["scalars"], key
     assert [e.step for e in acc.Scalars("layer/pruning_error")] == [0, 1]
     assert "importance/v" in tags["images"] and len(acc.Images("importance/v")) == 2
@@ -63,6 +65,8 @@ def test_pruning_error_is_reported_per_layer(run):
     res = json.loads((run / "results.json").read_text())
     errors = [layer["pruning_error"] for layer in res["layers"]]
     assert all(0 < e < 10 for e in errors)
+    plain = [layer["pruning_error_unrotated"] for layer in res["layers"]]
+    assert all(0 < e < 10 for e in plain) and plain != errors
 
 
 def test_frozen_weights_do_not_alias_the_layer():

@@ -118,3 +118,44 @@ def test_unknown_method_is_rejected():
     weights, hessians = random_layer()
     with pytest.raises(ValueError, match="allowed: magnitude, wanda, sparsegpt"):
         frozen_layer(weights, hessians, "obs", LAYOUT)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_benchmark_reference_loss_matches_the_fast_loss(method):
+    """The plain yardstick of benchmarks/rotation_step.py computes the same loss and gradient."""
+    from drlightning.rotation.objective import damped_inverse
+    from drlightning.rotation.reference import reference_entropy
+
+    weights, hessians = random_layer(seed=5)
+    weights = {k: v.double() for k, v in weights.items()}
+    hessians = {k: v.double() for k, v in hessians.items()}
+    frozen = frozen_layer(weights, hessians, method, LAYOUT)
+    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
+    m_o = None
+    if method != "magnitude":  # rebuild the frozen matrices in float64
+        def m(h):
+            return h if method == "wanda" else damped_inverse(h)
+
+        frozen.m_attn, frozen.m_mlp, m_o = m(hessians["attn_in"]), m(hessians["mlp_in"]), m(hessians["o"])
+        nh, hd = LAYOUT.n_heads, LAYOUT.head_dim
+        idx = torch.arange(nh)
+        frozen.m_o_blocks = m_o.reshape(nh, hd, nh, hd)[idx, :, idx, :].contiguous()
+    g = torch.Generator().manual_seed(7)
+    a0 = torch.eye(LAYOUT.hidden, dtype=torch.float64) + 0.3 * torch.randn(
+        LAYOUT.hidden, LAYOUT.hidden, generator=g, dtype=torch.float64)
+    b0 = torch.eye(LAYOUT.head_dim, dtype=torch.float64) + 0.3 * torch.randn(
+        LAYOUT.n_kv_heads, LAYOUT.head_dim, LAYOUT.head_dim, generator=g, dtype=torch.float64)
+    grads = []
+    losses = []
+    for fn in ("fast", "reference"):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        if fn == "fast":
+            loss, _ = layer_entropy(torch.linalg.qr(a).Q, torch.linalg.qr(b).Q, frozen, LAYOUT, method)
+        else:
+            loss = reference_entropy(a, b, frozen, m_o, LAYOUT, method)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append((a.grad, b.grad))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-8, atol=1e-10)

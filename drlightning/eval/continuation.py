@@ -1,8 +1,9 @@
 """A multiple-choice task generated deterministically from any text (offline zero-shot accuracy).
 
-Each item: a passage of ``context_words`` words, and ``n_choices`` candidate continuations of
-``continuation_words`` words — the true one and others taken from random, non-overlapping places
-of the same text. A language model that follows the text picks the true one; chance is 1/n_choices.
+Each item (items never overlap): a passage of ``context_words`` words, and ``n_choices``
+candidate continuations of ``continuation_words`` words — the true one and others
+taken from random, non-overlapping places of the same text. A language model that
+follows the text picks the true one; chance is 1/n_choices.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 from pathlib import Path
 
 
-def continuation_items(text: str, n_items: int = 500, context_words: int = 40,
+def continuation_items(text: str, n_items: int = 200, context_words: int = 40,
                        continuation_words: int = 10, n_choices: int = 4,
                        seed: int = 0) -> list[dict]:
     """The task's items: ``{"context", "choices", "label"}`` dicts (same input → same items)."""
@@ -23,12 +24,12 @@ def continuation_items(text: str, n_items: int = 500, context_words: int = 40,
             raise ValueError(f"{name}={value!r} must be an integer ≥ {low}")
     words = text.split()
     span = context_words + continuation_words
-    need = span * n_items + continuation_words * (n_choices - 1)
-    if len(words) < need:
-        raise ValueError(f"the text has {len(words)} words; {n_items} items of {span} words "
-                         f"need at least {need}")
+    slots = len(words) // span
+    if n_items > slots or len(words) < span + continuation_words * (n_choices - 1):
+        raise ValueError(f"the text has {len(words)} words: at most {slots} non-overlapping items "
+                         f"of {span} words; got n_items={n_items}")
     rng = random.Random(seed)
-    starts = sorted(rng.sample(range(len(words) - span + 1), n_items))
+    starts = sorted(span * slot for slot in rng.sample(range(slots), n_items))
     items = []
     for start in starts:
         cut = start + context_words

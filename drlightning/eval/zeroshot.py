@@ -29,7 +29,7 @@ def local_task_files() -> dict[str, str]:
     return yaml.safe_load((TASK_DIR / "local_tasks.yaml").read_text(encoding="utf-8"))
 
 
-def continuation_spec(text: str, workdir: Path, n_items: int = 500, seed: int = 0) -> dict:
+def continuation_spec(text: str, workdir: Path, n_items: int = 200, seed: int = 0) -> dict:
     """The ``drl_continuation`` task config with its generated data file in ``workdir``."""
     data = write_items(continuation_items(text, n_items=n_items, seed=seed),
                        Path(workdir) / "drl_continuation.jsonl")
@@ -52,7 +52,7 @@ def local_spec(task: str, data_dir: Path) -> dict:
 
 
 def task_specs(tasks: list[str], workdir: Path, task_data_dir: str | None = None,
-               text: str | None = None, n_items: int = 500) -> list:
+               text: str | None = None, n_items: int = 200) -> list:
     """lm-eval task specs: names (Hub), local overrides (grouped), the generated task."""
     specs: list = []
     local = []
@@ -83,7 +83,7 @@ def summarize(results: dict, tasks: list[str]) -> dict:
 
 
 def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None = None,
-              text: str | None = None, n_items: int = 500, limit: int | None = None,
+              text: str | None = None, n_items: int = 200, limit: int | None = None,
               batch_size: int = 8) -> dict:
     """Run 0-shot ``tasks`` on an in-memory model; returns per-task numbers, mean and protocol."""
     import lm_eval
@@ -92,7 +92,8 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None =
 
     if not tasks:
         return {}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    was_training = model.training
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # sets eval mode
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -104,6 +105,7 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None =
                                           verbosity="ERROR", log_samples=False)
     finally:
         quiet.setLevel(level)
+        model.train(was_training)
     source = task_data_dir or ("hub" if set(tasks) - {CONTINUATION} else "generated")
     protocol = {"num_fewshot": 0, "limit": limit, "lm_eval": importlib.metadata.version("lm_eval"),
                 "source": source, "metrics": {t: METRIC.get(t, "acc_norm|acc") for t in tasks}}

@@ -51,7 +51,8 @@ def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict) ->
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _rewrite_config(tmp, drl_fields, model.config.model_type)
+        base = getattr(model.config, "base_model_type", None) or model.config.model_type
+        _rewrite_config(tmp, drl_fields, base)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)

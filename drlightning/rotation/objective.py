@@ -19,7 +19,7 @@ import torch
 
 from ..models.adapters import HeadLayout
 from ..pruning import METHODS
-from .entropy import group_entropy
+from .entropy import entropy_over
 
 
 def damped_inverse(h: torch.Tensor, percdamp: float = 0.01, quirk: bool = False) -> torch.Tensor:
@@ -121,7 +121,6 @@ def layer_entropy(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total entropy (the loss) and its part per role for rotations Q (d×d) and R2 (G×hd×hd)."""
     scores = layer_scores(q, r, frozen, layout, method)
-    parts = {role: sum(group_entropy(s, dim=d) for d in GROUP_DIMS[role])
-             for role, s in scores.items()}
+    parts = {role: entropy_over(s, GROUP_DIMS[role]) for role, s in scores.items()}
     total = torch.stack(list(parts.values())).sum()
     return total, parts

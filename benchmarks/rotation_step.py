@@ -1,0 +1,159 @@
+"""Rotation step time: drlightning's objective vs a plain implementation of the paper's loss.
+
+    python benchmarks/rotation_step.py                       # CPU: smollm2 and llama3-8b sizes
+    python benchmarks/rotation_step.py --sizes llama3-70b    # needs ~20 GB of memory
+
+One step = QR of the parameters, the summed entropy loss, backward and an Adam update, on a
+synthetic layer (random weights, random SPD Hessians) of the named size. Both implementations run
+interleaved in the same process, so the ratio holds on a noisy machine; the reference
+(``drlightning/rotation/reference.py``) forms QᵀMQ per linear and block-diagonal R2 densely.
+Writes a table between ``<!-- rotstep-cpu:begin -->`` and ``<!-- rotstep-cpu:end -->`` (or -gpu) in
+docs/benchmarks.md and the raw numbers to benchmarks/results/rotation_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from drlightning.models import HeadLayout
+from drlightning.results import device_name
+from drlightning.rotation import frozen_layer, layer_entropy, qr_orthogonal
+from drlightning.rotation.objective import damped_inverse
+from drlightning.rotation.reference import reference_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {
+    "smollm2": HeadLayout(hidden=576, n_heads=9, n_kv_heads=3, head_dim=64, intermediate=1536),
+    "llama3-8b": HeadLayout(hidden=4096, n_heads=32, n_kv_heads=8, head_dim=128, intermediate=14336),
+    "llama3-70b": HeadLayout(hidden=8192, n_heads=64, n_kv_heads=8, head_dim=128, intermediate=28672),
+}
+
+
+def synthetic(layout: HeadLayout, method: str, device: torch.device, seed: int = 0):
+    """(frozen layer, full o-input matrix) with random weights and SPD Hessians diag + low rank."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    d, hd, inter = layout.hidden, layout.head_dim, layout.intermediate
+    shapes = {"q": (layout.n_heads * hd, d), "k": (layout.n_kv_heads * hd, d),
+              "v": (layout.n_kv_heads * hd, d), "o": (d, layout.n_heads * hd),
+              "gate": (inter, d), "up": (inter, d), "down": (d, inter)}
+    weights = {r: (torch.randn(*s, generator=g) * 0.02).to(device) for r, s in shapes.items()}
+
+    def hess(n: int) -> torch.Tensor:
+        u = torch.randn(n, 64, generator=g).to(device)
+        return torch.diag(torch.rand(n, generator=g).to(device) + 0.1) + u @ u.T / 64
+
+    hessians = None
+    m_o = None
+    if method != "magnitude":
+        hessians = {"attn_in": hess(d), "o": hess(layout.n_heads * hd), "mlp_in": hess(d)}
+        m_o = hessians["o"] if method == "wanda" else damped_inverse(hessians["o"])
+    frozen = frozen_layer(weights, hessians, method, layout)
+    return frozen, m_o
+
+
+def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: torch.device):
+    """A closure doing one optimisation step of ``kind`` ("fast" or "reference")."""
+    a = torch.nn.Parameter(torch.eye(layout.hidden, device=device))
+    b = torch.nn.Parameter(torch.eye(layout.head_dim, device=device).repeat(layout.n_kv_heads, 1, 1))
+    opt = torch.optim.Adam([a, b], lr=0.01)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        if kind == "fast":
+            loss, _ = layer_entropy(qr_orthogonal(a), qr_orthogonal(b), frozen, layout, method)
+        else:
+            loss = reference_entropy(a, b, frozen, m_o, layout, method)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([a, b], 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(size: str, method: str, steps: int, device: torch.device) -> dict:
+    """Median seconds per step of both implementations (interleaved) and peak GPU memory."""
+    layout = SIZES[size]
+    frozen, m_o = synthetic(layout, method, device)
+    fns = {k: make_step(k, frozen, m_o, layout, method, device) for k in ("fast", "reference")}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    peak: dict[str, float | None] = {}
+    for kind, fn in fns.items():  # warm-up (and peak memory of one step)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        peak[kind] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    for _ in range(steps):
+        for kind, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[kind].append(time.perf_counter() - start)
+    fast, ref = statistics.median(times["fast"]), statistics.median(times["reference"])
+    return {"size": size, "method": method, "steps": steps, "fast_s": fast, "reference_s": ref,
+            "speedup": ref / fast, "fast_peak_gib": peak["fast"], "reference_peak_gib": peak["reference"],
+            "device": device_name(device)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["smollm2", "llama3-8b"], choices=list(SIZES))
+    p.add_argument("--methods", nargs="+", default=["sparsegpt"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "rotation_step.json")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        for method in args.methods:
+            row = measure(size, method, args.steps, device)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    saved[tag] = rows
+    args.json.write_text(json.dumps(saved, indent=2) + "\n")
+    lines = [f"Device: {rows[0]['device']}, torch {torch.__version__}, float32, median of "
+             f"{args.steps} interleaved steps (QR + loss + backward + Adam). Command: `python "
+             f"benchmarks/rotation_step.py --sizes {' '.join(args.sizes)} --methods "
+             f"{' '.join(args.methods)} --steps {args.steps}`.", "",
+             "| layer size | method | drlightning s/step | paper-style reference s/step | speed-up |"
+             + (" peak GiB (ours / ref) |" if tag == "gpu" else ""),
+             "|---|---|---|---|---|" + ("---|" if tag == "gpu" else "")]
+    for r in rows:
+        line = (f"| {r['size']} | {r['method']} | {r['fast_s']:.4f} | {r['reference_s']:.4f} | "
+                f"{r['speedup']:.2f}× |")
+        if tag == "gpu":
+            line += f" {r['fast_peak_gib']:.2f} / {r['reference_peak_gib']:.2f} |"
+        lines.append(line)
+    text = "\n".join(lines)
+    print(text)
+    doc = args.out.read_text(encoding="utf-8")
+    begin, end = f"<!-- rotstep-{tag}:begin -->", f"<!-- rotstep-{tag}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        doc = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, doc, flags=re.S)
+    else:
+        doc += f"\n## Rotation step time ({tag.upper()}, issue 6)\n\n{block}\n"
+    args.out.write_text(doc, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""``drlightning lora fit --config configs/<model>/lora.yaml``: LoRA recovery as a LightningCLI.
+
+``model`` = LoRAModule (the pruned run to recover), ``data`` = TextDataModule, ``export`` = the
+LoRAExport callback (evaluation, adapters, masked merge, report), ``checkpoint`` = ModelCheckpoint
+on val/loss (adapter weights only). Resume with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from drlightning.callbacks.lora import LoRAExport
+
+from .module import LoRAModule
+from .text_data import TextDataModule
+
+TRAINER_DEFAULTS = {
+    "accelerator": "auto",
+    "devices": 1,
+    "precision": "32-true",
+    "max_steps": 300,
+    "max_epochs": -1,
+    "val_check_interval": 50,
+    "check_val_every_n_epoch": None,
+    "gradient_clip_val": 1.0,
+    "log_every_n_steps": 10,
+    "enable_model_summary": False,
+}
+
+
+def _checkpoint_dir(output_dir: str) -> str:
+    return str(Path(output_dir) / "checkpoints")
+
+
+class LoRACLI(LightningCLI):
+    """LightningCLI of the LoRA recovery stage (see the module docstring)."""
+
+    def __init__(self, args=None, run: bool = True) -> None:
+        super().__init__(
+            LoRAModule,
+            TextDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--stage", default="lora",
+                            help="'lora': lets `drlightning fit --config` route this file here")
+        parser.add_lightning_class_args(LoRAExport, "export")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min",
+                             "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
+                             "checkpoint.filename": "best-{step}"})
+        parser.link_arguments("export.output_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """Log to ``<output_dir>/tensorboard`` unless the config names another logger."""
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        out = Path(init["export"].output_dir)
+        if config.get("logger") in (None, True):
+            config["logger"] = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
+        config["default_root_dir"] = config.get("default_root_dir") or str(out)
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        stage = self.config[self.subcommand].get("stage")
+        if stage != "lora":
+            raise ValueError(f"stage={stage!r}; the LoRA CLI runs configs with stage: lora")
+        self.datamodule.tokenizer = self.model.tokenizer
+
+    def before_validate(self) -> None:
+        self.datamodule.tokenizer = self.model.tokenizer

@@ -1,0 +1,185 @@
+"""LoRA recovery: frozen rotations and base weights, masks intact after merge, resume, CLI chain."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+import yaml
+from lightning import Trainer
+from safetensors.torch import load_file
+
+from drlightning.cli import main
+from drlightning.export import load_pretrained
+from drlightning.lora import LoRAModule, TextDataModule, masked_merge, sparsity_masks
+
+from .tiny import fit_args, save_tiny_dir
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    """A tiny llama rotated (5 steps) and pruned 2:4, saved as a drlightning run directory."""
+    root = tmp_path_factory.mktemp("lora")
+    save_tiny_dir(root / "dense", "llama")
+    main(fit_args(root / "dense", root / "run", steps=5))
+    return root / "run"
+
+
+def _data(module: LoRAModule, **kw) -> TextDataModule:
+    data = TextDataModule(seqlen=32, batch_size=2, val_windows=2, max_train_windows=8, **kw)
+    data.tokenizer = module.tokenizer
+    return data
+
+
+def _train(module: LoRAModule, steps: int) -> None:
+    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0)
+    trainer.fit(module, datamodule=_data(module))
+
+
+def _check_2of4(weight: torch.Tensor, name: str) -> None:
+    zeros = (weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1)
+    assert bool((zeros == 2).all()), f"{name}: groups of 4 with {zeros.unique().tolist()} zeros"
+
+
+def test_rotations_and_base_weights_stay_frozen(pruned_run):
+    torch.manual_seed(0)
+    module = LoRAModule(str(pruned_run), lr=1e-2, warmup_steps=0)
+    base = module.base_model
+    buffers = {n: b.clone() for n, b in base.named_buffers() if n.startswith("drl_rotations")}
+    assert buffers, "the rotated model should carry its boundary rotations"
+    frozen = {n: p.detach().clone() for n, p in base.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in module.lora_parameters().items()}
+    assert lora and all("lora_" in n for n in lora)
+
+    loss = module(torch.randint(0, 300, (2, 16)))
+    loss.backward()
+    for name, p in base.named_parameters():
+        if "lora_" not in name:
+            assert not p.requires_grad and p.grad is None, f"{name} got a gradient"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.lora_parameters().values())
+    module.zero_grad()
+
+    _train(module, steps=3)
+    for name, b in base.named_buffers():
+        if name in buffers:
+            assert torch.equal(b, buffers[name]), f"rotation buffer {name} changed"
+    for name, p in base.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), f"frozen weight {name} changed"
+    changed = [n for n, p in module.lora_parameters().items() if not torch.equal(p, lora[n])]
+    assert changed, "LoRA parameters did not train"
+
+
+@pytest.mark.parametrize("mask_updates", [True, False])
+def test_masked_merge_keeps_the_pattern_and_matches_a_reference(pruned_run, mask_updates):
+    torch.manual_seed(1)
+    module = LoRAModule(str(pruned_run), mask_updates=mask_updates)
+    for p in module.lora_parameters().values():  # B starts at 0: make the update dense
+        torch.nn.init.normal_(p, std=0.05)
+    base = module.base_model
+    names = [n for n, m in base.named_modules() if hasattr(m, "lora_A")]
+    assert sorted({n.rsplit(".", 1)[1] for n in names}) == sorted(TARGETS)
+    masks = sparsity_masks(base, names)
+    modules = dict(base.named_modules())
+    expected = {}
+    for n in names:
+        m = modules[n]
+        w = m.get_base_layer().weight.double()
+        a, b = m.lora_A["default"].weight.double(), m.lora_B["default"].weight.double()
+        expected[n] = (w + m.scaling["default"] * b @ a) * masks[n]
+    ids = torch.randint(0, 300, (2, 24))
+    module.eval()
+    with torch.no_grad():
+        before = module.model(input_ids=ids).logits
+    merged = masked_merge(module.model, masks)
+    with torch.no_grad():
+        after = merged(input_ids=ids).logits
+    merged_modules = dict(merged.named_modules())
+    for n in names:
+        weight = merged_modules[n].weight
+        assert isinstance(merged_modules[n], torch.nn.Linear)
+        torch.testing.assert_close(weight.double(), expected[n], rtol=1e-5, atol=1e-6)
+        _check_2of4(weight, n)
+    if mask_updates:  # what was trained is exactly what was merged
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    else:  # the dense update loses its pruned part on merge
+        assert not torch.allclose(after, before, atol=1e-4)
+
+
+def _lora_args(run, out, steps: int, extra: tuple = ()) -> list[str]:
+    return ["--model.model", str(run), "--model.warmup_steps", "1", "--model.lr", "1e-3",
+            "--data.seqlen", "32", "--data.batch_size", "2", "--data.val_windows", "2",
+            "--data.max_train_windows", "8", "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+            "--trainer.accelerator", "cpu", "--export.output_dir", str(out),
+            "--export.eval_max_windows", "2", "--export.progress", "false", *extra]
+
+
+def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path, caplog):
+    out = tmp_path / "lora"
+    main(["lora", "fit", *_lora_args(pruned_run, out, steps=4)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 4
+    assert res["sparsity"]["nonzero_at_pruned_positions"] == 0
+    assert res["sparsity"]["pruned_fraction"] == pytest.approx(0.5)
+    for stage in ("before", "after_adapter", "after"):
+        assert res[stage]["ppl"]["embedded"] > 1
+    report = (out / "report.md").read_text()
+    assert "| ppl embedded |" in report and "+ LoRA merged (sparse)" in report
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    weights = load_file(out / "model" / "model.safetensors")
+    for name, w in weights.items():
+        if name.endswith(tuple(f"{t}.weight" for t in TARGETS)):
+            _check_2of4(w, name)
+    model = load_pretrained(out / "model")
+    assert model.config.model_type == "drlightning_llama"
+    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.isfinite().all()
+
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+
+    # resume from the last checkpoint and go on to step 6; stage: lora routes `fit` here
+    cfg = tmp_path / "lora.yaml"
+    cfg.write_text(yaml.safe_dump({"stage": "lora"}))
+    with caplog.at_level(logging.INFO):
+        main(["fit", "--config", str(cfg), *_lora_args(pruned_run, out, steps=6), "--ckpt_path", "last"])
+    assert "Restored all states from the checkpoint" in caplog.text
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["steps"] == 6
+    assert res2["before"] == res["before"]  # evaluated once, cached for the resumed run
+
+    # the resumed adapters come from the checkpoint, not from a fresh initialisation
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6
+    for key in ckpt["state_dict"]:
+        if "lora_B" in key:
+            ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], 0.125)
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    main(["lora", "fit", *_lora_args(pruned_run, out, steps=6, extra=("--export.use_best", "false")),
+          "--ckpt_path", str(tmp_path / "edited.ckpt")])
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all(bool((v == 0.125).all()) for v in lora_b)
+
+
+def test_bad_lora_input_is_refused_early(pruned_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a run directory"):
+        LoRAModule(str(tmp_path))
+    with pytest.raises(ValueError, match="r=0"):
+        LoRAModule(str(pruned_run), r=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LoRAModule(str(pruned_run), dropout=1.5)
+    module = LoRAModule(str(pruned_run))
+    data = TextDataModule(seqlen=32, val_windows=10**6)
+    data.tokenizer = module.tokenizer
+    with pytest.raises(ValueError, match="val_windows=1000000"):
+        data.setup("fit")
