@@ -58,9 +58,13 @@ def synthetic(layout: HeadLayout, method: str, device: torch.device, seed: int =
     return frozen, m_o
 
 
-def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: torch.device):
-    """A closure doing one optimisation step of ``kind`` ("fast" or "reference")."""
-    a = torch.nn.Parameter(torch.eye(layout.hidden, device=device))
+def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: torch.device,
+              blocks: int = 1):
+    """A closure doing one optimisation step of ``kind`` ("fast" or "reference"); ``blocks`` > 1
+    learns R1 as that many diagonal blocks (fast only)."""
+    d = layout.hidden
+    a = torch.nn.Parameter(torch.eye(d, device=device) if blocks == 1 else
+                           torch.eye(d // blocks, device=device).repeat(blocks, 1, 1))
     b = torch.nn.Parameter(torch.eye(layout.head_dim, device=device).repeat(layout.n_kv_heads, 1, 1))
     opt = torch.optim.Adam([a, b], lr=0.01)
 
@@ -83,13 +87,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(size: str, method: str, steps: int, device: torch.device) -> dict:
-    """Median seconds per step of both implementations (interleaved) and peak GPU memory."""
+def measure(size: str, method: str, steps: int, device: torch.device, blocks: list[int]) -> list[dict]:
+    """Median seconds per step (interleaved): the reference, ours, ours with block-diagonal R1."""
     layout = SIZES[size]
     frozen, m_o = synthetic(layout, method, device)
-    fns = {k: make_step(k, frozen, m_o, layout, method, device) for k in ("fast", "reference")}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    peak: dict[str, float | None] = {}
+    fns = {"reference": make_step("reference", frozen, m_o, layout, method, device)}
+    for k in blocks:
+        fns[k] = make_step("fast", frozen, m_o, layout, method, device, k)
+    times: dict = {k: [] for k in fns}
+    peak: dict = {}
     for kind, fn in fns.items():  # warm-up (and peak memory of one step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -103,10 +109,11 @@ def measure(size: str, method: str, steps: int, device: torch.device) -> dict:
             fn()
             _sync(device)
             times[kind].append(time.perf_counter() - start)
-    fast, ref = statistics.median(times["fast"]), statistics.median(times["reference"])
-    return {"size": size, "method": method, "steps": steps, "fast_s": fast, "reference_s": ref,
-            "speedup": ref / fast, "fast_peak_gib": peak["fast"], "reference_peak_gib": peak["reference"],
-            "device": device_name(device)}
+    ref = statistics.median(times["reference"])
+    return [{"size": size, "method": method, "r1_blocks": k, "steps": steps,
+             "fast_s": statistics.median(times[k]), "reference_s": ref,
+             "speedup": ref / statistics.median(times[k]), "fast_peak_gib": peak[k],
+             "reference_peak_gib": peak["reference"], "device": device_name(device)} for k in blocks]
 
 
 def main() -> None:
@@ -114,6 +121,8 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["smollm2", "llama3-8b"], choices=list(SIZES))
     p.add_argument("--methods", nargs="+", default=["sparsegpt"])
     p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="R1 block counts timed for drlightning (1 = dense R1, the paper's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "rotation_step.json")
@@ -122,9 +131,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for method in args.methods:
-            row = measure(size, method, args.steps, device)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for row in measure(size, method, args.steps, device, args.blocks):
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     tag = "gpu" if device.type == "cuda" else "cpu"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
@@ -133,12 +142,15 @@ def main() -> None:
     lines = [f"Device: {rows[0]['device']}, torch {torch.__version__}, float32, median of "
              f"{args.steps} interleaved steps (QR + loss + backward + Adam). Command: `python "
              f"benchmarks/rotation_step.py --sizes {' '.join(args.sizes)} --methods "
-             f"{' '.join(args.methods)} --steps {args.steps}`.", "",
-             "| layer size | method | drlightning s/step | paper-style reference s/step | speed-up |"
+             f"{' '.join(args.methods)} --steps {args.steps} --blocks "
+             f"{' '.join(map(str, args.blocks))}`. The reference always uses a dense R1.", "",
+             "| layer size | method | R1 blocks | drlightning s/step | paper-style reference s/step "
+             "| speed-up |"
              + (" peak GiB (ours / ref) |" if tag == "gpu" else ""),
-             "|---|---|---|---|---|" + ("---|" if tag == "gpu" else "")]
+             "|---|---|---|---|---|---|" + ("---|" if tag == "gpu" else "")]
     for r in rows:
-        line = (f"| {r['size']} | {r['method']} | {r['fast_s']:.4f} | {r['reference_s']:.4f} | "
+        line = (f"| {r['size']} | {r['method']} | {r['r1_blocks']} | {r['fast_s']:.4f} | "
+                f"{r['reference_s']:.4f} | "
                 f"{r['speedup']:.2f}× |")
         if tag == "gpu":
             line += f" {r['fast_peak_gib']:.2f} / {r['reference_peak_gib']:.2f} |"

@@ -64,6 +64,13 @@ def load_run(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is not a drlightning run directory (no results.json)")
     res = json.loads(file.read_text(encoding="utf-8"))
     res["run_dir"] = str(path)
+    if "lora" in res and "method" not in res:  # a LoRA recovery run: its final model's numbers
+        final = res.get("after") or res.get("after_adapter") or {}
+        src = res.get("source_run") or {}
+        res.update(method=f"{src.get('method', '?')} {src.get('pattern', '')} + LoRA",
+                   pattern=f"r{res['lora']['r']}", steps=res.get("steps"), ppl=final.get("ppl"),
+                   zero_shot=final.get("zero_shot"), dense_ppl=src.get("dense_ppl"),
+                   dense_zero_shot=src.get("dense_zero_shot"))
     return res
 
 

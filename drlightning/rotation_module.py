@@ -13,6 +13,14 @@ from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error,
 from .rotation.objective import layer_scores
 
 
+def check_r1_blocks(hidden: int, blocks: int) -> None:
+    """Raise unless ``blocks`` divides the hidden size."""
+    if hidden % blocks:
+        divisors = [k for k in (1, 2, 4, 8, 16) if hidden % k == 0]
+        raise ValueError(f"model.r1_blocks={blocks} does not divide the hidden size {hidden}; "
+                         f"allowed e.g. {divisors}")
+
+
 class RotationModule(LightningModule):
     """Minimise the summed importance entropy of one decoder layer over orthogonal Q and R2.
 
@@ -25,6 +33,8 @@ class RotationModule(LightningModule):
         grad_clip: gradient-norm clip over all rotation parameters.
         reference_quirks: reproduce the authors' released SparseGPT objective (λ added after
             inversion, numerically the magnitude objective). For comparisons only.
+        r1_blocks: k > 1 learns R1 as k diagonal blocks of size hidden/k (paper Appendix E);
+            each step then costs about 1/k of the dense one. k must divide the hidden size.
     """
 
     def __init__(
@@ -35,6 +45,7 @@ class RotationModule(LightningModule):
         lr: float = 0.01,
         grad_clip: float = 1.0,
         reference_quirks: bool = False,
+        r1_blocks: int = 1,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -47,6 +58,8 @@ class RotationModule(LightningModule):
             raise ValueError(f"lr={lr!r} must be > 0")
         if not grad_clip > 0:
             raise ValueError(f"grad_clip={grad_clip!r} must be > 0")
+        if not isinstance(r1_blocks, int) or isinstance(r1_blocks, bool) or r1_blocks < 1:
+            raise ValueError(f"r1_blocks={r1_blocks!r} must be an integer ≥ 1 (1 = dense R1)")
         self.save_hyperparameters()
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None
@@ -72,7 +85,10 @@ class RotationModule(LightningModule):
         dm = self.trainer.datamodule
         layout = dm.layout
         self.layout = layout
-        self.A = nn.Parameter(torch.eye(layout.hidden))
+        k = self.hparams.get("r1_blocks", 1)
+        check_r1_blocks(layout.hidden, k)
+        self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
+                              torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
         self.frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.hparams.method, layout,
                                    self.hparams.reference_quirks)
@@ -87,7 +103,7 @@ class RotationModule(LightningModule):
                 setattr(f, name, getattr(f, name).to(dev))
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Current Q (d×d) and R2 (G×hd×hd)."""
+        """Current Q (d×d, or its k diagonal blocks) and R2 (G×hd×hd)."""
         return qr_orthogonal(self.A), qr_orthogonal(self.B)
 
     def loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -129,7 +145,8 @@ class RotationModule(LightningModule):
             total, _, q, r = self.loss()
             self._track(total, q, r, self.global_step)
         assert self.best is not None, "no loss was evaluated"
-        return self.best
+        q, r = self.best
+        return (torch.block_diag(*q.unbind(0)) if q.dim() == 3 else q), r
 
     @torch.no_grad()
     def importance(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:

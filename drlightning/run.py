@@ -32,7 +32,7 @@ from .results import (
     versions,
     write_json,
 )
-from .rotation_module import RotationModule
+from .rotation_module import RotationModule, check_r1_blocks
 from .run_setup import boundary_dtype, check_pattern_fits, finalize_rotations, fingerprint, opts_dtype
 from .run_state import RunState
 
@@ -177,6 +177,7 @@ def run_job(
     adapter = adapter_for(model.config)
     hp = module.settings()
     check_pattern_fits(model, adapter, hp["pattern"])
+    check_r1_blocks(model.config.hidden_size, hp["r1_blocks"])
     model.to(device)
     max_len = getattr(model.config, "max_position_embeddings", None)
     windows = data.calibration(tokenizer, max_len)

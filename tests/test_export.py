@@ -183,3 +183,22 @@ def test_unrotated_run_saves_a_plain_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     w = model.model.layers[1].mlp.down_proj.weight
     assert (w.reshape(w.shape[0], -1, 4) == 0).sum(-1).eq(2).all()
+
+
+def test_block_diagonal_r1_run_is_function_preserving(tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    DRLightningCLI(args=fit_args(src, tmp_path / "run", pattern="none", steps=10,
+                                 extra=("--model.r1_blocks", "4")))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["rotation"]["r1_blocks"] == 4
+    model = drlightning.load_pretrained(tmp_path / "run" / "model")
+    m = model.drl_rotations.matrix(1).double()  # Q_1ᵀ Q_0: block-diagonal in 4 blocks of 16
+    mask = torch.block_diag(*[torch.ones(16, 16)] * 4).bool()
+    assert m[~mask].abs().max() < 1e-6 and not torch.allclose(m, torch.eye(64, dtype=m.dtype))
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(ids).logits
+    assert rel(got, dense_logits(src, ids)) <= 1e-4
+    with pytest.raises(ValueError, match="r1_blocks=3 does not divide the hidden size 64"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "bad", pattern="none", steps=1,
+                                     extra=("--model.r1_blocks", "3")))

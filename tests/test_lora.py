@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from drlightning.cli import main
 from drlightning.export import load_pretrained
 from drlightning.lora import LoRAModule, TextDataModule, masked_merge, sparsity_masks
+from drlightning.report import compare
 
 from .tiny import fit_args, save_tiny_dir
 
@@ -133,6 +134,8 @@ def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path,
     report = (out / "report.md").read_text()
     assert "| ppl embedded |" in report and "+ LoRA merged (sparse)" in report
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    table = compare([str(pruned_run), str(out)])
+    assert "+ LoRA r8 s4" in table and f"{res['after']['ppl']['embedded']:.3f}" in table
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     weights = load_file(out / "model" / "model.safetensors")

@@ -159,3 +159,27 @@ def test_benchmark_reference_loss_matches_the_fast_loss(method):
     assert losses[0] == pytest.approx(losses[1], rel=1e-10)
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_block_diagonal_r1_equals_the_dense_block_matrix(method):
+    """Q given as k blocks gives the loss and gradient of the dense block-diagonal Q."""
+    weights, hessians = random_layer(seed=9)
+    frozen = frozen_layer({k: v.double() for k, v in weights.items()},
+                          {k: v.double() for k, v in hessians.items()}, method, LAYOUT)
+    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
+    for name in ("m_attn", "m_mlp", "m_o_blocks"):
+        if getattr(frozen, name) is not None:
+            setattr(frozen, name, getattr(frozen, name).double())
+    blocks = random_orthogonal(8, (4,), generator=torch.Generator().manual_seed(1))
+    r = random_orthogonal(LAYOUT.head_dim, (LAYOUT.n_kv_heads,), generator=torch.Generator().manual_seed(2))
+    qb = blocks.clone().requires_grad_()
+    qd = block_diagonal(blocks).requires_grad_()
+    fast, _ = layer_entropy(qb, r, frozen, LAYOUT, method)
+    dense, _ = layer_entropy(qd, r, frozen, LAYOUT, method)
+    fast.backward()
+    dense.backward()
+    assert fast.item() == pytest.approx(dense.item(), rel=1e-12)
+    for i in range(4):
+        sl = slice(8 * i, 8 * i + 8)
+        torch.testing.assert_close(qb.grad[i], qd.grad[sl, sl], rtol=1e-9, atol=1e-12)

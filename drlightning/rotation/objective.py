@@ -9,6 +9,8 @@ Shapes follow nn.Linear (out, in). With Q (d×d, residual stream) and R2 (G×hd�
 | down            | Qᵀ·W            | cancels inside each column                 | columns        |
 
 Scores are S = W̃² ⊙ c. Diagonals use D(QᵀMQ)_j = Σ_i (MQ)_ij Q_ij; QᵀMQ is never formed.
+Q may also be given as k diagonal blocks (k, d/k, d/k) (block-diagonal R1, paper Appendix E): the
+products then cost 1/k of the dense ones and D(QᵀMQ) needs only M's diagonal blocks.
 """
 
 from __future__ import annotations
@@ -84,6 +86,32 @@ def _diag_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch.
     return d if method == "wanda" else 1.0 / d
 
 
+def rotate_inputs(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """W·Q for W (out, d) and Q dense (d, d) or block-diagonal blocks (k, d/k, d/k)."""
+    if q.dim() == 2:
+        return w @ q
+    k, b, _ = q.shape
+    return torch.einsum("okb,kbc->okc", w.reshape(w.shape[0], k, b), q).reshape(w.shape)
+
+
+def rotate_outputs(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Qᵀ·W for W (d, n) and Q dense or block-diagonal blocks."""
+    if q.dim() == 2:
+        return q.T @ w
+    k, b, _ = q.shape
+    return torch.einsum("kbc,kbn->kcn", q, w.reshape(k, b, -1)).reshape(w.shape)
+
+
+def _input_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch.Tensor | None:
+    """D(QᵀMQ) (or its inverse) for the residual-stream rotation, dense or block-diagonal."""
+    if m is None or q.dim() == 2:
+        return _diag_factor(m, q, method)
+    k, b, _ = q.shape
+    idx = torch.arange(k, device=m.device)
+    blocks = m.reshape(k, b, k, b)[idx, :, idx, :]
+    return _diag_factor(blocks, q, method).reshape(-1)
+
+
 def _scores(w: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     s = w.square()
     return s if c is None else s * c
@@ -93,23 +121,23 @@ def layer_scores(
     q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str
 ) -> dict[str, torch.Tensor]:
     """Importance scores S = W̃² ⊙ c of all seven rotated linears (down: without c, which cancels
-    inside each column)."""
+    inside each column). ``q`` is dense (d, d) or block-diagonal blocks (k, d/k, d/k)."""
     w = frozen.weights
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
-    c_attn = _diag_factor(frozen.m_attn, q, method)
-    c_mlp = _diag_factor(frozen.m_mlp, q, method)
+    c_attn = _input_factor(frozen.m_attn, q, method)
+    c_mlp = _input_factor(frozen.m_mlp, q, method)
     n_q, n_gate = w["q"].shape[0], w["gate"].shape[0]
-    qk = _scores(torch.cat([w["q"], w["k"]]) @ q, c_attn)
-    wv = torch.einsum("gij,gid->gjd", r, w["v"].reshape(g, hd, -1)).reshape(g * hd, -1) @ q
-    wo = (q.T @ w["o"]).reshape(-1, g, nrep, hd)
+    qk = _scores(rotate_inputs(torch.cat([w["q"], w["k"]]), q), c_attn)
+    wv = rotate_inputs(torch.einsum("gij,gid->gjd", r, w["v"].reshape(g, hd, -1)).reshape(g * hd, -1), q)
+    wo = rotate_outputs(q, w["o"]).reshape(-1, g, nrep, hd)
     wo = torch.einsum("dgrj,gjk->dgrk", wo, r).reshape(wo.shape[0], -1)
     c_o = None
     if frozen.m_o_blocks is not None:
         r_heads = r.repeat_interleave(nrep, dim=0)
         c_o = _diag_factor(frozen.m_o_blocks, r_heads, method).reshape(-1)
-    gu = _scores(torch.cat([w["gate"], w["up"]]) @ q, c_mlp)
+    gu = _scores(rotate_inputs(torch.cat([w["gate"], w["up"]]), q), c_mlp)
     return {"q": qk[:n_q], "k": qk[n_q:], "v": _scores(wv, c_attn), "o": _scores(wo, c_o),
-            "gate": gu[:n_gate], "up": gu[n_gate:], "down": (q.T @ w["down"]).square()}
+            "gate": gu[:n_gate], "up": gu[n_gate:], "down": rotate_outputs(q, w["down"]).square()}
 
 
 GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up": (1,), "down": (0,)}
