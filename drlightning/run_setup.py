@@ -11,11 +11,19 @@ from .models.loading import DTYPES
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import rotation_storage_dtype
 
+LATER_DEFAULTS = {"r1_blocks": 1}
+"""RotationModule settings added later, with the value that reproduces the earlier behaviour."""
+
 
 def fingerprint(module, data, opts,
                 extra: dict | None = None) -> dict:
-    """The settings that shape the per-layer results (a resumed run must match them exactly)."""
-    return {"model": module.settings(), "data": data.protocol(),
+    """The settings that shape the per-layer results (a resumed run must match them exactly).
+
+    Settings added after a release are left out while at their default, so run directories made
+    before them still resume.
+    """
+    settings = {k: v for k, v in module.settings().items() if LATER_DEFAULTS.get(k, object()) != v}
+    return {"model": settings, "data": data.protocol(),
             "run": {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype},
             **(extra or {})}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -58,9 +59,14 @@ def test_changed_settings_are_refused_naming_the_difference(tmp_path):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=4))
     with pytest.raises(ValueError, match=r"data\.nsamples: 8 → 4"):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, nsamples=4))
+    with pytest.raises(ValueError, match=r"model\.r1_blocks: '<unset>' → 2"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, extra=("--model.r1_blocks", "2")))
     # settings that do not shape the layers (evaluation, progress) may change
     DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3,
                                  extra=("--run.eval_max_windows", "1")))
+    # a setting added later, at its default, is left out of the fingerprint (old runs resume)
+    fp = json.loads((tmp_path / "run" / "state" / "fingerprint.json").read_text())
+    assert "r1_blocks" not in fp["model"]
 
 
 def test_disk_full_while_saving_a_layer_keeps_the_previous_state(tmp_path, monkeypatch):
