@@ -1,0 +1,139 @@
+"""2:4 inference speed of one decoder layer (paper Table 4): dense vs 2:4 vs 2:4 + rotations.
+
+    python benchmarks/sparse24_speed.py                 # GPU: LLaMA-3-8B layer, 32 × 2048 tokens, bf16
+    python benchmarks/sparse24_speed.py --smoke         # CPU: harness check on a small layer
+
+Variants: dense; 2:4 (every linear ``torch.sparse.to_sparse_semi_structured``); 2:4 + rotations as
+two d×d matmuls per layer (entry Q, exit Qᵀ — the unmerged form); 2:4 + our merged boundary (one
+d×d matmul per layer, ``Q_{l+1}ᵀ Q_l``). Forward only, ``torch.inference_mode``, CUDA-event timed,
+median of ``--iters``. Without CUDA the benchmark skips with a message (``--smoke`` runs the same
+harness on CPU with masked dense weights, to check the code, and writes nothing).
+Writes between ``<!-- sparse24:begin -->`` and ``<!-- sparse24:end -->`` in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from drlightning.pruning import nm_mask
+from drlightning.results import device_name
+from drlightning.rotation import random_orthogonal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_layer(hidden: int, inter: int, heads: int, kv: int, dtype: torch.dtype, device):
+    """A random LLaMA decoder layer and its rotary embedding module."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads,
+                      num_key_value_heads=kv, num_hidden_layers=1, attn_implementation="sdpa")
+    layer = LlamaDecoderLayer(cfg, layer_idx=0).to(device=device, dtype=dtype).eval()
+    return layer, LlamaRotaryEmbedding(cfg).to(device)
+
+
+def sparsify(layer: torch.nn.Module, semi_structured: bool) -> None:
+    """Magnitude 2:4 masks on every linear; on CUDA store them as semi-structured tensors."""
+    from torch.sparse import to_sparse_semi_structured
+
+    for module in list(layer.modules()):
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight.detach()
+            w = w.masked_fill(nm_mask(w.abs().float(), 2, 4), 0)
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(w) if semi_structured else w,
+                                               requires_grad=False)
+
+
+def timed(fn, iters: int, device: torch.device) -> float:
+    """Median seconds of ``fn()`` after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--smoke", action="store_true", help="small CPU run of the harness only")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = p.parse_args()
+    if args.smoke:
+        device, dtype, dims, semi = torch.device("cpu"), torch.float32, (256, 512, 4, 2), False
+        args.batch, args.seqlen, args.iters = 2, 64, 2
+    elif not torch.cuda.is_available():
+        print("CUDA is not available: the 2:4 inference benchmark needs an NVIDIA GPU with compute "
+              "capability ≥ 8.0 (semi-structured sparse kernels); skipped. Use --smoke to check the "
+              "harness on CPU.")
+        return
+    else:
+        device, dtype, dims, semi = torch.device("cuda"), torch.bfloat16, (4096, 14336, 32, 8), True
+    hidden = dims[0]
+    torch.manual_seed(0)
+    dense, rope = make_layer(*dims, dtype, device)
+    sparse, _ = make_layer(*dims, dtype, device)
+    sparse.load_state_dict(dense.state_dict())
+    sparsify(sparse, semi)
+    q_in, q_out = (random_orthogonal(hidden, generator=torch.Generator().manual_seed(i))
+                   .to(device, dtype) for i in (1, 2))
+    boundary = q_out.T @ q_in
+    x = torch.randn(args.batch, args.seqlen, hidden, device=device, dtype=dtype)
+    pos = rope(x, torch.arange(args.seqlen, device=device)[None])
+
+    def run(layer, pre=None, post=None):
+        def fn():
+            h = x @ pre if pre is not None else x
+            out = layer(h, position_embeddings=pos)
+            out = out[0] if isinstance(out, tuple) else out
+            return out @ post if post is not None else out
+        return fn
+
+    with torch.inference_mode():
+        rows = [("dense", timed(run(dense), args.iters, device)),
+                ("2:4", timed(run(sparse), args.iters, device)),
+                ("2:4 + rotations (entry Q, exit Qᵀ)", timed(run(sparse, q_in, q_in.T), args.iters,
+                                                              device)),
+                ("2:4 + merged boundary (one d×d)", timed(run(sparse, boundary), args.iters, device))]
+    base = rows[0][1]
+    lines = [f"One LLaMA decoder layer (d {dims[0]}, I {dims[1]}, {dims[2]}/{dims[3]} heads), "
+             f"{args.batch} × {args.seqlen} tokens, {str(dtype).removeprefix('torch.')}, forward "
+             f"only, median of {args.iters}; {device_name(device)}, torch {torch.__version__}. "
+             "Command: `python benchmarks/sparse24_speed.py`.", "",
+             "| variant | ms | speed-up vs dense |", "|---|---|---|"]
+    lines += [f"| {name} | {1000 * t:.2f} | {base / t:.2f}× |" for name, t in rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.smoke:
+        return
+    doc = args.out.read_text(encoding="utf-8")
+    block = f"<!-- sparse24:begin -->\n{text}\n<!-- sparse24:end -->"
+    if "<!-- sparse24:begin -->" in doc:
+        doc = re.sub(r"<!-- sparse24:begin -->.*<!-- sparse24:end -->", lambda _: block, doc, flags=re.S)
+    else:
+        doc += "\n## 2:4 inference speed (GPU, issue 6)\n\n" + block + "\n"
+    args.out.write_text(doc, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
