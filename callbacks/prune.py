@@ -41,6 +41,7 @@ def prune_layer(
             new, mask = prune_weight(lin.weight.data, hessian, method, pattern)
             lin.weight.data.copy_(new)
             sparsity[role] = mask.float().mean().item()
+        del hessian  # free this group's Hessian before the next one is collected
     return sparsity
 
 
@@ -48,10 +49,11 @@ class PruneLayer(Callback):
     """On ``on_fit_end`` (after MergeRotations' ``on_train_end``): prune the layer in place."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dm = trainer.datamodule
-        start = time.perf_counter()
-        dm.prune_report = {
-            "sparsity": prune_layer(dm.layer, dm.adapter, dm.inputs, pl_module.hparams.method,
-                                    pl_module.hparams.pattern),
-            "prune_seconds": time.perf_counter() - start,
-        }
+        prune_datamodule(trainer.datamodule, pl_module.hparams.method, pl_module.hparams.pattern)
+
+
+def prune_datamodule(dm, method: str, pattern: str) -> None:
+    """Prune ``dm.layer`` in place on ``dm.inputs``; sets ``dm.prune_report``."""
+    start = time.perf_counter()
+    dm.prune_report = {"sparsity": prune_layer(dm.layer, dm.adapter, dm.inputs, method, pattern),
+                       "prune_seconds": time.perf_counter() - start}

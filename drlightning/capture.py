@@ -13,6 +13,10 @@ from torch import nn
 
 from .models.adapters import INPUT_OF, STAT_ORDER, ArchitectureAdapter
 
+OBJECTIVE_STATS: tuple[str, ...] = ("attn_in", "o", "mlp_in")
+"""Hessians the rotation objective needs (down_proj's input factor cancels; its I×I Hessian — 3.3 GB
+in float32 at 70B — is only collected by the pruner, one group at a time)."""
+
 _DROP_KWARGS = ("past_key_values", "past_key_value", "use_cache", "cache_position")
 
 
@@ -26,6 +30,21 @@ class LayerInputs:
 
     hidden: list[torch.Tensor]
     kwargs: list[dict] = field(default_factory=list)
+    device: torch.device | None = None
+    """Compute device when ``hidden`` is offloaded to host memory (None: hidden is used in place)."""
+
+    def batches(self):
+        """(hidden on the compute device, kwargs) per batch; offloaded batches move one at a time."""
+        for hidden, kwargs in zip(self.hidden, self.kwargs, strict=True):
+            if self.device is not None:
+                hidden = hidden.to(self.device, non_blocking=True)
+            yield hidden, kwargs
+
+    def store(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A batch as kept between layers: in (pinned) host memory when offloaded."""
+        if self.device is None or self.device.type == "cpu":
+            return hidden
+        return hidden.to("cpu").pin_memory()
 
     @property
     def n_tokens(self) -> int:
@@ -45,20 +64,26 @@ def _to(obj, device):
 
 @torch.no_grad()
 def capture_layer_inputs(
-    model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, batch_size: int
+    model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, batch_size: int,
+    offload: bool = False,
 ) -> LayerInputs:
-    """Inputs of decoder layer 0 for all calibration windows (embeddings + call kwargs)."""
+    """Inputs of decoder layer 0 for all calibration windows (embeddings + call kwargs).
+
+    ``offload`` keeps the hidden states in (pinned) host memory between layers and moves one batch
+    at a time to the model's device (calibration activations of large models do not fit next to a
+    layer on the GPU: 128 × 2048 tokens × 8192 × 2 bytes = 4.3 GB per copy at 70B).
+    """
     first = adapter.decoder_layers(model)[0]
-    captured = LayerInputs(hidden=[])
+    device = next(model.parameters()).device
+    captured = LayerInputs(hidden=[], device=device if offload else None)
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.hidden.append(hidden.detach())
+        captured.hidden.append(captured.store(hidden.detach()))
         captured.kwargs.append({k: v for k, v in kwargs.items() if k not in _DROP_KWARGS})
         raise _Stop
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
     try:
         for start in range(0, windows.shape[0], batch_size):
             try:
@@ -74,10 +99,10 @@ def capture_layer_inputs(
 def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
     """The layer's outputs for every batch (the next layer's inputs)."""
     outs = []
-    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+    for hidden, kwargs in inputs.batches():
         out = layer(hidden, **kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
-    return LayerInputs(hidden=outs, kwargs=inputs.kwargs)
+        outs.append(inputs.store(out[0] if isinstance(out, tuple) else out))
+    return LayerInputs(hidden=outs, kwargs=inputs.kwargs, device=inputs.device)
 
 
 @torch.no_grad()
@@ -116,7 +141,7 @@ def collect_hessians(
         lin = adapter.linear(layer, role_of[key])
         handles.append(lin.register_forward_pre_hook(make_hook(key, i == len(ordered) - 1)))
     try:
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+        for hidden, kwargs in inputs.batches():
             try:
                 layer(hidden, **kwargs)
             except _Stop:

@@ -13,7 +13,13 @@ from tqdm.auto import tqdm
 
 from drlightning.callbacks import prune_layer
 
-from .capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
+from .capture import (
+    OBJECTIVE_STATS,
+    LayerInputs,
+    capture_layer_inputs,
+    collect_hessians,
+    run_layer,
+)
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .rotation import fold_norms
@@ -21,6 +27,7 @@ from .rotation_module import RotationModule
 from .run_state import RunState
 
 TrainerFactory = Callable[[int, RotationModule], Trainer]
+LayerStep = Callable[[int, nn.Module, LayerInputs], tuple[nn.Module, dict]]
 
 
 def relative_error(out: LayerInputs, ref: LayerInputs, x: LayerInputs) -> float:
@@ -50,7 +57,7 @@ def rotate_and_prune_layer(
     if steps == 0:
         return layer, {"sparsity": prune_layer(layer, adapter, inputs, method, hp["pattern"])}
     fold_norms(layer, adapter)
-    hessians = collect_hessians(layer, adapter, inputs) if method != "magnitude" else None
+    hessians = collect_hessians(layer, adapter, inputs, OBJECTIVE_STATS) if method != "magnitude" else None
     dm = LayerDataModule(index, layer, adapter, layout, inputs, hessians, steps)
     module = template.fresh()
     fit_start = time.perf_counter()
@@ -73,6 +80,8 @@ def rotate_and_prune(
     on_layer: Callable[[dict], None] | None = None,
     on_fit: Callable[[int, RotationModule], None] | None = None,
     unrotated_error: bool = False,
+    layer_step: LayerStep | None = None,
+    offload: bool = False,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
@@ -82,9 +91,11 @@ def rotate_and_prune(
     and replayed instead of recomputed, and every newly finished layer is saved before the next one
     starts. ``on_layer(report)`` is called after each finished layer. ``unrotated_error`` also
     prunes a copy of each layer without rotation and reports its error (one extra pruning per layer).
+    ``layer_step(index, layer, inputs) → (layer, report)`` replaces the rotate → merge → prune of one
+    layer (the parallel mode merges rotations trained elsewhere).
     """
     layout = HeadLayout.from_config(model.config)
-    inputs = capture_layer_inputs(model, adapter, windows, batch_size)
+    inputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
     layers = adapter.decoder_layers(model)
     reports = []
     done = state.finished_layers(len(layers)) if state is not None else 0
@@ -107,8 +118,11 @@ def rotate_and_prune(
             prune_layer(plain, adapter, inputs, hp["method"], hp["pattern"])
             plain_error = relative_error(run_layer(plain, inputs), dense_out, inputs)
             del plain
-        layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
-                                               make_trainer, on_fit)
+        if layer_step is None:
+            layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
+                                                   make_trainer, on_fit)
+        else:
+            layer, report = layer_step(i, layers[i], inputs)
         layers[i] = layer
         pruned_out = run_layer(layer, inputs)
         report = {"layer": i, **report, "pruning_error": relative_error(pruned_out, dense_out, inputs),

@@ -92,6 +92,7 @@ class RotationModule(LightningModule):
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
         self.frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.hparams.method, layout,
                                    self.hparams.reference_quirks)
+        dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
 
     def on_fit_start(self) -> None:
         """Move the frozen tensors next to the parameters (they are not checkpointed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from .models import DEFAULT_MODEL, adapter_for, load_model
 from .models.adapters import ROLES
 from .models.loading import DTYPES
 from .monitor import RunMonitor
+from .parallel import MODES, Ranks, parallel_rotations
 from .pipeline import rotate_and_prune
 from .pruning import NO_PRUNING, parse_pattern
 from .report import load_run, report_markdown
@@ -76,6 +78,12 @@ class RunOptions:
         rotation_dtype: storage dtype of the merged boundary rotations: "auto" (float32, float64
             for float64 models), "model" (the model's dtype) or a dtype name; see
             docs/benchmarks.md for the logit error of each choice.
+        offload_activations: keep the calibration activations in pinned host memory and move one
+            batch at a time to the GPU (large models; no effect on CPU).
+        mode: "sequential" (the paper's protocol: layer ℓ's rotations are learned on the outputs
+            of the already pruned layers) or "parallel" (all rotations learned from one dense
+            calibration pass, spread over the ranks of a torchrun launch; merge and pruning stay
+            sequential). See drlightning/parallel.py and docs/benchmarks.md for the difference.
     """
 
     model: str = DEFAULT_MODEL
@@ -102,6 +110,8 @@ class RunOptions:
     progress: bool = True
     save_model: bool = True
     rotation_dtype: str = "auto"
+    offload_activations: bool = False
+    mode: str = "sequential"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,20 +129,29 @@ def check_precision(precision) -> None:
 
 
 def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
-                            callbacks: list | None = None) -> Callable[[int, RotationModule], Trainer]:
-    """A fresh Trainer per layer with the merge and prune callbacks and a per-layer logger."""
+                            callbacks: list | None = None) -> Callable[..., Trainer]:
+    """A fresh Trainer per layer with the merge and prune callbacks and a per-layer logger.
+
+    ``make(index, module, train_only=True)`` leaves the merge and prune callbacks out (the parallel
+    mode trains rotations first and merges later). Under a multi-process launch (torchrun) with
+    CUDA each rank trains on its own GPU (``LOCAL_RANK``).
+    """
     from drlightning.callbacks import MergeRotations, PruneLayer
 
     base = dict(base or {})
     user = [c for c in (callbacks or []) if not isinstance(c, MergeRotations | PruneLayer)]
 
-    def make(index: int, module: RotationModule) -> Trainer:
+    def make(index: int, module: RotationModule, train_only: bool = False) -> Trainer:
         kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
                   "enable_checkpointing": False, "enable_model_summary": False,
                   "log_every_n_steps": 10, "enable_progress_bar": opts.progress, **base}
         kwargs["max_steps"] = module.hparams.steps
-        kwargs["callbacks"] = [*user, MergeRotations(), PruneLayer()]
+        kwargs["callbacks"] = [*user] if train_only else [*user, MergeRotations(), PruneLayer()]
         check_precision(kwargs["precision"])
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if (world > 1 and kwargs["devices"] == 1 and torch.cuda.is_available()
+                and str(kwargs["accelerator"]) in ("auto", "gpu", "cuda")):
+            kwargs["devices"] = [int(os.environ.get("LOCAL_RANK", "0"))]
         if opts.tensorboard:
             kwargs["logger"] = TensorBoardLogger(str(run_dir), name="tensorboard",
                                                  version=f"layer_{index:02d}")
@@ -164,6 +183,11 @@ def run_job(
     if opts.rotation_dtype not in ("auto", "model", *DTYPES):
         raise ValueError(f"run.rotation_dtype={opts.rotation_dtype!r}; allowed: 'auto', 'model', "
                          f"{', '.join(map(repr, DTYPES))}")
+    if opts.mode not in MODES:
+        raise ValueError(f"run.mode={opts.mode!r}; allowed: {', '.join(map(repr, MODES))}")
+    if opts.mode == "parallel" and module.hparams.steps == 0:
+        raise ValueError("run.mode='parallel' trains rotations; model.steps=0 (the plain pruner) "
+                         "has none — use run.mode='sequential'")
     if opts.picture_role not in ROLES:
         raise ValueError(f"run.picture_role={opts.picture_role!r}; allowed: {', '.join(ROLES)}")
     state = RunState(run_dir, fingerprint(module, data, opts, settings))
@@ -171,7 +195,9 @@ def run_job(
     if config_text is not None:
         atomic_write_text(run_dir / "config.yaml", config_text)
     make_trainer = make_trainer or default_trainer_factory(opts, run_dir)
-    device = resolve_device(opts.device)
+    ranks = Ranks.from_env() if opts.mode == "parallel" else Ranks()
+    device = ranks.start(resolve_device(opts.device)) if opts.mode == "parallel" else \
+        resolve_device(opts.device)
     model, tokenizer = loaded or load_model(opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
                                             trust_remote_code=opts.trust_remote_code)
     adapter = adapter_for(model.config)
@@ -196,7 +222,7 @@ def run_job(
     dense = {"ppl": dense_ppl} if dense_ppl is not None else None
     cached = state.load_json("dense_eval.json")
     wanted = {"ppl": sorted(opts.eval_data), "zero_shot": sorted(opts.zero_shot)}
-    if dense is None and opts.dense_ppl:
+    if dense is None and opts.dense_ppl and ranks.rank == 0:
         if cached is not None and cached.get("wanted") == wanted:
             dense = cached["result"]
         else:
@@ -209,11 +235,21 @@ def run_job(
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
+        layer_step = None
+        if opts.mode == "parallel":
+            layer_step = parallel_rotations(model, adapter, windows, module, make_trainer, run_dir,
+                                            ranks, data.hparams.batch_size, opts.progress,
+                                            monitor.fit_done, opts.offload_activations)
+            if layer_step is None:  # a rank > 0: its layers are trained and saved
+                monitor.close()
+                ranks.stop()
+                return {"rank": ranks.rank}
         layer_reports = rotate_and_prune(model, adapter, windows, module, make_trainer,
                                          batch_size=data.hparams.batch_size, progress=opts.progress,
                                          state=state, on_layer=monitor.layer_done,
                                          on_fit=monitor.fit_done,
-                                         unrotated_error=opts.unrotated_error)
+                                         unrotated_error=opts.unrotated_error,
+                                         layer_step=layer_step, offload=opts.offload_activations)
     finally:
         quiet.setLevel(level)
     export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))
@@ -241,4 +277,5 @@ def run_job(
     write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "report.md", report_markdown(results, baseline))
     print(format_table(results))
+    ranks.stop()
     return results

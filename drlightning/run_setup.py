@@ -23,9 +23,10 @@ def fingerprint(module, data, opts,
     before them still resume.
     """
     settings = {k: v for k, v in module.settings().items() if LATER_DEFAULTS.get(k, object()) != v}
-    return {"model": settings, "data": data.protocol(),
-            "run": {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype},
-            **(extra or {})}
+    run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
+    if getattr(opts, "mode", "sequential") != "sequential":
+        run["mode"] = opts.mode
+    return {"model": settings, "data": data.protocol(), "run": run, **(extra or {})}
 
 
 def check_pattern_fits(model, adapter, pattern: str) -> None:

@@ -38,6 +38,19 @@ def describe_differences(old: dict, new: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
+def atomic_save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file via a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class RunState:
     """The ``state/`` folder of one run directory."""
 
@@ -76,16 +89,7 @@ class RunState:
         tensors = {f"layer.{k}": v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
         if rotated:
             tensors["rotation"] = layer.rotation.detach().cpu().contiguous()
-        path = self.layer_path(index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"report": json.dumps(report, default=float)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save_tensors(tensors, self.layer_path(index), {"report": json.dumps(report, default=float)})
 
     def load_layer(self, index: int, layer: nn.Module) -> tuple[nn.Module, dict]:
         """Restore layer ``index`` into ``layer`` (strictly); returns (layer or wrapper, report)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,27 @@ def test_merge_self_check_records_error_and_catches_a_broken_fusion(tmp_path, mo
     monkeypatch.setattr(merge_mod, "merge_rotations", broken)
     with pytest.raises(RuntimeError, match="layer 0: merging the rotations changed"):
         run(tiny_model("llama"), ids, tmp_path, method="wanda", pattern="2:4", steps=3)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_offloaded_activations_give_the_same_layers(device, tmp_path):
+    """Activations kept in host memory (pinned, one batch moved at a time) change nothing."""
+    from drlightning.capture import capture_layer_inputs
+
+    model = tiny_model("llama").to(device)
+    ids = windows(model)
+    inputs = capture_layer_inputs(model, adapter_for(model.config), ids, 2, offload=True)
+    assert inputs.device.type == device
+    assert all(h.device.type == "cpu" for h in inputs.hidden)
+    if device == "cuda":
+        assert all(h.is_pinned() for h in inputs.hidden)
+    kept = copy.deepcopy(model)
+    make = default_trainer_factory(RunOptions(tensorboard=False, progress=False), tmp_path)
+    plain = rotate_and_prune(model, adapter_for(model.config), ids, RotationModule(steps=5), make,
+                             batch_size=2, progress=False)
+    off = rotate_and_prune(kept, adapter_for(kept.config), ids, RotationModule(steps=5), make,
+                           batch_size=2, progress=False, offload=True)
+    assert [r["pruning_error"] for r in plain] == [r["pruning_error"] for r in off]
+    for a, b in zip(model.parameters(), kept.parameters(), strict=True):
+        assert torch.equal(a, b)
