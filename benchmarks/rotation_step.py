@@ -17,6 +17,8 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,9 +61,9 @@ def synthetic(layout: HeadLayout, method: str, device: torch.device, seed: int =
 
 
 def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: torch.device,
-              blocks: int = 1):
+              blocks: int = 1, low_memory: bool = False):
     """A closure doing one optimisation step of ``kind`` ("fast" or "reference"); ``blocks`` > 1
-    learns R1 as that many diagonal blocks (fast only)."""
+    learns R1 as that many diagonal blocks, ``low_memory`` checkpoints per linear (fast only)."""
     d = layout.hidden
     a = torch.nn.Parameter(torch.eye(d, device=device) if blocks == 1 else
                            torch.eye(d // blocks, device=device).repeat(blocks, 1, 1))
@@ -71,7 +73,8 @@ def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: t
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         if kind == "fast":
-            loss, _ = layer_entropy(qr_orthogonal(a), qr_orthogonal(b), frozen, layout, method)
+            loss, _ = layer_entropy(qr_orthogonal(a), qr_orthogonal(b), frozen, layout, method,
+                                    low_memory=low_memory)
         else:
             loss = reference_entropy(a, b, frozen, m_o, layout, method)
         loss.backward()
@@ -87,33 +90,71 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(size: str, method: str, steps: int, device: torch.device, blocks: list[int]) -> list[dict]:
-    """Median seconds per step (interleaved): the reference, ours, ours with block-diagonal R1."""
+def variants(blocks: list[int]) -> dict[str, tuple]:
+    """name → (kind, R1 blocks, low_memory)."""
+    out = {"reference": ("reference", 1, False)}
+    out.update({f"k={k}": ("fast", k, False) for k in blocks})
+    out["k=1, low_memory"] = ("fast", 1, True)
+    return out
+
+
+def _rss_gib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def cpu_step_memory(size: str, method: str, variant: tuple) -> float:
+    """GiB the first step adds to the resident set (peak RSS − RSS with the frozen layer built),
+    measured in a fresh process so earlier variants do not hide it."""
+    here = str(Path(__file__).parent)
+    code = (f"import json, sys; sys.path.insert(0, {here!r}); import rotation_step as b; "
+            f"print(json.dumps(b._child({size!r}, {method!r}, {list(variant)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(size: str, method: str, variant: list) -> float:
+    kind, k, low = variant
+    layout = SIZES[size]
+    frozen, m_o = synthetic(layout, method, torch.device("cpu"))
+    step = make_step(kind, frozen, m_o, layout, method, torch.device("cpu"), k, low)
+    base = _rss_gib("VmRSS")
+    step()
+    return _rss_gib("VmHWM") - base
+
+
+def measure(size: str, method: str, steps: int, device: torch.device, blocks: list[int],
+            memory: bool) -> list[dict]:
+    """Median seconds per step (interleaved) of each variant, and its step memory."""
     layout = SIZES[size]
     frozen, m_o = synthetic(layout, method, device)
-    fns = {"reference": make_step("reference", frozen, m_o, layout, method, device)}
-    for k in blocks:
-        fns[k] = make_step("fast", frozen, m_o, layout, method, device, k)
+    spec = variants(blocks)
+    fns = {name: make_step(kind, frozen, m_o, layout, method, device, k, low)
+           for name, (kind, k, low) in spec.items()}
     times: dict = {k: [] for k in fns}
     peak: dict = {}
-    for kind, fn in fns.items():  # warm-up (and peak memory of one step)
+    for name, fn in fns.items():  # warm-up (and the GPU peak memory of one step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-        peak[kind] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        peak[name] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if device.type == "cpu" and memory:
+        peak = {name: cpu_step_memory(size, method, spec[name]) for name in spec}
     for _ in range(steps):
-        for kind, fn in fns.items():
+        for name, fn in fns.items():
             _sync(device)
             start = time.perf_counter()
             fn()
             _sync(device)
-            times[kind].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
     ref = statistics.median(times["reference"])
-    return [{"size": size, "method": method, "r1_blocks": k, "steps": steps,
-             "fast_s": statistics.median(times[k]), "reference_s": ref,
-             "speedup": ref / statistics.median(times[k]), "fast_peak_gib": peak[k],
-             "reference_peak_gib": peak["reference"], "device": device_name(device)} for k in blocks]
+    return [{"size": size, "method": method, "variant": name, "steps": steps,
+             "s_per_step": statistics.median(times[name]), "reference_s": ref,
+             "speedup": ref / statistics.median(times[name]), "memory_gib": peak[name],
+             "device": device_name(device)} for name in spec]
 
 
 def main() -> None:
@@ -123,6 +164,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
     p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8],
                    help="R1 block counts timed for drlightning (1 = dense R1, the paper's)")
+    p.add_argument("--no-memory", action="store_true", help="skip the CPU step-memory processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "rotation_step.json")
@@ -131,7 +173,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for method in args.methods:
-            for row in measure(size, method, args.steps, device, args.blocks):
+            for row in measure(size, method, args.steps, device, args.blocks, not args.no_memory):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     tag = "gpu" if device.type == "cuda" else "cpu"
@@ -139,22 +181,21 @@ def main() -> None:
     saved = json.loads(args.json.read_text()) if args.json.is_file() else {}
     saved[tag] = rows
     args.json.write_text(json.dumps(saved, indent=2) + "\n")
+    mem = ("peak GPU memory of one step, GiB (allocated)" if tag == "gpu" else
+           "step memory, GiB (resident-set growth of a fresh process during one step, on top of "
+           "the frozen layer)")
     lines = [f"Device: {rows[0]['device']}, torch {torch.__version__}, float32, median of "
-             f"{args.steps} interleaved steps (QR + loss + backward + Adam). Command: `python "
-             f"benchmarks/rotation_step.py --sizes {' '.join(args.sizes)} --methods "
-             f"{' '.join(args.methods)} --steps {args.steps} --blocks "
-             f"{' '.join(map(str, args.blocks))}`. The reference always uses a dense R1.", "",
-             "| layer size | method | R1 blocks | drlightning s/step | paper-style reference s/step "
-             "| speed-up |"
-             + (" peak GiB (ours / ref) |" if tag == "gpu" else ""),
-             "|---|---|---|---|---|---|" + ("---|" if tag == "gpu" else "")]
+             f"{args.steps} interleaved steps (QR + loss + backward + Adam) on a synthetic layer. "
+             f"Command: `python benchmarks/rotation_step.py {' '.join(sys.argv[1:])}`. "
+             f"Variants: the paper-style reference (dense R1, QᵀMQ formed per linear); drlightning "
+             f"with R1 as k diagonal blocks (k=1 is the paper's dense R1); k=1 with "
+             f"`model.low_memory` (per-linear checkpointing). Memory column: {mem}.", "",
+             "| layer size | method | variant | s/step | reference s/step | speed-up | memory GiB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        line = (f"| {r['size']} | {r['method']} | {r['r1_blocks']} | {r['fast_s']:.4f} | "
-                f"{r['reference_s']:.4f} | "
-                f"{r['speedup']:.2f}× |")
-        if tag == "gpu":
-            line += f" {r['fast_peak_gib']:.2f} / {r['reference_peak_gib']:.2f} |"
-        lines.append(line)
+        m = "–" if r["memory_gib"] is None else f"{r['memory_gib']:.2f}"
+        lines.append(f"| {r['size']} | {r['method']} | {r['variant']} | {r['s_per_step']:.4f} | "
+                     f"{r['reference_s']:.4f} | {r['speedup']:.2f}× | {m} |")
     text = "\n".join(lines)
     print(text)
     doc = args.out.read_text(encoding="utf-8")

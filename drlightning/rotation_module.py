@@ -35,6 +35,9 @@ class RotationModule(LightningModule):
             inversion, numerically the magnitude objective). For comparisons only.
         r1_blocks: k > 1 learns R1 as k diagonal blocks of size hidden/k (paper Appendix E);
             each step then costs about 1/k of the dense one. k must divide the hidden size.
+        low_memory: recompute the objective one linear at a time in the backward pass
+            (activation checkpointing): ≈ 4× less working memory per step for ≈ 1.3× the time;
+            for 70B-size layers on one GPU (see docs/benchmarks.md).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class RotationModule(LightningModule):
         grad_clip: float = 1.0,
         reference_quirks: bool = False,
         r1_blocks: int = 1,
+        low_memory: bool = False,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -60,6 +64,8 @@ class RotationModule(LightningModule):
             raise ValueError(f"grad_clip={grad_clip!r} must be > 0")
         if not isinstance(r1_blocks, int) or isinstance(r1_blocks, bool) or r1_blocks < 1:
             raise ValueError(f"r1_blocks={r1_blocks!r} must be an integer ≥ 1 (1 = dense R1)")
+        if not isinstance(low_memory, bool):
+            raise ValueError(f"low_memory={low_memory!r} must be true or false")
         self.save_hyperparameters()
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None
@@ -111,7 +117,8 @@ class RotationModule(LightningModule):
         """Entropy loss at the current parameters, computed in float32."""
         q, r = self.rotations()
         q, r = q.float(), r.float()
-        total, parts = layer_entropy(q, r, self.frozen, self.layout, self.hparams.method)
+        total, parts = layer_entropy(q, r, self.frozen, self.layout, self.hparams.method,
+                                     low_memory=self.hparams.get("low_memory", False))
         return total.float(), parts, q, r
 
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:

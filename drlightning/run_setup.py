@@ -11,7 +11,7 @@ from .models.loading import DTYPES
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import rotation_storage_dtype
 
-LATER_DEFAULTS = {"r1_blocks": 1}
+LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour."""
 
 

@@ -183,3 +183,31 @@ def test_block_diagonal_r1_equals_the_dense_block_matrix(method):
     for i in range(4):
         sl = slice(8 * i, 8 * i + 8)
         torch.testing.assert_close(qb.grad[i], qd.grad[sl, sl], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_low_memory_objective_has_the_same_loss_parts_and_gradient(method, blocks):
+    """Per-role checkpointing (recompute in backward) changes memory, not numbers (float64)."""
+    weights, hessians = random_layer(seed=11)
+    frozen = frozen_layer({k: v.double() for k, v in weights.items()},
+                          {k: v.double() for k, v in hessians.items()}, method, LAYOUT)
+    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
+    for name in ("m_attn", "m_mlp", "m_o_blocks"):
+        if getattr(frozen, name) is not None:
+            setattr(frozen, name, getattr(frozen, name).double())
+    gen = torch.Generator().manual_seed(3)
+    q0 = (random_orthogonal(8, (4,), generator=gen) if blocks == 4
+          else random_orthogonal(LAYOUT.hidden, (), generator=gen))
+    r0 = random_orthogonal(LAYOUT.head_dim, (LAYOUT.n_kv_heads,), generator=gen)
+    results = []
+    for low in (False, True):
+        q, r = q0.clone().requires_grad_(), r0.clone().requires_grad_()
+        total, parts = layer_entropy(q, r, frozen, LAYOUT, method, low_memory=low)
+        total.backward()
+        results.append((total.item(), {k: v.item() for k, v in parts.items()}, q.grad, r.grad))
+    (t0, p0, gq0, gr0), (t1, p1, gq1, gr1) = results
+    assert t1 == pytest.approx(t0, rel=1e-12)
+    assert p1 == pytest.approx(p0, rel=1e-12)
+    torch.testing.assert_close(gq1, gq0, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gr1, gr0, rtol=1e-9, atol=1e-12)
