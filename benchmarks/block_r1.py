@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,9 @@ from drlightning.models import load_model
 from drlightning.results import device_name, versions
 from drlightning.rotation_module import RotationModule
 from drlightning.run import RunOptions, run_job
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,13 +79,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                      "dense": d, "rows": rows, "versions": versions()}, indent=2) + "\n")
-    doc = args.out.read_text(encoding="utf-8")
-    block = f"<!-- blockr1:begin -->\n{text}\n<!-- blockr1:end -->"
-    if "<!-- blockr1:begin -->" in doc:
-        doc = re.sub(r"<!-- blockr1:begin -->.*<!-- blockr1:end -->", lambda _: block, doc, flags=re.S)
-    else:
-        doc += "\n## Block-diagonal R1 (issue 6)\n\n" + block + "\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, "blockr1", "Block-diagonal R1 (issue 6)", text)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +24,9 @@ from drlightning.export import install_boundaries
 from drlightning.models import HeadLayout, adapter_for, load_model
 from drlightning.results import device_name
 from drlightning.rotation import RotatedLayer, fold_norms, merge_rotations, random_orthogonal
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,14 +87,7 @@ def main() -> None:
     table += [f"| {m} | {s} | {pe:.2e} | {re_:.2e} |" for m, s, pe, re_ in rows]
     text = "\n".join(table)
     print(text)
-    doc = args.out.read_text(encoding="utf-8")
-    block = f"<!-- boundary:begin -->\n{text}\n<!-- boundary:end -->"
-    if "<!-- boundary:begin -->" in doc:
-        doc = re.sub(r"<!-- boundary:begin -->.*<!-- boundary:end -->", lambda _: block, doc,
-                     flags=re.S)
-    else:
-        doc += "\n## Boundary rotation storage dtype (issue 3)\n\n" + block + "\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, "boundary", "Boundary rotation storage dtype (issue 3)", text)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from drlightning.cli import main as cli
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,13 +86,7 @@ def main() -> None:
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
-    doc = args.out.read_text(encoding="utf-8")
-    block = f"<!-- lora:begin -->\n{text}\n<!-- lora:end -->"
-    if "<!-- lora:begin -->" in doc:
-        doc = re.sub(r"<!-- lora:begin -->.*<!-- lora:end -->", lambda _: block, doc, flags=re.S)
-    else:
-        doc += "\n## LoRA recovery (issue 5)\n\n" + block + "\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, "lora", "LoRA recovery (issue 5)", text)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Writes between ``<!-- sparse24:begin -->`` and ``<!-- sparse24:end -->`` in docs
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +24,9 @@ import torch
 from drlightning.pruning import nm_mask
 from drlightning.results import device_name
 from drlightning.rotation import random_orthogonal
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,13 +129,7 @@ def main() -> None:
     print(text)
     if args.smoke:
         return
-    doc = args.out.read_text(encoding="utf-8")
-    block = f"<!-- sparse24:begin -->\n{text}\n<!-- sparse24:end -->"
-    if "<!-- sparse24:begin -->" in doc:
-        doc = re.sub(r"<!-- sparse24:begin -->.*<!-- sparse24:end -->", lambda _: block, doc, flags=re.S)
-    else:
-        doc += "\n## 2:4 inference speed (GPU, issue 6)\n\n" + block + "\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, "sparse24", "2:4 inference speed (GPU, issue 6)", text)
 
 
 if __name__ == "__main__":

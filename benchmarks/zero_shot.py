@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +23,9 @@ from drlightning.evaluate import evaluate_loaded, load_any
 from drlightning.models import DEFAULT_MODEL
 from drlightning.report import load_run
 from drlightning.results import device_name
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,13 +69,7 @@ def main() -> None:
         lines.append(f"| {r['label']} | {ppl} | " + " | ".join(cells) + " |" + mean)
     text = "\n".join(lines)
     print(text)
-    doc = args.out.read_text(encoding="utf-8")
-    block = f"<!-- zeroshot:begin -->\n{text}\n<!-- zeroshot:end -->"
-    if "<!-- zeroshot:begin -->" in doc:
-        doc = re.sub(r"<!-- zeroshot:begin -->.*<!-- zeroshot:end -->", lambda _: block, doc, flags=re.S)
-    else:
-        doc += "\n## Zero-shot accuracy (issue 4)\n\n" + block + "\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, "zeroshot", "Zero-shot accuracy (issue 4)", text)
 
 
 if __name__ == "__main__":

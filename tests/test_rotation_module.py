@@ -101,3 +101,12 @@ def test_bf16_mixed_precision_trains_with_float32_loss():
     report = module.report()
     assert report["best_entropy"] < report["initial_entropy"]
     assert report["orthogonality_error"] <= 1e-5
+
+
+def test_low_memory_training_follows_the_same_path():
+    """model.low_memory only changes how the gradient is computed: same losses, same rotations."""
+    plain, low = fit("sparsegpt", 10), fit("sparsegpt", 10, low_memory=True)
+    assert low.report()["best_entropy"] == pytest.approx(plain.report()["best_entropy"], rel=1e-5)
+    torch.testing.assert_close(low.best_rotations()[0], plain.best_rotations()[0], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"low_memory='yes' must be true or false"):
+        RotationModule(low_memory="yes")
