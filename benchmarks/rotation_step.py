@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from drlightning.results import device_name
 from drlightning.rotation import frozen_layer, layer_entropy, qr_orthogonal
 from drlightning.rotation.objective import damped_inverse
 from drlightning.rotation.reference import reference_entropy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
@@ -61,7 +63,7 @@ def synthetic(layout: HeadLayout, method: str, device: torch.device, seed: int =
 
 
 def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: torch.device,
-              blocks: int = 1, low_memory: bool = False):
+              blocks: int = 1, low_memory: bool = False, bf16: bool = False):
     """A closure doing one optimisation step of ``kind`` ("fast" or "reference"); ``blocks`` > 1
     learns R1 as that many diagonal blocks, ``low_memory`` checkpoints per linear (fast only)."""
     d = layout.hidden
@@ -73,8 +75,9 @@ def make_step(kind: str, frozen, m_o, layout: HeadLayout, method: str, device: t
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         if kind == "fast":
-            loss, _ = layer_entropy(qr_orthogonal(a), qr_orthogonal(b), frozen, layout, method,
-                                    low_memory=low_memory)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss, _ = layer_entropy(qr_orthogonal(a).float(), qr_orthogonal(b).float(), frozen,
+                                        layout, method, low_memory=low_memory)
         else:
             loss = reference_entropy(a, b, frozen, m_o, layout, method)
         loss.backward()
@@ -90,11 +93,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def variants(blocks: list[int]) -> dict[str, tuple]:
-    """name → (kind, R1 blocks, low_memory)."""
-    out = {"reference": ("reference", 1, False)}
-    out.update({f"k={k}": ("fast", k, False) for k in blocks})
-    out["k=1, low_memory"] = ("fast", 1, True)
+def variants(blocks: list[int], device: torch.device) -> dict[str, tuple]:
+    """name → (kind, R1 blocks, low_memory, bf16 matmuls); bf16 only on GPUs (CPUs without bf16
+    units would only measure emulation)."""
+    out = {"reference": ("reference", 1, False, False)}
+    out.update({f"k={k}": ("fast", k, False, False) for k in blocks})
+    out["k=1, low_memory"] = ("fast", 1, True, False)
+    if device.type == "cuda":
+        out["k=1, bf16 matmuls"] = ("fast", 1, False, True)
     return out
 
 
@@ -116,10 +122,10 @@ def cpu_step_memory(size: str, method: str, variant: tuple) -> float:
 
 
 def _child(size: str, method: str, variant: list) -> float:
-    kind, k, low = variant
+    kind, k, low, bf16 = variant
     layout = SIZES[size]
     frozen, m_o = synthetic(layout, method, torch.device("cpu"))
-    step = make_step(kind, frozen, m_o, layout, method, torch.device("cpu"), k, low)
+    step = make_step(kind, frozen, m_o, layout, method, torch.device("cpu"), k, low, bf16)
     base = _rss_gib("VmRSS")
     step()
     return _rss_gib("VmHWM") - base
@@ -130,9 +136,9 @@ def measure(size: str, method: str, steps: int, device: torch.device, blocks: li
     """Median seconds per step (interleaved) of each variant, and its step memory."""
     layout = SIZES[size]
     frozen, m_o = synthetic(layout, method, device)
-    spec = variants(blocks)
-    fns = {name: make_step(kind, frozen, m_o, layout, method, device, k, low)
-           for name, (kind, k, low) in spec.items()}
+    spec = variants(blocks, device)
+    fns = {name: make_step(kind, frozen, m_o, layout, method, device, *rest)
+           for name, (kind, *rest) in spec.items()}
     times: dict = {k: [] for k in fns}
     peak: dict = {}
     for name, fn in fns.items():  # warm-up (and the GPU peak memory of one step)
@@ -198,14 +204,7 @@ def main() -> None:
                      f"{r['reference_s']:.4f} | {r['speedup']:.2f}× | {m} |")
     text = "\n".join(lines)
     print(text)
-    doc = args.out.read_text(encoding="utf-8")
-    begin, end = f"<!-- rotstep-{tag}:begin -->", f"<!-- rotstep-{tag}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc:
-        doc = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, doc, flags=re.S)
-    else:
-        doc += f"\n## Rotation step time ({tag.upper()}, issue 6)\n\n{block}\n"
-    args.out.write_text(doc, encoding="utf-8")
+    write_block(args.out, f"rotstep-{tag}", f"Rotation step time ({tag.upper()}, issue 6)", text)
 
 
 if __name__ == "__main__":

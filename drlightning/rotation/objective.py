@@ -113,8 +113,14 @@ def _input_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch
 
 
 def _scores(w: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    s = w.square()
-    return s if c is None else s * c
+    """S = W̃² ⊙ c in float32 (under bf16 autocast only the matmuls run in bf16)."""
+    s = _wide(w).square()
+    return s if c is None else s * _wide(c)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """16-bit tensors (bf16 autocast matmul outputs) as float32; float32/64 unchanged."""
+    return t.float() if t.element_size() < 4 else t
 
 
 def layer_scores(
@@ -137,7 +143,7 @@ def layer_scores(
         c_o = _diag_factor(frozen.m_o_blocks, r_heads, method).reshape(-1)
     gu = _scores(rotate_inputs(torch.cat([w["gate"], w["up"]]), q), c_mlp)
     return {"q": qk[:n_q], "k": qk[n_q:], "v": _scores(wv, c_attn), "o": _scores(wo, c_o),
-            "gate": gu[:n_gate], "up": gu[n_gate:], "down": rotate_outputs(q, w["down"]).square()}
+            "gate": gu[:n_gate], "up": gu[n_gate:], "down": _scores(rotate_outputs(q, w["down"]), None)}
 
 
 GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up": (1,), "down": (0,)}
@@ -157,7 +163,7 @@ def _role_scores(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | 
     if role == "o":
         wo = rotate_outputs(q, w).reshape(-1, g, nrep, hd)
         return _scores(torch.einsum("dgrj,gjk->dgrk", wo, r).reshape(wo.shape[0], -1), c)
-    return rotate_outputs(q, w).square()
+    return _scores(rotate_outputs(q, w), None)
 
 
 def layer_entropy(
