@@ -161,16 +161,21 @@ def test_benchmark_reference_loss_matches_the_fast_loss(method):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
-def test_block_diagonal_r1_equals_the_dense_block_matrix(method):
-    """Q given as k blocks gives the loss and gradient of the dense block-diagonal Q."""
-    weights, hessians = random_layer(seed=9)
+def frozen_f64(weights, hessians, method: str):
+    """frozen_layer computes in float32; this keeps every frozen tensor in float64."""
     frozen = frozen_layer({k: v.double() for k, v in weights.items()},
                           {k: v.double() for k, v in hessians.items()}, method, LAYOUT)
     frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
     for name in ("m_attn", "m_mlp", "m_o_blocks"):
         if getattr(frozen, name) is not None:
             setattr(frozen, name, getattr(frozen, name).double())
+    return frozen
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_block_diagonal_r1_equals_the_dense_block_matrix(method):
+    """Q given as k blocks gives the loss and gradient of the dense block-diagonal Q."""
+    frozen = frozen_f64(*random_layer(seed=9), method)
     blocks = random_orthogonal(8, (4,), generator=torch.Generator().manual_seed(1))
     r = random_orthogonal(LAYOUT.head_dim, (LAYOUT.n_kv_heads,), generator=torch.Generator().manual_seed(2))
     qb = blocks.clone().requires_grad_()
@@ -189,13 +194,7 @@ def test_block_diagonal_r1_equals_the_dense_block_matrix(method):
 @pytest.mark.parametrize("blocks", [1, 4])
 def test_low_memory_objective_has_the_same_loss_parts_and_gradient(method, blocks):
     """Per-role checkpointing (recompute in backward) changes memory, not numbers (float64)."""
-    weights, hessians = random_layer(seed=11)
-    frozen = frozen_layer({k: v.double() for k, v in weights.items()},
-                          {k: v.double() for k, v in hessians.items()}, method, LAYOUT)
-    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
-    for name in ("m_attn", "m_mlp", "m_o_blocks"):
-        if getattr(frozen, name) is not None:
-            setattr(frozen, name, getattr(frozen, name).double())
+    frozen = frozen_f64(*random_layer(seed=11), method)
     gen = torch.Generator().manual_seed(3)
     q0 = (random_orthogonal(8, (4,), generator=gen) if blocks == 4
           else random_orthogonal(LAYOUT.hidden, (), generator=gen))
