@@ -152,7 +152,11 @@ GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up"
 
 def _role_scores(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | None,
                  frozen: FrozenLayer, layout: HeadLayout) -> torch.Tensor:
-    """Scores of one role given its precomputed input factor ``c`` (as in :func:`layer_scores`)."""
+    """Scores of one role given its precomputed input factor ``c`` (as in :func:`layer_scores`).
+
+    Kept beside :func:`layer_scores` rather than called from it: layer_scores fuses q/k and gate/up
+    into one matmul each and its op order fixes the float32 rounding that published runs reproduce
+    bit for bit; tests/test_objective.py checks both give the same loss and gradient (float64)."""
     w = frozen.weights[role]
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
     if role in ("q", "k", "gate", "up"):
