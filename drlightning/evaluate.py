@@ -59,6 +59,25 @@ def load_any(spec: str, gguf_file: str | None, dtype: str, trust_remote_code: bo
     return load_model(spec, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
+def _evaluate_layerwise(spec: str, ppl: list[str], seqlen: int, max_windows: int | None,
+                        batch_size: int, tasks: list[str] | None, dtype: str, dev: torch.device,
+                        gguf_file: str | None, trust_remote_code: bool, progress: bool) -> dict:
+    """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py)."""
+    from .eval.layerwise import layerwise_perplexity
+    from .models.shards import LayerwiseModel, checkpoint_dir
+
+    if tasks:
+        raise ValueError(f"tasks={tasks!r} need the whole model in memory; layerwise=true "
+                         "evaluates perplexity only")
+    checkpoint_dir(spec, gguf_file)  # GGUF files are refused here, with the reason
+    lw = LayerwiseModel(spec, dtype=dtype, device=dev, trust_remote_code=trust_remote_code)
+    tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in ppl}
+    windows = {name: max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
+               for name in ppl}
+    return {"ppl": layerwise_perplexity(lw, lw.checkpoint, tokens, seqlen, windows, batch_size,
+                                        progress)}
+
+
 def evaluate(
     model: str = DEFAULT_MODEL,
     ppl: list[str] | None = None,
@@ -76,6 +95,7 @@ def evaluate(
     trust_remote_code: bool = False,
     output: str | None = None,
     progress: bool = True,
+    layerwise: bool = False,
 ) -> dict:
     """Evaluate a model: perplexity on ``ppl`` datasets and 0-shot accuracy on ``tasks``.
 
@@ -98,17 +118,24 @@ def evaluate(
         trust_remote_code: allow remote modelling code of a hub model.
         output: JSON file for the numbers (default: <run dir>/eval.json for run directories).
         progress: show progress bars.
+        layerwise: stream the decoder layers from the safetensors shards one at a time
+            (perplexity only; for models larger than memory).
     """
     start = time.perf_counter()
     spec, run_dir = resolve_eval_target(model)
-    mdl, tok = load_any(spec, gguf_file, dtype, trust_remote_code)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    mdl.to(dev)
-    res = evaluate_loaded(mdl, tok, ppl=["embedded"] if ppl is None else ppl, seqlen=seqlen,
-                          max_windows=max_windows, batch_size=batch_size, tasks=tasks,
-                          task_data_dir=task_data_dir, task_text=task_text, task_items=task_items,
-                          task_limit=task_limit, progress=progress)
+    ppl = ["embedded"] if ppl is None else ppl
+    if layerwise:
+        res = _evaluate_layerwise(spec, ppl, seqlen, max_windows, batch_size, tasks, dtype, dev,
+                                  gguf_file, trust_remote_code, progress)
+    else:
+        mdl, tok = load_any(spec, gguf_file, dtype, trust_remote_code)
+        mdl.to(dev)
+        res = evaluate_loaded(mdl, tok, ppl=ppl, seqlen=seqlen, max_windows=max_windows,
+                              batch_size=batch_size, tasks=tasks, task_data_dir=task_data_dir,
+                              task_text=task_text, task_items=task_items,
+                              task_limit=task_limit, progress=progress)
     res.update(model=model, eval={"seqlen": seqlen, "max_windows": max_windows,
                                   "protocol": EVAL_PROTOCOL},
                device=device_name(dev), versions=versions(), seconds=time.perf_counter() - start)

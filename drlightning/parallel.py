@@ -40,6 +40,7 @@ from .capture import (
 )
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
+from .models.shards import LayerwiseModel
 from .rotation import fold_norms
 from .rotation_module import RotationModule
 from .run_state import atomic_save_tensors
@@ -135,11 +136,13 @@ def train_rotations(
     progress: bool = True,
     on_fit: Callable[[int, RotationModule], None] | None = None,
     offload: bool = False,
+    layerwise: LayerwiseModel | None = None,
 ) -> list[int]:
     """Train the rotations of this rank's layers on dense-model inputs; returns the layers trained.
 
     Layers whose rotations are already in ``store`` (an earlier, interrupted run) are skipped. The
-    model is not modified: each layer is folded in a copy.
+    model is not modified: each layer is folded in a copy (with ``layerwise``, the layer is loaded
+    from the shards, folded and released again).
     """
     layers = adapter.decoder_layers(model)
     todo = [i for i in range(len(layers)) if ranks.owns(i) and not store.has(i)]
@@ -151,7 +154,7 @@ def train_rotations(
     bar = tqdm(total=len(todo), desc=f"rotations (rank {ranks.rank}/{ranks.world})",
                disable=not progress)
     for i in range(todo[-1] + 1):
-        layer = copy.deepcopy(layers[i])
+        layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
         fold_norms(layer, adapter)
         if i in todo:
             start = time.perf_counter()
@@ -169,6 +172,8 @@ def train_rotations(
             bar.update(1)
         if i < todo[-1]:
             inputs = run_layer(layer, inputs)
+        if layerwise is not None:
+            layerwise.release(i)
     bar.close()
     return todo
 
@@ -201,12 +206,13 @@ def parallel_rotations(
     progress: bool = True,
     on_fit: Callable[[int, RotationModule], None] | None = None,
     offload: bool = False,
+    layerwise: LayerwiseModel | None = None,
 ):
     """Every rank trains its layers, then all wait; returns rank 0's merge-and-prune ``layer_step``
     (None on the other ranks, whose work is done)."""
     store = RotationStore(Path(run_dir) / "state" / "rotations")
     train_rotations(model, adapter, windows, template, make_trainer, store, ranks, batch_size,
-                    progress, on_fit, offload)
+                    progress, on_fit, offload, layerwise)
     ranks.barrier()
     if ranks.rank != 0:
         return None

@@ -22,6 +22,7 @@ from .capture import (
 )
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
+from .models.shards import LayerwiseModel
 from .rotation import fold_norms
 from .rotation_module import RotationModule
 from .run_state import RunState
@@ -82,6 +83,7 @@ def rotate_and_prune(
     unrotated_error: bool = False,
     layer_step: LayerStep | None = None,
     offload: bool = False,
+    layerwise: LayerwiseModel | None = None,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
 
@@ -92,16 +94,23 @@ def rotate_and_prune(
     starts. ``on_layer(report)`` is called after each finished layer. ``unrotated_error`` also
     prunes a copy of each layer without rotation and reports its error (one extra pruning per layer).
     ``layer_step(index, layer, inputs) → (layer, report)`` replaces the rotate → merge → prune of one
-    layer (the parallel mode merges rotations trained elsewhere).
+    layer (the parallel mode merges rotations trained elsewhere). With ``layerwise`` the model's
+    layers live on ``meta``: each is loaded from the shards when its turn comes and released after
+    it is saved (so ``state`` is required).
     """
+    if layerwise is not None and state is None:
+        raise ValueError("layer-by-layer loading needs a run state to keep the finished layers")
+    device = layerwise.device if layerwise is not None else None
     layout = HeadLayout.from_config(model.config)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
     layers = adapter.decoder_layers(model)
     reports = []
     done = state.finished_layers(len(layers)) if state is not None else 0
     for i in range(done):
-        layers[i], report = state.load_layer(i, layers[i])
+        layers[i], report = state.load_layer(i, layers[i], device)
         inputs = run_layer(layers[i], inputs)
+        if layerwise is not None:
+            layerwise.release(i, layers[i])
         reports.append(report)
     if done:
         print(f"resuming {state.dir.parent}: layers 0-{done - 1} were finished by an earlier run "
@@ -110,6 +119,8 @@ def rotate_and_prune(
                initial=done, total=len(layers))
     for i in bar:
         start = time.perf_counter()
+        if layerwise is not None:
+            layers[i] = layerwise.load(i)
         dense_out = run_layer(layers[i], inputs)
         plain_error = None
         if unrotated_error and template.hparams.steps > 0:
@@ -132,6 +143,8 @@ def rotate_and_prune(
         inputs = pruned_out
         if state is not None:
             state.save_layer(i, layer, report)
+        if layerwise is not None:
+            layerwise.release(i, layer)
         reports.append(report)
         if on_layer is not None:
             on_layer(report)

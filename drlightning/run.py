@@ -35,6 +35,7 @@ from .results import (
     write_json,
 )
 from .rotation_module import RotationModule, check_r1_blocks
+from .run_layerwise import LayerwiseJob, check_layerwise_options
 from .run_setup import boundary_dtype, check_pattern_fits, finalize_rotations, fingerprint, opts_dtype
 from .run_state import RunState
 
@@ -84,6 +85,10 @@ class RunOptions:
             of the already pruned layers) or "parallel" (all rotations learned from one dense
             calibration pass, spread over the ranks of a torchrun launch; merge and pruning stay
             sequential). See drlightning/parallel.py and docs/benchmarks.md for the difference.
+        layerwise: load the model layer by layer from its safetensors shards (a local directory or
+            hub id): host memory holds one decoder layer, the embeddings and head, not the whole
+            model. Perplexity streams the layers; the model is saved shard by shard. Perplexity
+            only (no zero-shot).
     """
 
     model: str = DEFAULT_MODEL
@@ -112,6 +117,7 @@ class RunOptions:
     rotation_dtype: str = "auto"
     offload_activations: bool = False
     mode: str = "sequential"
+    layerwise: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,6 +194,7 @@ def run_job(
     if opts.mode == "parallel" and module.hparams.steps == 0:
         raise ValueError("run.mode='parallel' trains rotations; model.steps=0 (the plain pruner) "
                          "has none — use run.mode='sequential'")
+    check_layerwise_options(opts)
     if opts.picture_role not in ROLES:
         raise ValueError(f"run.picture_role={opts.picture_role!r}; allowed: {', '.join(ROLES)}")
     state = RunState(run_dir, fingerprint(module, data, opts, settings))
@@ -198,13 +205,17 @@ def run_job(
     ranks = Ranks.from_env() if opts.mode == "parallel" else Ranks()
     device = ranks.start(resolve_device(opts.device)) if opts.mode == "parallel" else \
         resolve_device(opts.device)
-    model, tokenizer = loaded or load_model(opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
-                                            trust_remote_code=opts.trust_remote_code)
+    job = LayerwiseJob(opts, device) if opts.layerwise else None
+    lw = job.lw if job is not None else None
+    model, tokenizer = (lw.model, lw.tokenizer) if lw is not None else loaded or load_model(
+        opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
+        trust_remote_code=opts.trust_remote_code)
     adapter = adapter_for(model.config)
     hp = module.settings()
     check_pattern_fits(model, adapter, hp["pattern"])
     check_r1_blocks(model.config.hidden_size, hp["r1_blocks"])
-    model.to(device)
+    if job is None:
+        model.to(device)
     max_len = getattr(model.config, "max_position_embeddings", None)
     windows = data.calibration(tokenizer, max_len)
     seqlen = opts.eval_seqlen or data.hparams.seqlen
@@ -212,6 +223,8 @@ def run_job(
     baseline = load_run(opts.baseline_run) if opts.baseline_run else None
 
     def evaluate() -> dict:
+        if job is not None:
+            return job.evaluate_dense(eval_tokens, seqlen)
         return evaluate_loaded(model, tokenizer, ppl=opts.eval_data, seqlen=seqlen,
                                max_windows=opts.eval_max_windows, batch_size=opts.eval_batch_size,
                                tasks=opts.zero_shot, task_data_dir=opts.task_data_dir,
@@ -239,7 +252,7 @@ def run_job(
         if opts.mode == "parallel":
             layer_step = parallel_rotations(model, adapter, windows, module, make_trainer, run_dir,
                                             ranks, data.hparams.batch_size, opts.progress,
-                                            monitor.fit_done, opts.offload_activations)
+                                            monitor.fit_done, opts.offload_activations, lw)
             if layer_step is None:  # a rank > 0: its layers are trained and saved
                 monitor.close()
                 ranks.stop()
@@ -249,11 +262,15 @@ def run_job(
                                          state=state, on_layer=monitor.layer_done,
                                          on_fit=monitor.fit_done,
                                          unrotated_error=opts.unrotated_error,
-                                         layer_step=layer_step, offload=opts.offload_activations)
+                                         layer_step=layer_step, offload=opts.offload_activations,
+                                         layerwise=lw)
     finally:
         quiet.setLevel(level)
-    export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))
-    final = evaluate()
+    if job is not None:
+        export, final = job.finish(state, windows, run_dir, eval_tokens, seqlen)
+    else:
+        export = finalize_rotations(model, adapter, windows, boundary_dtype(opts, opts_dtype(model)))
+        final = evaluate()
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
@@ -268,7 +285,7 @@ def run_job(
         "device": device_name(device), "versions": versions(), "options": asdict(opts),
         "layers": layer_reports,
     }
-    if opts.save_model:
+    if opts.save_model and job is None:
         save_model_dir(model, tokenizer, run_dir / "model", {k: v for k, v in export.items()
                                                               if k.startswith("drl_")})
         results["export"]["path"] = str(run_dir / "model")

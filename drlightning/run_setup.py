@@ -64,12 +64,17 @@ def finalize_rotations(model, adapter, windows: torch.Tensor, rotation_dtype: st
     fields = install_boundaries(model, adapter, rotation_dtype)
     after = model(probe, use_cache=False).logits.double()
     rel = ((after - before).norm() / before.norm()).item()
-    tol = max(INVARIANCE_TOLERANCE.get(opts_dtype(model), 1e-2),
-              INVARIANCE_TOLERANCE.get(DTYPES[rotation_dtype], 1e-2))
+    tol = merge_tolerance(opts_dtype(model), rotation_dtype)
     if not rel <= tol:
         raise RuntimeError(f"merging the boundary rotations changed the logits by {rel:.2e} "
                            f"(relative; tolerance {tol:.0e}); this is a bug, please report it")
     return {**fields, "boundary_merge_error": rel}
+
+
+def merge_tolerance(model_dtype: torch.dtype, rotation_dtype: str) -> float:
+    """Largest relative logit change allowed by the boundary merge (the coarser dtype's)."""
+    return max(INVARIANCE_TOLERANCE.get(model_dtype, 1e-2),
+               INVARIANCE_TOLERANCE.get(DTYPES[rotation_dtype], 1e-2))
 
 
 def opts_dtype(model) -> torch.dtype:

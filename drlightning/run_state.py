@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -91,8 +92,8 @@ class RunState:
             tensors["rotation"] = layer.rotation.detach().cpu().contiguous()
         atomic_save_tensors(tensors, self.layer_path(index), {"report": json.dumps(report, default=float)})
 
-    def load_layer(self, index: int, layer: nn.Module) -> tuple[nn.Module, dict]:
-        """Restore layer ``index`` into ``layer`` (strictly); returns (layer or wrapper, report)."""
+    def layer_tensors(self, index: int) -> tuple[dict, torch.Tensor | None, dict]:
+        """(layer state_dict, rotation Q or None, report) of finished layer ``index``, on CPU."""
         from safetensors import safe_open
 
         path = self.layer_path(index)
@@ -100,9 +101,20 @@ class RunState:
             report = json.loads((fh.metadata() or {}).get("report", "{}"))
         tensors = load_file(str(path))
         rotation = tensors.pop("rotation", None)
-        device = next(layer.parameters()).device
-        state = {k.removeprefix("layer."): v.to(device) for k, v in tensors.items()}
-        layer.load_state_dict(state, strict=True)
+        return {k.removeprefix("layer."): v for k, v in tensors.items()}, rotation, report
+
+    def load_layer(self, index: int, layer: nn.Module,
+                   device: torch.device | None = None) -> tuple[nn.Module, dict]:
+        """Restore layer ``index`` into ``layer`` (strictly); returns (layer or wrapper, report).
+
+        A layer on the ``meta`` device (layer-by-layer loading) gets its tensors assigned on
+        ``device``.
+        """
+        state, rotation, report = self.layer_tensors(index)
+        param = next(layer.parameters())
+        device = device or param.device
+        layer.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True,
+                              assign=param.is_meta)
         if rotation is not None:
             layer = RotatedLayer(layer, rotation.to(device))
         return layer, report

@@ -14,6 +14,22 @@ def _window_nll(logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:-1].float(), window[1:], reduction="sum")
 
 
+def eval_windows(tokens: torch.LongTensor, seqlen: int, max_windows: int | None) -> torch.Tensor:
+    """The (count, seqlen) non-overlapping windows of ``tokens`` (1, N) that perplexity scores."""
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"tokens must have shape (1, N), got {tuple(tokens.shape)}")
+    if not isinstance(seqlen, int) or seqlen < 2:
+        raise ValueError(f"seqlen={seqlen!r} must be an integer ≥ 2")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows={max_windows} must be ≥ 1 (or None for all)")
+    n = tokens.shape[1]
+    if n < seqlen:
+        raise ValueError(f"evaluation text has {n} tokens, fewer than one window of "
+                         f"seqlen={seqlen}")
+    count = n // seqlen if max_windows is None else min(n // seqlen, max_windows)
+    return tokens[0, : count * seqlen].reshape(count, seqlen)
+
+
 def perplexity(
     model: torch.nn.Module,
     tokens: torch.LongTensor,
@@ -27,20 +43,10 @@ def perplexity(
     Each window predicts its own tokens 2..seqlen; ``max_windows`` keeps only the first windows.
     Logits exist for one batch at a time and are upcast to float32 one window at a time.
     """
-    if tokens.dim() != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"tokens must have shape (1, N), got {tuple(tokens.shape)}")
-    if not isinstance(seqlen, int) or seqlen < 2:
-        raise ValueError(f"seqlen={seqlen!r} must be an integer ≥ 2")
+    windows = eval_windows(tokens, seqlen, max_windows)
+    count = windows.shape[0]
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be ≥ 1")
-    if max_windows is not None and max_windows < 1:
-        raise ValueError(f"max_windows={max_windows} must be ≥ 1 (or None for all)")
-    n = tokens.shape[1]
-    if n < seqlen:
-        raise ValueError(f"evaluation text has {n} tokens, fewer than one window of "
-                         f"seqlen={seqlen}")
-    count = n // seqlen if max_windows is None else min(n // seqlen, max_windows)
-    windows = tokens[0, : count * seqlen].reshape(count, seqlen)
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     was_training = model.training

@@ -10,6 +10,17 @@ from ..rotation import RotatedLayer
 from . import modeling_drlightning as mdl
 
 
+def boundary_matrix(left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor | None:
+    """M = Q_leftᵀ·Q_right (float64) between two layers; None when both sides are unrotated."""
+    if left is None and right is None:
+        return None
+    if left is None:
+        return right.double()
+    if right is None:
+        return left.double().T
+    return left.double().T @ right.double()
+
+
 def boundary_matrices(rotations: list[torch.Tensor | None]) -> dict[int, torch.Tensor]:
     """Boundary b ∈ 0..L → M_b = Q_{b-1}ᵀ·Q_b (float64); a missing Q counts as the identity.
 
@@ -17,19 +28,9 @@ def boundary_matrices(rotations: list[torch.Tensor | None]) -> dict[int, torch.T
     layers the two merge into one matrix. Boundaries where both sides are identity are omitted.
     """
     n = len(rotations)
-    out = {}
-    for b in range(n + 1):
-        left = rotations[b - 1] if b > 0 else None
-        right = rotations[b] if b < n else None
-        if left is None and right is None:
-            continue
-        if left is None:
-            out[b] = right.double()
-        elif right is None:
-            out[b] = left.double().T
-        else:
-            out[b] = left.double().T @ right.double()
-    return out
+    mats = {b: boundary_matrix(rotations[b - 1] if b > 0 else None, rotations[b] if b < n else None)
+            for b in range(n + 1)}
+    return {b: m for b, m in mats.items() if m is not None}
 
 
 def unwrap_rotated_layers(model: nn.Module, adapter: ArchitectureAdapter) -> list[torch.Tensor | None]:

@@ -38,21 +38,16 @@ def _rewrite_config(directory: Path, drl_fields: dict, base_model_type: str) -> 
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict) -> Path:
-    """Write ``model`` (+ tokenizer, generation config) to ``path`` as safetensors, atomically.
+def write_dir_atomically(path: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling directory, then rename it into ``path``.
 
-    Everything is written into a temporary sibling directory first and renamed into place, so a
-    failed save (disk full, crash) leaves any previous ``path`` untouched.
+    A failed write (disk full, crash) leaves any previous ``path`` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        base = getattr(model.config, "base_model_type", None) or model.config.model_type
-        _rewrite_config(tmp, drl_fields, base)
+        write(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -63,6 +58,24 @@ def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def finish_dir(directory: Path, model: nn.Module, tokenizer, drl_fields: dict) -> None:
+    """Tokenizer files and the config (with the drlightning fields and modelling file if rotated)."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    base = getattr(model.config, "base_model_type", None) or model.config.model_type
+    _rewrite_config(directory, drl_fields, base)
+
+
+def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict) -> Path:
+    """Write ``model`` (+ tokenizer, generation config) to ``path`` as safetensors, atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        finish_dir(tmp, model, tokenizer, drl_fields)
+
+    return write_dir_atomically(path, write)
 
 
 def register_auto_classes(base_model_type: str) -> tuple[type, type]:
