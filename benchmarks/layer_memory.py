@@ -48,11 +48,18 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args()
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    large = args.json.parent / "large_step.json"  # written by large_layer_step.py
+    if large.is_file():
+        big = json.loads(large.read_text())
+        results["cpu"] = results.get("cpu", []) + [
+            {"size": big["size"], "variant": r["variant"], "memory_gib": r["memory_gib"]}
+            for r in big["rows"] if r.get("run")]
     ref_size = max((s for s in SIZES if measured_step(results, s, "k=1") is not None),
                    key=lambda s: layer_params(SIZES[s]), default=None)
     lines = [f"Accounting from the shapes (`python benchmarks/layer_memory.py`; calibration {args.tokens} "
              f"tokens, batches of {args.batch_tokens}); step memory measured by rotation_step.py "
-             "on CPU (resident-set growth), scaled by parameter count where marked est.", "",
+             "or large_layer_step.py on CPU (resident-set growth), scaled by parameter count "
+             "where marked est.", "",
              "| layer size | layer bf16 | frozen f32 + M | step (k=1 / low_memory) | rotation phase "
              "(k=1 / low_memory) | pruning phase | activations on GPU / offloaded |",
              "|---|---|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import time
@@ -169,6 +170,7 @@ def train_rotations(
             store.save(i, q, r, {**module.report(), "fit_seconds": time.perf_counter() - start,
                                  "rank": ranks.rank})
             del hessians, dm, module
+            gc.collect()  # Trainer/module/datamodule reference cycles hold the layer's tensors
             bar.update(1)
         if i < todo[-1]:
             inputs = run_layer(layer, inputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import time
 from collections.abc import Callable
 
@@ -145,6 +146,8 @@ def rotate_and_prune(
             state.save_layer(i, layer, report)
         if layerwise is not None:
             layerwise.release(i, layer)
+        del layer, dense_out
+        gc.collect()  # the layer's Trainer, module and datamodule form reference cycles: free now
         reports.append(report)
         if on_layer is not None:
             on_layer(report)

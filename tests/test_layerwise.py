@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -12,6 +13,7 @@ import drlightning.pipeline as pipeline
 from drlightning.cli import DRLightningCLI
 from drlightning.evaluate import evaluate
 from drlightning.export import load_pretrained
+from drlightning.layer_data import LayerDataModule
 from drlightning.models.shards import LayerwiseModel, ShardedCheckpoint
 
 from .tiny import fit_args, save_tiny_dir
@@ -39,12 +41,13 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     DRLightningCLI(args=fit_args(src, whole, steps=5))
 
-    most = []
+    most, stale = [], []
     load = LayerwiseModel.load
 
     def counting_load(self, index, tensors=None):
         layer = load(self, index, tensors)
         most.append(_materialised(self))
+        stale.append(sum(isinstance(o, LayerDataModule) for o in gc.get_objects()))
         return layer
 
     monkeypatch.setattr(LayerwiseModel, "load", counting_load)
@@ -62,6 +65,7 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "rotate_and_prune_layer", step)
     DRLightningCLI(args=fit_args(src, streamed, steps=5, extra=LAYERWISE))
     assert max(most) == 1, "more than one decoder layer was in memory at once"
+    assert max(stale) == 0, "a finished layer's datamodule (its tensors) is still alive"
 
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, streamed))
     assert a["ppl"] == b["ppl"] and a["dense_ppl"] == b["dense_ppl"]

@@ -185,7 +185,7 @@ class LayerwiseModel:
     def load(self, index: int, tensors: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """Materialise layer ``index`` (from the shards, or from ``tensors``), strictly."""
         layer = self.layers[index]
-        if isinstance(layer, nn.Module) and not any(p.is_meta for p in layer.parameters()):
+        if tensors is None and not any(p.is_meta for p in layer.parameters()):
             return layer
         state = self.layer_tensors(index) if tensors is None else \
             {k: v.to(self.device) for k, v in tensors.items()}
@@ -193,7 +193,10 @@ class LayerwiseModel:
         return layer
 
     def release(self, index: int, layer: nn.Module | None = None) -> None:
-        """Put layer ``index`` (or ``layer``, e.g. the pruned one) back on ``meta`` in the model."""
-        inner = getattr(layer if layer is not None else self.layers[index], "inner", None) or \
-            (layer if layer is not None else self.layers[index])
-        self.layers[index] = inner.to("meta")
+        """Put layer ``index`` (or ``layer``, e.g. the pruned one) back on ``meta`` in the model.
+
+        A rotated layer (a wrapper with ``inner``) is unwrapped; its rotation lives in the run state.
+        """
+        target = self.layers[index] if layer is None else layer
+        target = getattr(target, "inner", target)
+        self.layers[index] = target.to("meta")
