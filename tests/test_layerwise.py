@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -41,14 +41,20 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     DRLightningCLI(args=fit_args(src, whole, steps=5))
 
-    most, stale = [], []
-    load = LayerwiseModel.load
+    most, stale, datamodules = [], [], []
+    load, init = LayerwiseModel.load, LayerDataModule.__init__
 
     def counting_load(self, index, tensors=None):
         layer = load(self, index, tensors)
         most.append(_materialised(self))
-        stale.append(sum(isinstance(o, LayerDataModule) for o in gc.get_objects()))
+        stale.append(sum(ref() is not None for ref in datamodules))
         return layer
+
+    def tracked_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        datamodules.append(weakref.ref(self))
+
+    monkeypatch.setattr(LayerDataModule, "__init__", tracked_init)
 
     monkeypatch.setattr(LayerwiseModel, "load", counting_load)
     step = pipeline.rotate_and_prune_layer
