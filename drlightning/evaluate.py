@@ -64,13 +64,13 @@ def _evaluate_layerwise(spec: str, ppl: list[str], seqlen: int, max_windows: int
                         gguf_file: str | None, trust_remote_code: bool, progress: bool) -> dict:
     """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py)."""
     from .eval.layerwise import layerwise_perplexity
-    from .models.shards import LayerwiseModel, checkpoint_dir
+    from .models.shards import LayerwiseModel
 
     if tasks:
         raise ValueError(f"tasks={tasks!r} need the whole model in memory; layerwise=true "
                          "evaluates perplexity only")
-    checkpoint_dir(spec, gguf_file)  # GGUF files are refused here, with the reason
-    lw = LayerwiseModel(spec, dtype=dtype, device=dev, trust_remote_code=trust_remote_code)
+    lw = LayerwiseModel(spec, dtype=dtype, device=dev, gguf_file=gguf_file,
+                        trust_remote_code=trust_remote_code)
     tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in ppl}
     windows = {name: max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
                for name in ppl}

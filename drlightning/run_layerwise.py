@@ -32,6 +32,7 @@ class LayerwiseJob:
     def __init__(self, opts, device: torch.device) -> None:
         self.opts = opts
         self.lw = LayerwiseModel(opts.model, dtype=opts.dtype, device=device,
+                                 gguf_file=opts.gguf_file,
                                  trust_remote_code=opts.trust_remote_code)
 
     def perplexity(self, checkpoint: ShardedCheckpoint, eval_tokens: dict, seqlen: int) -> dict:

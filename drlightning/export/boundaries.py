@@ -21,6 +21,15 @@ def boundary_matrix(left: torch.Tensor | None, right: torch.Tensor | None) -> to
     return left.double().T @ right.double()
 
 
+def merge_error(before: torch.Tensor, after: torch.Tensor, tolerance: float) -> float:
+    """Relative change of the logits made by merging the boundaries; above ``tolerance`` a bug."""
+    rel = ((after.double() - before.double()).norm() / before.double().norm()).item()
+    if not rel <= tolerance:
+        raise RuntimeError(f"merging the boundary rotations changed the logits by {rel:.2e} "
+                           f"(relative; tolerance {tolerance:.0e}); this is a bug, please report it")
+    return rel
+
+
 def boundary_matrices(rotations: list[torch.Tensor | None]) -> dict[int, torch.Tensor]:
     """Boundary b ∈ 0..L → M_b = Q_{b-1}ᵀ·Q_b (float64); a missing Q counts as the identity.
 

@@ -129,13 +129,14 @@ class LayerwiseModel:
     """
 
     def __init__(self, source: str, *, dtype: str = "float32", device: torch.device | str = "cpu",
-                 trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> None:
+                 gguf_file: str | None = None, trust_remote_code: bool = False,
+                 attn_implementation: str = "sdpa") -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.initialization import no_init_weights
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
-        self.dir = checkpoint_dir(source)
+        self.dir = checkpoint_dir(source, gguf_file)
         self.checkpoint = ShardedCheckpoint(self.dir)
         config = base_config(self.dir) or AutoConfig.from_pretrained(
             self.dir, trust_remote_code=trust_remote_code)
