@@ -21,6 +21,11 @@ PROTOCOL_WINDOWS = {"c4": 256}
 """Evaluation windows fixed by a dataset's protocol (C4: 256 × seqlen tokens) when none are given."""
 
 
+def protocol_windows(name: str, max_windows: int | None) -> int | None:
+    """Windows evaluated on dataset ``name``: ``max_windows`` if given, else its protocol's."""
+    return max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
+
+
 def evaluate_loaded(model, tokenizer, *, ppl: list[str], seqlen: int, max_windows: int | None = None,
                     batch_size: int = 4, tasks: list[str] | None = None,
                     task_data_dir: str | None = None, task_text: str = "embedded",
@@ -32,7 +37,7 @@ def evaluate_loaded(model, tokenizer, *, ppl: list[str], seqlen: int, max_window
         tokens = (eval_tokens or {}).get(name)
         if tokens is None:
             tokens = tokenize_text(tokenizer, load_eval_text(name))
-        windows = max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
+        windows = protocol_windows(name, max_windows)
         out["ppl"][name] = perplexity(model, tokens, seqlen, batch_size, windows, progress=progress)
     if tasks:
         text = load_eval_text(task_text) if CONTINUATION in tasks else None
@@ -72,8 +77,7 @@ def _evaluate_layerwise(spec: str, ppl: list[str], seqlen: int, max_windows: int
     lw = LayerwiseModel(spec, dtype=dtype, device=dev, gguf_file=gguf_file,
                         trust_remote_code=trust_remote_code)
     tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in ppl}
-    windows = {name: max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
-               for name in ppl}
+    windows = {name: protocol_windows(name, max_windows) for name in ppl}
     return {"ppl": layerwise_perplexity(lw, lw.checkpoint, tokens, seqlen, windows, batch_size,
                                         progress)}
 

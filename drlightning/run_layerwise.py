@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .eval.layerwise import layerwise_perplexity
-from .evaluate import PROTOCOL_WINDOWS
+from .evaluate import protocol_windows
 from .export.sharded import save_layerwise_dir
 from .models.shards import LayerwiseModel, ShardedCheckpoint
 from .run_setup import boundary_dtype, merge_tolerance
@@ -37,8 +37,7 @@ class LayerwiseJob:
 
     def perplexity(self, checkpoint: ShardedCheckpoint, eval_tokens: dict, seqlen: int) -> dict:
         opts = self.opts
-        windows = {name: opts.eval_max_windows if opts.eval_max_windows is not None
-                   else PROTOCOL_WINDOWS.get(name) for name in eval_tokens}
+        windows = {name: protocol_windows(name, opts.eval_max_windows) for name in eval_tokens}
         return {"ppl": layerwise_perplexity(self.lw, checkpoint, eval_tokens, seqlen, windows,
                                             opts.eval_batch_size, opts.progress,
                                             opts.offload_activations)}

@@ -8,14 +8,12 @@ same as for the whole model in memory.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 
 from ..capture import capture_layer_inputs, run_layer
 from ..export.sharded import OWNER, head_logits, rotate_inputs
-from .perplexity import _window_nll, eval_windows
+from .perplexity import eval_windows, perplexity_of_logits
 
 
 @torch.no_grad()
@@ -50,12 +48,6 @@ def layerwise_perplexity(lw, checkpoint, tokens: dict[str, torch.Tensor], seqlen
     out = {}
     for name, inputs in streams.items():
         inputs = rotate_inputs(inputs, m) if m is not None else inputs
-        w = windows[name]
-        total = torch.zeros((), dtype=torch.float64, device=lw.device)
-        for start, logits in zip(range(0, w.shape[0], batch_size), head_logits(lw, inputs),
-                                 strict=True):
-            batch = w[start:start + batch_size].to(lw.device)
-            for row in range(batch.shape[0]):
-                total += _window_nll(logits[row], batch[row]).double()
-        out[name] = math.exp(total.item() / (w.shape[0] * (seqlen - 1)))
+        out[name] = perplexity_of_logits(windows[name], batch_size, head_logits(lw, inputs),
+                                         lw.device)
     return out

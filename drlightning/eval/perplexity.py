@@ -48,18 +48,31 @@ def perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be ≥ 1")
     device = next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
+
+    def batch_logits():
+        for start in tqdm(range(0, count, batch_size), desc="perplexity", unit="batch",
+                          disable=not progress, leave=False):
+            yield model(input_ids=windows[start:start + batch_size].to(device),
+                        use_cache=False).logits
+
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, count, batch_size), desc="perplexity", unit="batch",
-                              disable=not progress, leave=False):
-                batch = windows[start:start + batch_size].to(device)
-                logits = model(input_ids=batch, use_cache=False).logits
-                for row in range(batch.shape[0]):
-                    total += _window_nll(logits[row], batch[row]).double()
-                del logits
+            return perplexity_of_logits(windows, batch_size, batch_logits(), device)
     finally:
         model.train(was_training)
+
+
+def perplexity_of_logits(windows: torch.Tensor, batch_size: int, logits, device) -> float:
+    """exp(mean next-token NLL) of ``windows`` (count, seqlen) given each batch's logits in turn
+    (an iterable, so only one batch's logits exist at a time); NLL summed in float64, window by
+    window in order."""
+    count, seqlen = windows.shape
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start, batch_logits in zip(range(0, count, batch_size), logits, strict=True):
+        batch = windows[start:start + batch_size].to(device)
+        for row in range(batch.shape[0]):
+            total += _window_nll(batch_logits[row], batch[row]).double()
+        del batch_logits
     return math.exp(total.item() / (count * (seqlen - 1)))
