@@ -48,7 +48,7 @@ def main() -> None:
             layers = res["layers"]
             row = {"seed": seed, "variant": name, "ppl": res["ppl"]["embedded"],
                    "mean_pruning_error": sum(x["pruning_error"] for x in layers) / len(layers),
-                   "total_best_entropy": sum(x["best_entropy"] for x in layers),
+                   "total_best_entropy": sum(x["best_loss"] for x in layers),
                    "device": res["device"]}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -57,7 +57,7 @@ def main() -> None:
                 module = RotationModule(method=args.method, pattern=args.pattern, steps=steps)
                 layer, rep = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), adapter,
                                                     layout, inputs, module, make)
-                entropy = (f"{rep['initial_entropy']:.0f} → {rep['best_entropy']:.0f}"
+                entropy = (f"{rep['initial_loss']:.0f} → {rep['best_loss']:.0f}"
                            if steps else "")
                 err = rel_error(run_layer(layer, inputs), dense_out, inputs)
                 rows.append((index, steps, entropy, err, time.perf_counter() - t0))

@@ -1,114 +1,216 @@
-"""Quality benchmark on the embedded default model: dense vs pruned vs pruned + DenoiseRotator.
+"""Seeded quality protocol on the embedded default model: what each addition buys, mean ± std.
 
-    python benchmarks/quality.py                      # CPU protocol documented in docs/benchmarks.md
-    python benchmarks/quality.py --steps 100 --nsamples 64
+    python benchmarks/quality.py run --worker 0/2 &     # two single-thread workers side by side
+    python benchmarks/quality.py run --worker 1/2 &
+    python benchmarks/quality.py report                  # tables → docs/benchmarks.md
 
-Loads SmolLM2-135M-Instruct once, evaluates the dense model once, then runs each (method, pattern)
-with ``steps=0`` (plain pruner) and ``steps=N`` (DenoiseRotator) on a fresh copy of the model. Writes
-``benchmarks/results/quality.json`` and the table section of ``docs/benchmarks.md``.
+Every (pruner, setting, calibration seed) is one ``drlightning fit`` of the smollm2 config of that
+pruner, with every rotation setting given explicitly (so the table does not move when the configs'
+defaults do), zero-shot off, on 1 BLAS thread (recorded). Runs live in
+``runs/quality/<pruner>/<setting>/s<seed>``; a finished run is skipped and an interrupted one
+resumes, so the command can be re-run at any time. ``report`` compares each setting with the plain
+pruner of the same seed: gap closed = (plain − ppl) / (plain − dense), then mean ± standard
+deviation over the seeds, beside the mean layer pruning error ‖pruned(X) − dense(X)‖ /
+‖dense(X) − X‖ (averaged over layers). Perplexity: the whole embedded evaluation split.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from drlightning.calibration_data import CalibrationDataModule
-from drlightning.models import load_model
-from drlightning.results import device_name, versions
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, run_job
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = [("sparsegpt", "2:4"), ("wanda", "2:4"), ("sparsegpt", "50%"), ("magnitude", "2:4")]
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+RUNS = Path(os.environ.get("DRL_QUALITY_RUNS", ROOT / "runs" / "quality"))
+"""Where the runs live (``DRL_QUALITY_RUNS`` overrides it, e.g. to report on runs made elsewhere)."""
+PAPER = {"objective": "entropy", "rotation_score": "pruner", "permute": False, "guard": False,
+         "reference_quirks": False}
+SETTINGS: dict[str, tuple[str, dict]] = {
+    "plain": ("plain pruner", {**PAPER, "steps": 0}),
+    "plain+perm": ("plain + permutation", {**PAPER, "steps": 0, "permute": True}),
+    "dr": ("DR, paper objective (entropy, float32)", {**PAPER, "steps": 50}),
+    "dr-released": ("DR as the authors released it (reference_quirks)",
+                    {**PAPER, "steps": 50, "reference_quirks": True}),
+    "dr+guard": ("DR + guard", {**PAPER, "steps": 50, "guard": True}),
+    "dr+perm": ("DR + permutation", {**PAPER, "steps": 50, "permute": True}),
+    "pm": ("DR, pruned-mass objective", {**PAPER, "steps": 50, "objective": "pruned_mass"}),
+    "pm+guard": ("DR, pruned mass + guard",
+                 {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True}),
+    "pm+perm+guard": ("DR, pruned mass + permutation + guard",
+                      {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True,
+                       "guard": True}),
+}
+PRUNERS = {"sparsegpt-2of4": ("sparsegpt", "2:4"), "wanda-2of4": ("wanda", "2:4"),
+           "sparsegpt-4of8": ("sparsegpt", "4:8"), "sparsegpt-50pct": ("sparsegpt", "50%"),
+           "magnitude-2of4": ("magnitude", "2:4")}
+PLAN = [
+    # (pruner, settings, seeds), in the order the workers take them: the headline rows first
+    ("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard"], [0, 1, 2]),
+    ("wanda-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["plain+perm", "dr+guard", "dr+perm"], [0, 1, 2]),
+    ("wanda-2of4", ["plain+perm", "dr-released", "dr+guard", "dr+perm"], [0, 1, 2]),
+    ("sparsegpt-4of8", ["plain", "pm+perm+guard"], [0, 1, 2]),
+    ("sparsegpt-50pct", ["plain", "pm+guard"], [0, 1, 2]),
+    ("magnitude-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["pm", "pm+guard"], [0, 1, 2]),
+    ("wanda-2of4", ["pm", "pm+guard"], [0, 1, 2]),
+    ("sparsegpt-4of8", ["dr"], [0, 1, 2]),
+    ("sparsegpt-50pct", ["dr"], [0, 1, 2]),
+]
 
 
-def gap_closed(dense: float, pruned: float, rotated: float) -> float:
-    """Share of the perplexity gap to dense that the rotation closes."""
-    return (pruned - rotated) / (pruned - dense)
+def run_dir(pruner: str, setting: str, seed: int) -> Path:
+    return RUNS / pruner / setting / f"s{seed}"
 
 
-def markdown(res: dict) -> str:
-    a = res["args"]
-    lines = [
-        BEGIN,
-        f"Model: SmolLM2-135M-Instruct (embedded GGUF, float32). Calibration: {a['nsamples']} x "
-        f"{a['seqlen']} tokens from the embedded text (seed {a['seed']}); rotation: {a['steps']} "
-        f"steps/layer, Adam lr {a['lr']}, grad clip 1.0. Perplexity: embedded evaluation text, "
-        f"{a['seqlen']}-token windows. Device: {res['device']}. Wall time: {res['seconds']:.0f} s. "
-        f"Command: `python benchmarks/quality.py {res['argv']}`.",
-        "",
-        f"Dense perplexity: **{res['dense']:.3f}**",
-        "",
-        "| method | pattern | pruned ppl | + DR ppl | gap closed | DR run s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in res["rows"]:
-        lines.append(f"| {row['method']} | {row['pattern']} | {row['plain']:.3f} | "
-                     f"{row['dr']:.3f} | {100 * row['gap_closed']:.1f}% | {row['dr_seconds']:.0f} |")
-    lines.append(END)
-    return "\n".join(lines)
+def jobs() -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+    for pruner, settings, seeds in PLAN:
+        out += [(pruner, s, seed) for seed in seeds for s in settings if (pruner, s, seed) not in out]
+    return out
 
 
-def write_doc(text: str, path: Path) -> None:
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n## Quality (default model)\n\n" + text + "\n"
-    path.write_text(doc, encoding="utf-8")
+def command(pruner: str, setting: str, seed: int) -> list[str]:
+    overrides = SETTINGS[setting][1]
+    args = [sys.executable, "-m", "drlightning.cli", "fit",
+            "--config", str(ROOT / "configs" / "smollm2" / f"{pruner}.yaml"),
+            "--data.seed", str(seed), "--run.output_dir", str(run_dir(pruner, setting, seed)),
+            "--run.zero_shot", "[]", "--run.tensorboard", "false", "--run.progress", "false"]
+    for key, value in overrides.items():
+        args += [f"--model.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def run(worker: int, workers: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for i, (pruner, setting, seed) in enumerate(jobs()):
+        out = run_dir(pruner, setting, seed)
+        if i % workers != worker or (out / "results.json").is_file():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with (out / "bench.log").open("w") as log:
+            subprocess.run(command(pruner, setting, seed), env=env, stdout=log, stderr=log, check=True)
+        print(json.dumps({"run": str(out), "minutes":
+                          round((time.perf_counter() - start) / 60, 1)}), flush=True)
+
+
+def load(pruner: str, setting: str) -> dict[int, dict]:
+    found = {}
+    for path in sorted((RUNS / pruner / setting).glob("s*/results.json")):
+        found[int(path.parent.name[1:])] = json.loads(path.read_text())
+    return found
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def summary_rows(pruner: str) -> list[dict]:
+    plain = load(pruner, "plain")
+    rows = []
+    for setting, (label, _) in SETTINGS.items():
+        found = load(pruner, setting)
+        if not found:
+            continue
+        ppl = {s: r["ppl"]["embedded"] for s, r in found.items()}
+        dense = {s: r["dense_ppl"]["embedded"] for s, r in found.items()}
+        closed = [(plain[s]["ppl"]["embedded"] - ppl[s])
+                  / (plain[s]["ppl"]["embedded"] - dense[s]) for s in found if s in plain]
+        err = [statistics.fmean(layer["pruning_error"] for layer in r["layers"])
+               for r in found.values()]
+        kept = [sum(layer.get("guard") == "rotated" for layer in r["layers"])
+                for r in found.values() if any("guard" in layer for layer in r["layers"])]
+        rows.append({"pruner": pruner, "setting": setting, "label": label, "seeds": sorted(found),
+                     "ppl": list(ppl.values()), "gap_closed": closed, "layer_error": err,
+                     "rotated_layers_kept": kept,
+                     "minutes": statistics.fmean(r["seconds"] for r in found.values()) / 60,
+                     "device": next(iter(found.values()))["device"]})
+    return rows
+
+
+def layer_table(pruner: str, settings: list[str]) -> list[str]:
+    data = {s: load(pruner, s) for s in settings}
+    data = {s: d for s, d in data.items() if d}
+    if not data:
+        return []
+    n_layers = len(next(iter(next(iter(data.values())).values()))["layers"])
+    lines = ["| layer | " + " | ".join(SETTINGS[s][0] for s in data) + " |",
+             "|---" * (len(data) + 1) + "|"]
+    for i in range(n_layers):
+        cells = [f"{statistics.fmean(r['layers'][i]['pruning_error'] for r in d.values()):.4f}"
+                 for d in data.values()]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(out: Path, json_out: Path) -> None:
+    rows = [row for pruner in PRUNERS for row in summary_rows(pruner)]
+    if not rows:
+        raise SystemExit("no finished runs under runs/quality; run `python benchmarks/quality.py run` first")
+    dense = load(rows[0]["pruner"], rows[0]["setting"])
+    dense_ppl = next(iter(dense.values()))["dense_ppl"]["embedded"]
+    lines = [f"SmolLM2-135M-Instruct (embedded, float32), calibration 32 × 512 embedded tokens, "
+             f"seeds as listed (mean ± standard deviation over them), 50 rotation steps per layer, "
+             f"perplexity on the whole embedded evaluation split (dense {dense_ppl:.3f}). "
+             f"{rows[0]['device']}. Command: `python benchmarks/quality.py run` (two workers), then "
+             "`python benchmarks/quality.py report`. Gap closed = (plain − ppl) / (plain − dense) "
+             "against the plain pruner of the same seed; layer error = ‖pruned(X) − dense(X)‖ / "
+             "‖dense(X) − X‖ on the calibration inputs, averaged over the 30 layers.", ""]
+    for pruner in PRUNERS:
+        sub = [r for r in rows if r["pruner"] == pruner]
+        if not sub:
+            continue
+        method, pattern = PRUNERS[pruner]
+        lines += [f"**{method} {pattern}**", "",
+                  "| setting | seeds | perplexity | gap closed % | mean layer error "
+                  "| rotated layers kept | min/run |", "|---|---|---|---|---|---|---|"]
+        for r in sub:
+            kept = r["rotated_layers_kept"]
+            kept = f"{statistics.fmean(kept):.1f} / 30" if kept else "-"
+            closed = "-" if r["setting"] == "plain" else mean_std(r["gap_closed"], 100, 1)
+            lines.append(f"| {r['label']} | {','.join(map(str, r['seeds']))} | {mean_std(r['ppl'])} | "
+                         f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {r['minutes']:.0f} |")
+        lines.append("")
+    lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over seeds):", ""]
+    lines += layer_table("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard"])
+    write_block(out, "quality", "Quality (default model, seeded)", "\n".join(lines))
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    print("\n".join(lines))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", nargs="*", default=[f"{m}:{pt}" for m, pt in RUNS],
-                   help="method:pattern items, e.g. sparsegpt:2:4 wanda:50%%")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the unfinished jobs of this worker")
+    r.add_argument("--worker", default="0/1", help="k/n: take every n-th job starting at k")
+    sub.add_parser("list", help="print the jobs and whether they are finished")
+    rep = sub.add_parser("report", help="write the tables from the finished runs")
+    rep.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    rep.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
     args = p.parse_args()
-    start = time.perf_counter()
-    model, tok = load_model()
-    data = CalibrationDataModule(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
-    base = RunOptions(tensorboard=False, progress=False, output_dir="runs/bench/dense")
-    dense = None
-    rows = []
-    for item in args.runs:
-        method, pattern = item.split(":", 1)
-        row = {"method": method, "pattern": pattern}
-        for key, steps in (("plain", 0), ("dr", args.steps)):
-            t0 = time.perf_counter()
-            tag = f"{method}-{pattern.replace(':', 'of').replace('%', 'pct')}-s{steps}"
-            opts = RunOptions(**{**base.__dict__, "output_dir": f"runs/bench/{tag}"})
-            module = RotationModule(method=method, pattern=pattern, steps=steps, lr=args.lr)
-            res = run_job(module, data, opts, loaded=(copy.deepcopy(model), tok), dense_ppl=dense)
-            dense = dense or res["dense_ppl"]
-            row[key] = res["ppl"]["embedded"]
-            row[f"{key}_seconds"] = time.perf_counter() - t0
-        row["gap_closed"] = gap_closed(dense["embedded"], row["plain"], row["dr"])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    import sys
-
-    result = {"args": vars(args) | {"out": str(args.out), "json": str(args.json)},
-              "argv": " ".join(sys.argv[1:]), "dense": dense["embedded"], "rows": rows,
-              "seconds": time.perf_counter() - start, "device": device_name(torch.device("cpu")),
-              "versions": versions()}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    write_doc(markdown(result), args.out)
-    print(markdown(result))
+    if args.cmd == "run":
+        k, n = (int(x) for x in args.worker.split("/"))
+        run(k, n)
+    elif args.cmd == "list":
+        for job in jobs():
+            done = (run_dir(*job) / "results.json").is_file()
+            print(("done " if done else "todo ") + " ".join(map(str, job)))
+    else:
+        report(args.out, args.json)
 
 
 if __name__ == "__main__":

@@ -60,5 +60,9 @@ class LayerDataModule(LightningDataModule):
         return {r: self.adapter.linear(self.layer, r).weight.detach().to(torch.float32, copy=True)
                 for r in ROLES}
 
+    def tokens_per_sequence(self) -> int:
+        """Tokens per calibration window (the authors' Hessians are averaged per window)."""
+        return int(self.inputs.hidden[0].shape[1]) if self.inputs.hidden else 1
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(self.steps), batch_size=None, shuffle=False)

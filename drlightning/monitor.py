@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pictures import importance_png, png_to_chw
+from .pictures import error_plot_png, importance_png, png_to_chw
 from .results import atomic_write_bytes
 from .rotation_module import RotationModule
 
-LAYER_SCALARS = ("initial_entropy", "best_entropy", "best_step", "orthogonality_error",
-                 "invariance_error", "pruning_error", "pruning_error_unrotated", "seconds",
-                 "fit_seconds", "prune_seconds")
+LAYER_SCALARS = ("initial_entropy", "best_entropy", "initial_loss", "best_loss", "best_step",
+                 "orthogonality_error", "invariance_error", "pruning_error",
+                 "pruning_error_rotated", "pruning_error_unrotated", "seconds", "fit_seconds",
+                 "prune_seconds")
+ERROR_PLOT = "pictures/pruning_error.png"
+"""Per-layer pruning error plot, relative to the run directory (linked from report.md)."""
 
 
 class RunMonitor:
@@ -39,6 +42,11 @@ class RunMonitor:
                 self.writer.add_scalar(f"layer/{key}", report[key], step)
         for role, value in (report.get("sparsity") or {}).items():
             self.writer.add_scalar(f"sparsity/{role}", value, step)
+        if "guard" in report:
+            self.writer.add_scalar("layer/guard_kept_rotation", float(report["guard"] == "rotated"),
+                                   step)
+        for space, choice in (report.get("permutation") or {}).items():
+            self.writer.add_scalar(f"permutation/{space}_kept", float(choice["kept"]), step)
         self.writer.flush()
 
     def fit_done(self, index: int, module: RotationModule) -> None:
@@ -54,10 +62,18 @@ class RunMonitor:
             self.writer.add_image(f"importance/{self.picture_role}", png_to_chw(png), index)
             self.writer.flush()
 
-    def model_done(self, results: dict) -> None:
-        """Model-level numbers: perplexity and zero-shot accuracy, dense (step 0) and pruned (step 1)."""
+    def model_done(self, results: dict) -> str | None:
+        """Model-level numbers: perplexity and zero-shot accuracy, dense (step 0) and pruned (step 1),
+        and the per-layer pruning error plot; returns the plot's path in the run directory."""
+        plot = None
+        if results.get("layers"):
+            png = error_plot_png(results["layers"])
+            atomic_write_bytes(self.run_dir / ERROR_PLOT, png)
+            plot = ERROR_PLOT
+            if self.writer is not None:
+                self.writer.add_image("pruning_error", png_to_chw(png), 0)
         if self.writer is None:
-            return
+            return plot
         for step, (ppl_key, zs_key) in enumerate((("dense_ppl", "dense_zero_shot"), ("ppl", "zero_shot"))):
             for name, value in (results.get(ppl_key) or {}).items():
                 self.writer.add_scalar(f"model/ppl_{name}", value, step)
@@ -67,6 +83,7 @@ class RunMonitor:
             if zs.get("tasks"):
                 self.writer.add_scalar("model/zero_shot_mean", zs["mean"], step)
         self.writer.flush()
+        return plot
 
     def close(self) -> None:
         if self.writer is not None:

@@ -30,15 +30,13 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from drlightning.callbacks import merge_into_datamodule, prune_datamodule
-
 from .capture import (
-    OBJECTIVE_STATS,
     LayerInputs,
     capture_layer_inputs,
     collect_hessians,
     run_layer,
 )
+from .layer.step import PruneSpec, merge_layer, prune_candidates
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .models.shards import LayerwiseModel
@@ -150,7 +148,7 @@ def train_rotations(
     if not todo:
         return []
     layout = HeadLayout.from_config(model.config)
-    method, steps = template.hparams.method, template.hparams.steps
+    steps = template.hparams.steps
     inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
     bar = tqdm(total=len(todo), desc=f"rotations (rank {ranks.rank}/{ranks.world})",
                disable=not progress)
@@ -159,11 +157,11 @@ def train_rotations(
         fold_norms(layer, adapter)
         if i in todo:
             start = time.perf_counter()
-            hessians = (collect_hessians(layer, adapter, inputs, OBJECTIVE_STATS)
-                        if method != "magnitude" else None)
+            stats = template.needed_stats()
+            hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
             dm = LayerDataModule(i, layer, adapter, layout, inputs, hessians, steps)
             module = template.fresh()
-            make_trainer(i, module, train_only=True).fit(module, datamodule=dm)
+            make_trainer(i, module).fit(module, datamodule=dm)
             if on_fit is not None:
                 on_fit(i, module)
             q, r = module.best_rotations()
@@ -180,18 +178,20 @@ def train_rotations(
     return todo
 
 
-def merge_saved_step(store: RotationStore, adapter: ArchitectureAdapter, layout: HeadLayout,
-                     method: str, pattern: str):
+def merge_saved_step(store: RotationStore):
     """A ``layer_step`` for :func:`drlightning.pipeline.rotate_and_prune`: fold norms, merge the
-    stored rotations (with the function-preserving self-check), prune."""
+    stored rotations (with the function-preserving self-check), prune (with the guard)."""
 
-    def step(index: int, layer: nn.Module, inputs: LayerInputs) -> tuple[nn.Module, dict]:
-        fold_norms(layer, adapter)
+    def step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
+             spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
+        original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
+        fold_norms(layer, spec.adapter)
         q, r, report = store.load(index)
-        dm = LayerDataModule(index, layer, adapter, layout, inputs, None, 0)
-        merge_into_datamodule(dm, q, r, report)
-        prune_datamodule(dm, method, pattern)
-        return dm.layer, {**dm.rotation_report, **dm.prune_report}
+        rotated, report["invariance_error"] = merge_layer(layer, q, r, inputs, spec.adapter,
+                                                          spec.layout, index)
+        candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
+        layer, pruned, out = prune_candidates(candidates, inputs, dense_out, spec)
+        return layer, {**report, **pruned}, out
 
     return step
 
@@ -218,6 +218,4 @@ def parallel_rotations(
     ranks.barrier()
     if ranks.rank != 0:
         return None
-    hp = template.settings()
-    return merge_saved_step(store, adapter, HeadLayout.from_config(model.config), hp["method"],
-                            hp["pattern"])
+    return merge_saved_step(store)

@@ -56,6 +56,31 @@ def importance_png(before: torch.Tensor, after: torch.Tensor, role: str, title: 
     return buf.getvalue()
 
 
+def error_plot_png(layers: list[dict]) -> bytes:
+    """Per-layer pruning error: the rotated layer, the unrotated one (plain pruner) and the one the
+    guard kept, as a line plot over the depth of the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["layer"] for r in layers]
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    for key, label, style in (("pruning_error_unrotated", "unrotated (plain pruner)", "o--"),
+                              ("pruning_error_rotated", "rotated", "s--")):
+        if all(key in r for r in layers):
+            ax.plot(x, [r[key] for r in layers], style, label=label, alpha=0.7)
+    ax.plot(x, [r["pruning_error"] for r in layers], "k.-", label="kept")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖")
+    ax.set_title("layer pruning error on the calibration inputs")
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def png_to_chw(png: bytes) -> torch.Tensor:
     """Decode PNG bytes to a (3, H, W) uint8 tensor for TensorBoard's ``add_image``."""
     from PIL import Image

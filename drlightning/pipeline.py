@@ -12,15 +12,13 @@ from lightning import Trainer
 from torch import nn
 from tqdm.auto import tqdm
 
-from drlightning.callbacks import prune_layer
-
 from .capture import (
-    OBJECTIVE_STATS,
     LayerInputs,
     capture_layer_inputs,
     collect_hessians,
     run_layer,
 )
+from .layer.step import PruneSpec, merge_layer, prune_candidates
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .models.shards import LayerwiseModel
@@ -29,45 +27,48 @@ from .rotation_module import RotationModule
 from .run_state import RunState
 
 TrainerFactory = Callable[[int, RotationModule], Trainer]
-LayerStep = Callable[[int, nn.Module, LayerInputs], tuple[nn.Module, dict]]
-
-
-def relative_error(out: LayerInputs, ref: LayerInputs, x: LayerInputs) -> float:
-    """‖out − ref‖ / ‖ref − x‖ over all batches (the layer's error relative to its own update)."""
-    num = sum((o.double() - r.double()).square().sum() for o, r in zip(out.hidden, ref.hidden, strict=True))
-    den = sum((r.double() - i.double()).square().sum() for r, i in zip(ref.hidden, x.hidden, strict=True))
-    return float((num / den).sqrt()) if den > 0 else float("nan")
+LayerStep = Callable[[int, nn.Module, LayerInputs, LayerInputs, PruneSpec],
+                     tuple[nn.Module, dict, LayerInputs]]
 
 
 def rotate_and_prune_layer(
     index: int,
     layer: nn.Module,
-    adapter: ArchitectureAdapter,
-    layout: HeadLayout,
     inputs: LayerInputs,
+    dense_out: LayerInputs,
     template: RotationModule,
     make_trainer: TrainerFactory,
+    spec: PruneSpec,
     on_fit: Callable[[int, RotationModule], None] | None = None,
-) -> tuple[nn.Module, dict]:
-    """Rotate (unless ``steps == 0``), merge and prune one layer; returns (new layer, report).
+) -> tuple[nn.Module, dict, LayerInputs]:
+    """Rotate (unless ``steps == 0``), merge and prune one layer; returns (layer, report, outputs).
 
-    With ``steps == 0`` no rotation is trained or merged and the plain pruner runs on the layer.
+    With ``steps == 0`` the plain pruner runs on the layer. With the guard (or
+    ``spec.report_identity``) an unrotated copy is pruned too (see :func:`prune_candidates`).
     ``on_fit(index, module)`` is called after rotation training (e.g. to draw importance pictures).
     """
-    hp = template.settings()
-    steps, method = hp["steps"], hp["method"]
+    steps = template.hparams.steps
     if steps == 0:
-        return layer, {"sparsity": prune_layer(layer, adapter, inputs, method, hp["pattern"])}
-    fold_norms(layer, adapter)
-    hessians = collect_hessians(layer, adapter, inputs, OBJECTIVE_STATS) if method != "magnitude" else None
-    dm = LayerDataModule(index, layer, adapter, layout, inputs, hessians, steps)
+        return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
+    original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
+    fold_norms(layer, spec.adapter)
+    stats = template.needed_stats()
+    hessians = collect_hessians(layer, spec.adapter, inputs, stats) if stats else None
+    dm = LayerDataModule(index, layer, spec.adapter, spec.layout, inputs, hessians, steps)
     module = template.fresh()
     fit_start = time.perf_counter()
     make_trainer(index, module).fit(module, datamodule=dm)
     if on_fit is not None:
         on_fit(index, module)
-    return dm.layer, {**dm.rotation_report, **dm.prune_report,
-                      "fit_seconds": time.perf_counter() - fit_start}
+    q, r = module.best_rotations()
+    report = module.report()
+    fit_seconds = time.perf_counter() - fit_start
+    del dm, hessians
+    rotated, report["invariance_error"] = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout,
+                                                      index)
+    candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
+    layer, pruned, out = prune_candidates(candidates, inputs, dense_out, spec)
+    return layer, {**report, **pruned, "fit_seconds": fit_seconds}, out
 
 
 def rotate_and_prune(
@@ -93,16 +94,17 @@ def rotate_and_prune(
     on the calibration inputs X. With a ``state``, layers finished by an earlier run are restored
     and replayed instead of recomputed, and every newly finished layer is saved before the next one
     starts. ``on_layer(report)`` is called after each finished layer. ``unrotated_error`` also
-    prunes a copy of each layer without rotation and reports its error (one extra pruning per layer).
-    ``layer_step(index, layer, inputs) → (layer, report)`` replaces the rotate → merge → prune of one
-    layer (the parallel mode merges rotations trained elsewhere). With ``layerwise`` the model's
+    prunes a copy of each layer without rotation and reports its error (one extra pruning per
+    layer; the guard does this anyway). ``layer_step(index, layer, inputs, dense_out, spec) →
+    (layer, report, outputs)`` replaces the rotate → merge → prune of one layer (the parallel mode
+    merges rotations trained elsewhere). With ``layerwise`` the model's
     layers live on ``meta``: each is loaded from the shards when its turn comes and released after
     it is saved (so ``state`` is required).
     """
     if layerwise is not None and state is None:
         raise ValueError("layer-by-layer loading needs a run state to keep the finished layers")
     device = layerwise.device if layerwise is not None else None
-    layout = HeadLayout.from_config(model.config)
+    spec = template.prune_spec(adapter, HeadLayout.from_config(model.config), unrotated_error)
     inputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
     layers = adapter.decoder_layers(model)
     reports = []
@@ -123,24 +125,13 @@ def rotate_and_prune(
         if layerwise is not None:
             layers[i] = layerwise.load(i)
         dense_out = run_layer(layers[i], inputs)
-        plain_error = None
-        if unrotated_error and template.hparams.steps > 0:
-            plain = copy.deepcopy(layers[i])
-            hp = template.settings()
-            prune_layer(plain, adapter, inputs, hp["method"], hp["pattern"])
-            plain_error = relative_error(run_layer(plain, inputs), dense_out, inputs)
-            del plain
         if layer_step is None:
-            layer, report = rotate_and_prune_layer(i, layers[i], adapter, layout, inputs, template,
-                                                   make_trainer, on_fit)
+            layer, report, pruned_out = rotate_and_prune_layer(i, layers[i], inputs, dense_out,
+                                                               template, make_trainer, spec, on_fit)
         else:
-            layer, report = layer_step(i, layers[i], inputs)
+            layer, report, pruned_out = layer_step(i, layers[i], inputs, dense_out, spec)
         layers[i] = layer
-        pruned_out = run_layer(layer, inputs)
-        report = {"layer": i, **report, "pruning_error": relative_error(pruned_out, dense_out, inputs),
-                  "seconds": time.perf_counter() - start}
-        if plain_error is not None:
-            report["pruning_error_unrotated"] = plain_error
+        report = {"layer": i, **report, "seconds": time.perf_counter() - start}
         inputs = pruned_out
         if state is not None:
             state.save_layer(i, layer, report)
@@ -151,6 +142,6 @@ def rotate_and_prune(
         reports.append(report)
         if on_layer is not None:
             on_layer(report)
-        if "best_entropy" in report:
-            bar.set_postfix(entropy=f"{report['initial_entropy']:.0f}->{report['best_entropy']:.0f}")
+        if "best_loss" in report:
+            bar.set_postfix({report["objective"]: f"{report['initial_loss']:.4g}->{report['best_loss']:.4g}"})
     return reports

@@ -30,8 +30,31 @@ def gap_closed(dense: float, baseline: float, ours: float) -> float | None:
     return (baseline - ours) / gap if gap > 0 else None
 
 
-def report_markdown(res: dict, baseline: dict | None = None) -> str:
-    """The ``report.md`` of a run: dense vs pruned (vs baseline) and the protocol."""
+def layer_section(layers: list[dict], plot: str | None = None) -> list[str]:
+    """Per-layer pruning error lines of report.md: the guard's choice, permutations kept."""
+    if not layers:
+        return []
+    guarded = any("guard" in r for r in layers)
+    lines = ["## Layers", ""]
+    if plot:
+        lines += [f"![per-layer pruning error]({plot})", ""]
+    if guarded:
+        kept = sum(r.get("guard") == "rotated" for r in layers)
+        lines += [f"Guard: the rotated layer was kept in {kept} of {len(layers)} layers (the "
+                  "unrotated one pruned with a lower error in the others).", ""]
+    head = "| layer | pruning error | unrotated | rotated | kept | permutations kept |"
+    lines += [head, "|---|---|---|---|---|---|"]
+    for r in layers:
+        perms = ", ".join(k for k, v in (r.get("permutation") or {}).items() if v.get("kept")) or "-"
+        lines.append(f"| {r['layer']} | {_fmt(r.get('pruning_error'))} | "
+                     f"{_fmt(r.get('pruning_error_unrotated'))} | {_fmt(r.get('pruning_error_rotated'))} "
+                     f"| {r.get('guard', '-')} | {perms} |")
+    mean = sum(r["pruning_error"] for r in layers) / len(layers)
+    return [*lines, "", f"Mean layer pruning error: {mean:.4f}.", ""]
+
+
+def report_markdown(res: dict, baseline: dict | None = None, plot: str | None = None) -> str:
+    """The ``report.md`` of a run: dense vs pruned (vs baseline), the layers and the protocol."""
     title = f"# {res['model']} — {res['method']} {res['pattern']}, {res['steps']} rotation steps\n"
     ours, dense = _rows(res, False), _rows(res, True)
     base = _rows(baseline, False) if baseline else {}
@@ -46,8 +69,9 @@ def report_markdown(res: dict, baseline: dict | None = None) -> str:
             row += f" {_fmt(b, acc)} | {'-' if closed is None else f'{100 * closed:.1f}%'} |"
         lines.append(row)
     lines += ["", "Accuracies in %, perplexities lower-is-better. "
-              + (f"Baseline: {baseline.get('run_dir', 'given run')}. " if baseline else ""), "",
-              "## Protocol", "", "```json",
+              + (f"Baseline: {baseline.get('run_dir', 'given run')}. " if baseline else ""), ""]
+    lines += layer_section(res.get("layers") or [], plot)
+    lines += ["## Protocol", "", "```json",
               json.dumps({"calibration": res.get("calibration"), "eval": res.get("eval"),
                           "zero_shot": (res.get("zero_shot") or {}).get("protocol"),
                           "rotation": res.get("rotation"), "settings": res.get("settings"),

@@ -8,9 +8,15 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from .capture import OBJECTIVE_STATS
+from .layer.step import PruneSpec
+from .models.adapters import ArchitectureAdapter, HeadLayout
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
-from .rotation.objective import layer_scores
+from .rotation.objective import OBJECTIVES, layer_pruned_mass, layer_scores
+
+SCORES = ("pruner", *METHODS)
+"""Importance the rotation objective measures: the pruner's own score, or a named one."""
 
 
 def check_r1_blocks(hidden: int, blocks: int) -> None:
@@ -22,10 +28,10 @@ def check_r1_blocks(hidden: int, blocks: int) -> None:
 
 
 class RotationModule(LightningModule):
-    """Minimise the summed importance entropy of one decoder layer over orthogonal Q and R2.
+    """Learn orthogonal Q and R2 for one decoder layer that make it robust to pruning.
 
     Args:
-        method: importance score used by the objective and the pruner (magnitude, wanda, sparsegpt).
+        method: the pruner (magnitude, wanda, sparsegpt); by default also the objective's score.
         pattern: pruning pattern applied after rotation: "2:4", "4:8", a ratio such as "50%", or
             "none" to rotate without pruning (the saved model then matches the dense one).
         steps: optimisation steps per layer; 0 skips rotation and gives the plain pruner.
@@ -38,6 +44,19 @@ class RotationModule(LightningModule):
         low_memory: recompute the objective one linear at a time in the backward pass
             (activation checkpointing): ≈ 4× less working memory per step for ≈ 1.3× the time;
             for 70B-size layers on one GPU (see docs/benchmarks.md).
+        objective: what the rotation minimises: "entropy" (the paper's summed entropy of the
+            normalised importance), "pruned_mass" (the importance ``pattern`` will remove, each
+            linear relative to its unrotated value; knows the N:M groups) or "auto"
+            (pruned_mass, or entropy for rotate-only runs with pattern "none").
+        rotation_score: the importance the objective measures: "pruner" (the pruning method's
+            own score) or one of magnitude, wanda, sparsegpt, independent of the pruner.
+        permute: for N:M patterns, reorder the channels of the residual stream, of each KV head's
+            head_dim and of the MLP's intermediate dimension so the pattern keeps more importance
+            (exact, no inference cost); each order is kept only if it lowers the pruned linears'
+            real output error.
+        guard: prune the layer both with the learned rotations and without them and keep the one
+            with the lower pruning error on the calibration inputs (never worse than the plain
+            pruner, layer by layer; costs one extra pruning per layer).
     """
 
     def __init__(
@@ -50,6 +69,10 @@ class RotationModule(LightningModule):
         reference_quirks: bool = False,
         r1_blocks: int = 1,
         low_memory: bool = False,
+        objective: str = "auto",
+        rotation_score: str = "pruner",
+        permute: bool = True,
+        guard: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -66,6 +89,17 @@ class RotationModule(LightningModule):
             raise ValueError(f"r1_blocks={r1_blocks!r} must be an integer ≥ 1 (1 = dense R1)")
         if not isinstance(low_memory, bool):
             raise ValueError(f"low_memory={low_memory!r} must be true or false")
+        for name, value in (("permute", permute), ("guard", guard)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be true or false")
+        if objective not in ("auto", *OBJECTIVES):
+            raise ValueError(f"objective={objective!r}; allowed: auto, {', '.join(OBJECTIVES)}")
+        if rotation_score not in SCORES:
+            raise ValueError(f"rotation_score={rotation_score!r}; allowed: {', '.join(SCORES)}")
+        if objective == "pruned_mass" and pattern == NO_PRUNING and steps > 0:
+            raise ValueError("objective='pruned_mass' measures what the pattern removes and "
+                             "pattern='none' prunes nothing: rotate-only runs need "
+                             "objective='entropy'")
         self.save_hyperparameters()
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None
@@ -74,6 +108,44 @@ class RotationModule(LightningModule):
         self.initial_loss: float | None = None
         self.best: tuple[torch.Tensor, torch.Tensor] | None = None
         self._final_checked = False
+        self.mass_scale: dict[str, float] | None = None
+
+    @property
+    def score(self) -> str:
+        """The importance score the objective measures (``rotation_score`` resolved)."""
+        score = self.hparams.get("rotation_score", "pruner")
+        return self.hparams.method if score == "pruner" else score
+
+    @property
+    def objective(self) -> str:
+        """The objective minimised (``auto`` resolved)."""
+        objective = self.hparams.get("objective", "entropy")
+        if objective == "auto":
+            return "entropy" if self.hparams.pattern == NO_PRUNING else "pruned_mass"
+        return objective
+
+    def effective_settings(self) -> dict:
+        """The settings as they shape the layers: ``auto`` resolved, and permutations and the
+        guard off where they cannot act (no N:M pattern; no rotation or nothing pruned)."""
+        hp = self.settings()
+        prunes = hp["pattern"] != NO_PRUNING
+        nm = prunes and parse_pattern(hp["pattern"]).is_nm
+        return {**hp, "objective": self.objective,
+                "permute": bool(hp.get("permute", False) and nm),
+                "guard": bool(hp.get("guard", False) and prunes and hp["steps"] > 0)}
+
+    def prune_spec(self, adapter: ArchitectureAdapter, layout: HeadLayout,
+                   report_identity: bool = False) -> PruneSpec:
+        """How each layer is pruned after rotation (method, pattern, permutations, guard)."""
+        hp = self.effective_settings()
+        return PruneSpec(adapter, layout, hp["method"], hp["pattern"], hp["permute"], hp["guard"],
+                         report_identity and hp["steps"] > 0 and hp["pattern"] != NO_PRUNING)
+
+    def needed_stats(self) -> tuple[str, ...]:
+        """The Hessians (capture keys) the objective needs from the calibration inputs."""
+        if self.score == "magnitude":
+            return ()
+        return (*OBJECTIVE_STATS, "down") if self.objective == "pruned_mass" else OBJECTIVE_STATS
 
     def settings(self) -> dict:
         """The constructor arguments (hparams minus anything LightningCLI adds)."""
@@ -96,16 +168,27 @@ class RotationModule(LightningModule):
         self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
                               torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
-        self.frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.hparams.method, layout,
-                                   self.hparams.reference_quirks)
+        self.frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.score, layout,
+                                   self.hparams.reference_quirks, dm.tokens_per_sequence())
         dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
+        if self.objective == "pruned_mass":
+            eye_q, eye_r = self._identity(self.A), self._identity(self.B)
+            with torch.no_grad():
+                _, parts = layer_pruned_mass(eye_q, eye_r, self.frozen, layout, self.score,
+                                             parse_pattern(self.hparams.pattern))
+            self.mass_scale = {role: max(float(v), 1e-30) for role, v in parts.items()}
+
+    @staticmethod
+    def _identity(param: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(param.shape[-1], dtype=param.dtype, device=param.device)
+        return eye.expand_as(param).contiguous()
 
     def on_fit_start(self) -> None:
         """Move the frozen tensors next to the parameters (they are not checkpointed)."""
         f = self.frozen
         dev = self.A.device
         f.weights = {k: v.to(dev) for k, v in f.weights.items()}
-        for name in ("m_attn", "m_mlp", "m_o_blocks"):
+        for name in ("m_attn", "m_mlp", "m_o_blocks", "c_down"):
             if getattr(f, name) is not None:
                 setattr(f, name, getattr(f, name).to(dev))
 
@@ -114,11 +197,17 @@ class RotationModule(LightningModule):
         return qr_orthogonal(self.A), qr_orthogonal(self.B)
 
     def loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Entropy loss at the current parameters, computed in float32."""
+        """The objective at the current parameters, computed in float32."""
         q, r = self.rotations()
         q, r = q.float(), r.float()
-        total, parts = layer_entropy(q, r, self.frozen, self.layout, self.hparams.method,
-                                     low_memory=self.hparams.get("low_memory", False))
+        low_memory = self.hparams.get("low_memory", False)
+        if self.objective == "pruned_mass":
+            total, parts = layer_pruned_mass(q, r, self.frozen, self.layout, self.score,
+                                             parse_pattern(self.hparams.pattern), self.mass_scale,
+                                             low_memory)
+        else:
+            total, parts = layer_entropy(q, r, self.frozen, self.layout, self.score,
+                                         low_memory=low_memory)
         return total.float(), parts, q, r
 
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:
@@ -132,9 +221,10 @@ class RotationModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         total, parts, q, r = self.loss()
         self._track(total, q, r, self.global_step)
-        self.log("entropy/total", total, prog_bar=True)
+        name = "entropy" if self.objective == "entropy" else "pruned_mass"
+        self.log(f"{name}/total", total, prog_bar=True)
         for role, value in parts.items():
-            self.log(f"entropy/{role}", value)
+            self.log(f"{name}/{role}", value)
         return total
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
@@ -163,16 +253,16 @@ class RotationModule(LightningModule):
         q, r = q.float(), r.float()
         eye_q = torch.eye(q.shape[0], device=q.device)
         eye_r = torch.eye(r.shape[-1], device=r.device).expand_as(r).contiguous()
-        method = self.hparams.method
-        before = layer_scores(eye_q, eye_r, self.frozen, self.layout, method)[role]
-        return before, layer_scores(q, r, self.frozen, self.layout, method)[role]
+        before = layer_scores(eye_q, eye_r, self.frozen, self.layout, self.score)[role]
+        return before, layer_scores(q, r, self.frozen, self.layout, self.score)[role]
 
     def report(self) -> dict:
-        """Per-layer numbers for results.json."""
+        """Per-layer numbers for results.json: the objective and its value before and after."""
         q, r = self.best_rotations()
         return {
-            "initial_entropy": self.initial_loss,
-            "best_entropy": self.best_loss,
+            "objective": self.objective,
+            "initial_loss": self.initial_loss,
+            "best_loss": self.best_loss,
             "best_step": self.best_step,
             "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r)),
         }

@@ -136,23 +136,23 @@ def check_precision(precision) -> None:
 
 def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
                             callbacks: list | None = None) -> Callable[..., Trainer]:
-    """A fresh Trainer per layer with the merge and prune callbacks and a per-layer logger.
+    """A fresh Trainer per layer (rotation training only) with a per-layer logger.
 
-    ``make(index, module, train_only=True)`` leaves the merge and prune callbacks out (the parallel
-    mode trains rotations first and merges later). Under a multi-process launch (torchrun) with
-    CUDA each rank trains on its own GPU (``LOCAL_RANK``).
+    Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`), so
+    the merge and prune callbacks of a user's template are left out. Under a multi-process launch
+    (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``).
     """
     from drlightning.callbacks import MergeRotations, PruneLayer
 
     base = dict(base or {})
     user = [c for c in (callbacks or []) if not isinstance(c, MergeRotations | PruneLayer)]
 
-    def make(index: int, module: RotationModule, train_only: bool = False) -> Trainer:
+    def make(index: int, module: RotationModule) -> Trainer:
         kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
                   "enable_checkpointing": False, "enable_model_summary": False,
                   "log_every_n_steps": 10, "enable_progress_bar": opts.progress, **base}
         kwargs["max_steps"] = module.hparams.steps
-        kwargs["callbacks"] = [*user] if train_only else [*user, MergeRotations(), PruneLayer()]
+        kwargs["callbacks"] = [*user]
         check_precision(kwargs["precision"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if (world > 1 and kwargs["devices"] == 1 and torch.cuda.is_available()
@@ -289,10 +289,10 @@ def run_job(
         save_model_dir(model, tokenizer, run_dir / "model", {k: v for k, v in export.items()
                                                               if k.startswith("drl_")})
         results["export"]["path"] = str(run_dir / "model")
-    monitor.model_done(results)
+    plot = monitor.model_done(results)
     monitor.close()
     write_json(run_dir / "results.json", results)
-    atomic_write_text(run_dir / "report.md", report_markdown(results, baseline))
+    atomic_write_text(run_dir / "report.md", report_markdown(results, baseline, plot))
     print(format_table(results))
     ranks.stop()
     return results

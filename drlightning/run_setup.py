@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .callbacks.merge import INVARIANCE_TOLERANCE
 from .export import install_boundaries
 from .export.boundaries import merge_error
+from .layer.step import INVARIANCE_TOLERANCE
 from .models.adapters import ROLES
 from .models.loading import DTYPES
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import rotation_storage_dtype
 
-LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False}
+LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
+                  "rotation_score": "pruner", "permute": False, "guard": False}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour."""
 
 
@@ -23,7 +24,8 @@ def fingerprint(module, data, opts,
     Settings added after a release are left out while at their default, so run directories made
     before them still resume.
     """
-    settings = {k: v for k, v in module.settings().items() if LATER_DEFAULTS.get(k, object()) != v}
+    settings = {k: v for k, v in module.effective_settings().items()
+                if LATER_DEFAULTS.get(k, object()) != v}
     run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
     if getattr(opts, "mode", "sequential") != "sequential":
         run["mode"] = opts.mode

@@ -176,7 +176,8 @@ def test_unrotated_run_saves_a_plain_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
-    DRLightningCLI(args=fit_args(src, tmp_path / "run", method="wanda", steps=0))
+    DRLightningCLI(args=fit_args(src, tmp_path / "run", method="wanda", steps=0,
+                                 extra=("--model.permute", "false")))
     model_dir = tmp_path / "run" / "model"
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "qwen2"
     assert not (model_dir / "modeling_drlightning.py").exists()

@@ -93,8 +93,9 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
 def test_layerwise_plain_pruner_with_tied_embeddings(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
-    DRLightningCLI(args=fit_args(src, whole, method="wanda", steps=0))
-    DRLightningCLI(args=fit_args(src, streamed, method="wanda", steps=0, extra=LAYERWISE))
+    plain = ("--model.permute", "false")
+    DRLightningCLI(args=fit_args(src, whole, method="wanda", steps=0, extra=plain))
+    DRLightningCLI(args=fit_args(src, streamed, method="wanda", steps=0, extra=(*LAYERWISE, *plain)))
     tensors = _sharded_tensors(streamed / "model")
     _same(load_file(whole / "model" / "model.safetensors"), tensors)
     assert not any(k.startswith("drl_") or k == "lm_head.weight" for k in tensors)

@@ -52,7 +52,7 @@ def test_run_draws_pictures_and_logs_summary_scalars(run):
     acc = EventAccumulator(str(run / "tensorboard" / "summary"), size_guidance={"images": 0})
     acc.Reload()
     tags = acc.Tags()
-    for key in ("layer/best_entropy", "layer/pruning_error", "layer/orthogonality_error",
+    for key in ("layer/best_loss", "layer/pruning_error", "layer/orthogonality_error",
                 "layer/best_step", "layer/seconds", "layer/pruning_error_unrotated",
                 "model/ppl_embedded", "sparsity/down"):
         assert key in tags["scalars"], key

@@ -75,7 +75,7 @@ def test_trained_rotations_are_reused_after_an_interruption(tmp_path, monkeypatc
     monkeypatch.setattr(parallel.LayerDataModule, "train_dataloader", no_training)
     again = DRLightningCLI(args=args).results
     assert again["ppl"] == first["ppl"]
-    assert [x["best_entropy"] for x in again["layers"]] == [x["best_entropy"] for x in first["layers"]]
+    assert [x["best_loss"] for x in again["layers"]] == [x["best_loss"] for x in first["layers"]]
 
 
 def test_parallel_mode_settings_are_checked(tmp_path):

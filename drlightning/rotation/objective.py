@@ -21,24 +21,10 @@ import torch
 
 from ..models.adapters import HeadLayout
 from ..pruning import METHODS
+from ..pruning.importance import damped_inverse
+from ..pruning.patterns import Pattern
 from .entropy import entropy_over
-
-
-def damped_inverse(h: torch.Tensor, percdamp: float = 0.01, quirk: bool = False) -> torch.Tensor:
-    """(H + λI)⁻¹ with λ = percdamp·mean(diag H); dead inputs (H_jj = 0) get H_jj = 1 first.
-
-    ``quirk=True`` reproduces the authors' released code (λ added *after* inversion), under which the
-    SparseGPT denominator is nearly constant and the objective collapses to magnitude.
-    """
-    h = h.clone()
-    diag = torch.diagonal(h)
-    diag[diag == 0] = 1.0
-    lam = percdamp * diag.mean()
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    if quirk:
-        return torch.linalg.inv(h + 1e-8 * lam * eye) + lam * eye
-    chol = torch.linalg.cholesky(h + lam * eye)
-    return torch.cholesky_inverse(chol)
+from .pruned_mass import pruned_mass
 
 
 @dataclass
@@ -50,6 +36,9 @@ class FrozenLayer:
     m_mlp: torch.Tensor | None
     m_o_blocks: torch.Tensor | None
     """Diagonal (hd × hd) blocks of M_o, one per attention head: (n_heads, hd, hd)."""
+    c_down: torch.Tensor | None = None
+    """Input factor of down_proj (its inputs are never rotated); only the pruned-mass objective
+    needs it (it cancels inside the entropy's columns)."""
 
 
 def frozen_layer(
@@ -58,8 +47,15 @@ def frozen_layer(
     method: str,
     layout: HeadLayout,
     quirks: bool = False,
+    hessian_scale: float = 1.0,
 ) -> FrozenLayer:
-    """Precompute what the objective needs from the frozen weights and Hessians."""
+    """Precompute what the objective needs from the frozen weights and Hessians.
+
+    ``method`` is the importance score of the objective. ``quirks`` reproduces the authors'
+    released SparseGPT objective: their Hessians are averaged over sequences, not tokens
+    (``hessian_scale`` = tokens per calibration sequence), and λ is added before and again after
+    inversion. A ``down`` Hessian, when given, yields down_proj's input factor ``c_down``.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     w = {k: v.detach().float() for k, v in weights.items()}
@@ -69,13 +65,19 @@ def frozen_layer(
 
     def m_of(h: torch.Tensor) -> torch.Tensor:
         h = h.float()
+        if quirks:
+            h = h * hessian_scale
         return h if method == "wanda" else damped_inverse(h, quirk=quirks)
 
     hd, nh = layout.head_dim, layout.n_heads
     m_o = m_of(hessians["o"]).reshape(nh, hd, nh, hd)
     idx = torch.arange(nh, device=m_o.device)
+    c_down = None
+    if "down" in hessians:
+        m_down = torch.diagonal(m_of(hessians["down"]))
+        c_down = m_down if method == "wanda" else 1.0 / m_down
     return FrozenLayer(w, m_of(hessians["attn_in"]), m_of(hessians["mlp_in"]),
-                       m_o[idx, :, idx, :].contiguous())
+                       m_o[idx, :, idx, :].contiguous(), c_down)
 
 
 def _diag_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch.Tensor | None:
@@ -170,6 +172,35 @@ def _role_scores(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | 
     return _scores(rotate_outputs(q, w), None)
 
 
+OBJECTIVES = ("entropy", "pruned_mass")
+"""What the rotation minimises: the paper's summed entropy, or the importance the pattern removes."""
+
+
+def _role_factors(q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout,
+                  method: str) -> dict[str, torch.Tensor | None]:
+    """The input factor c of every role at rotations (Q, R2) (down: none, it cancels per column)."""
+    c_attn = _input_factor(frozen.m_attn, q, method)
+    c_mlp = _input_factor(frozen.m_mlp, q, method)
+    c_o = None
+    if frozen.m_o_blocks is not None:
+        c_o = _diag_factor(frozen.m_o_blocks, r.repeat_interleave(layout.n_rep, dim=0), method)
+        c_o = c_o.reshape(-1)
+    return {"q": c_attn, "k": c_attn, "v": c_attn, "o": c_o, "gate": c_mlp, "up": c_mlp,
+            "down": None}
+
+
+def _checkpointed_parts(q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout,
+                        method: str, part_of) -> dict[str, torch.Tensor]:
+    """``part_of(role, scores)`` for every role, each under activation checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    def part(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return part_of(role, _role_scores(role, q, r, c, frozen, layout))
+
+    factors = _role_factors(q, r, frozen, layout, method)
+    return {role: checkpoint(part, role, q, r, c, use_reentrant=False) for role, c in factors.items()}
+
+
 def layer_entropy(
     q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str,
     low_memory: bool = False,
@@ -184,19 +215,30 @@ def layer_entropy(
         scores = layer_scores(q, r, frozen, layout, method)
         parts = {role: entropy_over(s, GROUP_DIMS[role]) for role, s in scores.items()}
         return torch.stack(list(parts.values())).sum(), parts
-    from torch.utils.checkpoint import checkpoint
+    parts = _checkpointed_parts(q, r, frozen, layout, method,
+                                lambda role, s: entropy_over(s, GROUP_DIMS[role]))
+    return torch.stack(list(parts.values())).sum(), parts
 
-    c_attn = _input_factor(frozen.m_attn, q, method)
-    c_mlp = _input_factor(frozen.m_mlp, q, method)
-    c_o = None
-    if frozen.m_o_blocks is not None:
-        c_o = _diag_factor(frozen.m_o_blocks, r.repeat_interleave(layout.n_rep, dim=0), method)
-        c_o = c_o.reshape(-1)
-    factors = {"q": c_attn, "k": c_attn, "v": c_attn, "o": c_o, "gate": c_mlp, "up": c_mlp,
-               "down": None}
 
-    def part(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return entropy_over(_role_scores(role, q, r, c, frozen, layout), GROUP_DIMS[role])
+def layer_pruned_mass(
+    q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str,
+    pattern: Pattern, scale: dict[str, float] | None = None, low_memory: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Summed pruned mass (see :mod:`.pruned_mass`) of all seven rotated linears and its parts.
 
-    parts = {role: checkpoint(part, role, q, r, c, use_reentrant=False) for role, c in factors.items()}
+    Scores include down_proj's input factor ``frozen.c_down``; each part is divided by
+    ``scale[role]`` (its value at the identity) when given.
+    """
+
+    def part_of(role: str, s: torch.Tensor) -> torch.Tensor:
+        if role == "down" and frozen.c_down is not None:
+            s = s * frozen.c_down
+        value = pruned_mass(s, pattern)
+        return value if scale is None else value / scale[role]
+
+    if low_memory:
+        parts = _checkpointed_parts(q, r, frozen, layout, method, part_of)
+    else:
+        scores = layer_scores(q, r, frozen, layout, method)
+        parts = {role: part_of(role, s) for role, s in scores.items()}
     return torch.stack(list(parts.values())).sum(), parts

@@ -1,0 +1,1 @@
+"""One decoder layer's step, as plain functions: permute channels, prune, guard."""

@@ -1,0 +1,162 @@
+"""Prune a decoder layer true-sequentially, optionally reordering channels for N:M first.
+
+Groups [q, k, v] → [o] → [gate, up] → [down]: the statistics of each group are collected on the
+layer as pruned so far. With ``permute`` (N:M patterns only) each of the three permutable input
+spaces (see :mod:`.permute`) gets an order that keeps more importance under the pattern, and the
+order is kept only if it lowers the pruned linears' real output error tr(ΔW·H·ΔWᵀ)/tr(W·H·Wᵀ)
+(summed over the linears that read that space) — the first-order score alone can mislead
+SparseGPT, whose result also depends on the column order it compensates in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..capture import LayerInputs, collect_hessians
+from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout
+from ..pruning import NO_PRUNING, parse_pattern, prune_weight
+from ..pruning.importance import importance, input_factor
+from ..pruning.patterns import Pattern
+from ..pruning.permutation import nm_permutation
+from .permute import head_channel_order, permute_heads, permute_intermediate, permute_residual
+
+GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+"""True-sequential order: statistics are re-collected on the partially pruned layer per group."""
+
+Pruned = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""role → (pruned weight, pruned mask)."""
+
+
+def relative_output_error(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
+    """tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ): the linear's output error on the calibration inputs, relative."""
+    h = hessian.to(torch.float64)
+    w, delta = weight.to(torch.float64), (weight - pruned).to(torch.float64)
+    base = float(((w @ h) * w).sum())
+    return float(((delta @ h) * delta).sum()) / base if base > 0 else 0.0
+
+
+def _prune(weights: dict[str, torch.Tensor], hessian: torch.Tensor | None, method: str,
+           pattern: str) -> Pruned:
+    return {role: prune_weight(w, hessian, method, pattern) for role, w in weights.items()}
+
+
+def _error(weights: dict[str, torch.Tensor], pruned: Pruned, hessian: torch.Tensor) -> float:
+    return sum(relative_output_error(w, pruned[r][0], hessian) for r, w in weights.items())
+
+
+def _weights(layer: nn.Module, adapter: ArchitectureAdapter, roles) -> dict[str, torch.Tensor]:
+    return {role: adapter.linear(layer, role).weight.data for role in roles}
+
+
+def _write(layer: nn.Module, adapter: ArchitectureAdapter, pruned: Pruned,
+           sparsity: dict[str, float]) -> None:
+    for role, (new, mask) in pruned.items():
+        adapter.linear(layer, role).weight.data.copy_(new)
+        sparsity[role] = mask.float().mean().item()
+
+
+def _residual(layer, adapter, inputs, method, pattern: Pattern, report: dict):
+    """Choose the residual order with q, k, v (their real Hessian) and gate, up (the unpruned
+    layer's); returns (layer, q/k/v pruned accordingly)."""
+    hs = collect_hessians(layer, adapter, inputs, ("attn_in", "mlp_in"))
+    attn, mlp = _weights(layer, adapter, GROUPS[0]), _weights(layer, adapter, GROUPS[2])
+    spec = str(pattern)
+    c_attn, c_mlp = input_factor(hs["attn_in"], method), input_factor(hs["mlp_in"], method)
+    parts = [importance(w, c_attn) for w in attn.values()] + [importance(w, c_mlp) for w in mlp.values()]
+    scores = torch.cat([s / s.sum().clamp_min(torch.finfo(s.dtype).tiny) for s in parts])
+    order, _ = nm_permutation(scores, pattern.n, pattern.m)
+    plain = _prune(attn, hs["attn_in"], method, spec)
+    if _is_identity(order):  # nothing to gain: no trial pruning
+        report["residual"] = {"kept": False}
+        return layer, plain
+    plain.update(_prune(mlp, hs["mlp_in"], method, spec))
+    before = _error(attn, plain, hs["attn_in"]) + _error(mlp, plain, hs["mlp_in"])
+    ha = hs["attn_in"][order][:, order]
+    hm = hs["mlp_in"][order][:, order]
+    attn_p = {r: w[:, order] for r, w in attn.items()}
+    mlp_p = {r: w[:, order] for r, w in mlp.items()}
+    trial = {**_prune(attn_p, ha, method, spec), **_prune(mlp_p, hm, method, spec)}
+    after = _error(attn_p, trial, ha) + _error(mlp_p, trial, hm)
+    report["residual"] = _choice(before, after)
+    if after < before:
+        return permute_residual(layer, adapter, order), {r: trial[r] for r in GROUPS[0]}
+    return layer, {r: plain[r] for r in GROUPS[0]}
+
+
+def _is_identity(order: torch.Tensor) -> bool:
+    return bool((order == torch.arange(len(order), device=order.device)).all())
+
+
+def _choice(before: float, after: float) -> dict:
+    return {"kept": after < before, "error_before": before, "error_after": after}
+
+
+@torch.no_grad()
+def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayout,
+                inputs: LayerInputs, method: str, pattern: str,
+                permute: bool = False) -> tuple[nn.Module, dict]:
+    """Prune all seven linears; returns (layer — wrapped if the residual stream was reordered —,
+    report with the sparsity per role and, with ``permute``, each permutation's decision).
+
+    ``pattern == "none"`` leaves every weight as it is (sparsity 0).
+    """
+    if pattern == NO_PRUNING:
+        return layer, {"sparsity": {role: 0.0 for group in GROUPS for role in group}}
+    parsed = parse_pattern(pattern)
+    permute = permute and parsed.is_nm
+    sparsity: dict[str, float] = {}
+    decisions: dict[str, dict] = {}
+    first = None
+    if permute:
+        layer, first = _residual(layer, adapter, inputs, method, parsed, decisions)
+    for group in GROUPS:
+        if first is not None and group == GROUPS[0]:
+            _write(layer, adapter, first, sparsity)
+            continue
+        key = INPUT_OF[group[0]]
+        hessian = None
+        if method != "magnitude" or (permute and group in (("o",), ("down",))):
+            hessian = collect_hessians(layer, adapter, inputs, (key,))[key]
+        weights = _weights(layer, adapter, group)
+        pruned = _prune(weights, hessian, method, pattern)
+        if permute and group in (("o",), ("down",)):
+            pruned = _try_order(layer, adapter, layout, group, weights, pruned, hessian, method,
+                                parsed, decisions)
+        _write(layer, adapter, pruned, sparsity)
+        del hessian  # free this group's Hessian before the next one is collected
+    report = {"sparsity": sparsity}
+    if permute:
+        report["permutation"] = decisions
+    return layer, report
+
+
+def _try_order(layer, adapter, layout: HeadLayout, group, weights, pruned: Pruned, hessian,
+               method: str, pattern: Pattern, decisions: dict) -> Pruned:
+    """o: one head_dim order per KV head; down: one intermediate order. Applied if it helps."""
+    role = group[0]
+    w = weights[role]
+    factor = input_factor(hessian, method)
+    if role == "o":
+        g, nrep, hd = layout.n_kv_heads, layout.n_rep, layout.head_dim
+        s = importance(w, factor).reshape(w.shape[0], g, nrep, hd)
+        orders = torch.stack([nm_permutation(s[:, kv].reshape(-1, hd), pattern.n, pattern.m)[0]
+                              for kv in range(g)])
+        full = head_channel_order(layout, orders)[1]
+    else:
+        full = nm_permutation(importance(w, factor), pattern.n, pattern.m)[0]
+    if _is_identity(full):  # nothing to gain: no trial pruning
+        decisions["heads" if role == "o" else "intermediate"] = {"kept": False}
+        return pruned
+    hp = hessian[full][:, full]
+    wp = {role: w[:, full]}
+    trial = _prune(wp, hp, method, str(pattern))
+    before, after = _error(weights, pruned, hessian), _error(wp, trial, hp)
+    decisions["heads" if role == "o" else "intermediate"] = _choice(before, after)
+    if not after < before:
+        return pruned
+    if role == "o":
+        permute_heads(layer, adapter, layout, orders)
+    else:
+        permute_intermediate(layer, adapter, full)
+    return trial

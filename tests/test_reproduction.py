@@ -1,0 +1,74 @@
+"""Today's float32 method (entropy objective, no permutation, no guard) reproduces the numbers
+recorded before the objective, permutation and guard options existed, bit for bit.
+
+The recorded values come from drlightning at commit 60bbeaf (the last release of the paper-only
+method), run with one BLAS thread: per-layer best loss (the entropy) and pruning error, final perplexity and a
+digest of every saved tensor. The run uses one thread too (float32 sums depend on the thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from drlightning.cli import DRLightningCLI
+
+from .tiny import fit_args, save_tiny_dir
+
+RECORDED = {
+    "llama": {
+        "method": "sparsegpt", "pattern": "2:4",
+        "best_loss": ["0x1.aea9e80000000p+10", "0x1.ad95300000000p+10"],
+        "pruning_error": ["0x1.dbfb703f5674ep-3", "0x1.aea9cf551632ep-3"],
+        "ppl": "0x1.27f679910dc96p+8",
+        "tensors": "942854dccac4ad75d1ecd23b4251cf5c80d042f88a94453dd2840c66d57acb83",
+    },
+    "qwen2": {
+        "method": "wanda", "pattern": "50%",
+        "best_loss": ["0x1.b0ac180000000p+10", "0x1.abbd0e0000000p+10"],
+        "pruning_error": ["0x1.c88d4bda507e4p-3", "0x1.b5d4f57315532p-3"],
+        "ppl": "0x1.428457eb50e36p+8",
+        "tensors": "b6d076bd13c531aaec9e5738e93db6b41a7081b3f1b34a76c25218cbe796e65e",
+    },
+    "mistral": {
+        "method": "magnitude", "pattern": "4:8",
+        "best_loss": ["0x1.bf464c0000000p+10", "0x1.bf0f360000000p+10"],
+        "pruning_error": ["0x1.16a987628e873p-2", "0x1.0de177a23c9b3p-2"],
+        "ppl": "0x1.46628af578b10p+8",
+        "tensors": "178fd07560db5c65be47cb417ffe3d251cbab05baac47facce93aea2b3ececae",
+    },
+}
+PAPER_METHOD = ("--model.objective", "entropy", "--model.rotation_score", "pruner",
+                "--model.permute", "false", "--model.guard", "false")
+
+
+def tensor_digest(path) -> str:
+    """sha256 over every tensor's name and bytes, in name order (independent of file metadata)."""
+    tensors = load_file(str(path))
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("arch", sorted(RECORDED))
+def test_paper_method_reproduces_the_recorded_run_bit_for_bit(arch, tmp_path):
+    rec = RECORDED[arch]
+    src = save_tiny_dir(tmp_path / "tiny", arch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        DRLightningCLI(args=fit_args(src, tmp_path / "run", method=rec["method"],
+                                     pattern=rec["pattern"], steps=20, extra=PAPER_METHOD))
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [float(r["best_loss"]).hex() for r in res["layers"]] == rec["best_loss"]
+    assert [float(r["pruning_error"]).hex() for r in res["layers"]] == rec["pruning_error"]
+    assert float(res["ppl"]["embedded"]).hex() == rec["ppl"]
+    assert tensor_digest(tmp_path / "run" / "model" / "model.safetensors") == rec["tensors"]
