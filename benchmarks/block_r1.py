@@ -79,7 +79,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                      "dense": d, "rows": rows, "versions": versions()}, indent=2) + "\n")
-    write_block(args.out, "blockr1", "Block-diagonal R1 (issue 6)", text)
+    write_block(args.out, "blockr1", "Block-diagonal R1", text)
 
 
 if __name__ == "__main__":

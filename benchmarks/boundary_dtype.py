@@ -87,7 +87,7 @@ def main() -> None:
     table += [f"| {m} | {s} | {pe:.2e} | {re_:.2e} |" for m, s, pe, re_ in rows]
     text = "\n".join(table)
     print(text)
-    write_block(args.out, "boundary", "Boundary rotation storage dtype (issue 3)", text)
+    write_block(args.out, "boundary", "Boundary rotation storage dtype", text)
 
 
 if __name__ == "__main__":

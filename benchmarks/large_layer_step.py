@@ -100,7 +100,7 @@ def main() -> None:
         lines.append(f"| {r['variant']} | {got} | {est} |")
     text = "\n".join(lines)
     print(text)
-    write_block(args.out, "rotstep-large", "Rotation step at 70B size (CPU, issue 6)", text)
+    write_block(args.out, "rotstep-large", "Rotation step at 70B size (CPU)", text)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def main() -> None:
                      f"{act:.1f} / {act_off:.2f} |")
     text = "\n".join(lines)
     print(text)
-    write_block(args.out, "layermem", "GPU memory per layer (issue 6)", text)
+    write_block(args.out, "layermem", "GPU memory per layer", text)
 
 
 if __name__ == "__main__":

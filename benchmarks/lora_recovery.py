@@ -86,7 +86,7 @@ def main() -> None:
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
-    write_block(args.out, "lora", "LoRA recovery (issue 5)", text)
+    write_block(args.out, "lora", "LoRA recovery", text)
 
 
 if __name__ == "__main__":

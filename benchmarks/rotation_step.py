@@ -204,7 +204,7 @@ def main() -> None:
                      f"{r['reference_s']:.4f} | {r['speedup']:.2f}× | {m} |")
     text = "\n".join(lines)
     print(text)
-    write_block(args.out, f"rotstep-{tag}", f"Rotation step time ({tag.upper()}, issue 6)", text)
+    write_block(args.out, f"rotstep-{tag}", f"Rotation step time ({tag.upper()})", text)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def main() -> None:
     print(text)
     if args.smoke:
         return
-    write_block(args.out, "sparse24", "2:4 inference speed (GPU, issue 6)", text)
+    write_block(args.out, "sparse24", "2:4 inference speed (GPU)", text)
 
 
 if __name__ == "__main__":

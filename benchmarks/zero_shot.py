@@ -69,7 +69,7 @@ def main() -> None:
         lines.append(f"| {r['label']} | {ppl} | " + " | ".join(cells) + " |" + mean)
     text = "\n".join(lines)
     print(text)
-    write_block(args.out, "zeroshot", "Zero-shot accuracy (issue 4)", text)
+    write_block(args.out, "zeroshot", "Zero-shot accuracy", text)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from drlightning.atomic import atomic_write_text, write_dir_atomically
 from drlightning.evaluate import evaluate_loaded
 from drlightning.lora.masked_merge import masked_merge, sparsity_masks, sparsity_summary
 from drlightning.lora.report import lora_report
 from drlightning.results import (
     EVAL_PROTOCOL,
-    atomic_write_text,
     device_name,
     ensure_writable,
     versions,
@@ -25,16 +23,8 @@ from drlightning.results import (
 
 def save_adapter_dir(peft_model, path: Path) -> Path:
     """peft ``save_pretrained`` into a temporary sibling, renamed into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return write_dir_atomically(
+        path, lambda tmp: peft_model.save_pretrained(str(tmp), safe_serialization=True))
 
 
 class LoRAExport(Callback):

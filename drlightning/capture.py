@@ -46,21 +46,6 @@ class LayerInputs:
             return hidden
         return hidden.to("cpu").pin_memory()
 
-    @property
-    def n_tokens(self) -> int:
-        """Number of calibration tokens held."""
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
-
-
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple | list):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
 
 @torch.no_grad()
 def capture_layer_inputs(

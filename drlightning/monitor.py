@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .atomic import atomic_write_bytes
 from .pictures import error_plot_png, importance_png, png_to_chw
-from .results import atomic_write_bytes
 from .rotation_module import RotationModule
 
 LAYER_SCALARS = ("initial_entropy", "best_entropy", "initial_loss", "best_loss", "best_step",

@@ -13,6 +13,7 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .atomic import atomic_write_text
 from .calibration_data import CalibrationDataModule
 from .data import load_eval_text, tokenize_text
 from .evaluate import evaluate_loaded
@@ -27,7 +28,6 @@ from .pruning import NO_PRUNING, parse_pattern
 from .report import load_run, report_markdown
 from .results import (
     EVAL_PROTOCOL,
-    atomic_write_text,
     device_name,
     ensure_writable,
     format_table,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import write_dir_atomically
 from . import modeling_drlightning as mdl
 
 MODELING_FILE = "modeling_drlightning.py"
@@ -36,28 +35,6 @@ def _rewrite_config(directory: Path, drl_fields: dict, base_model_type: str) -> 
                            "AutoModelForCausalLM": f"{module}.DRLightningForCausalLM"}
         (directory / MODELING_FILE).write_text(_modeling_source(base_model_type), encoding="utf-8")
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def write_dir_atomically(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling directory, then rename it into ``path``.
-
-    A failed write (disk full, crash) leaves any previous ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def finish_dir(directory: Path, model: nn.Module, tokenizer, drl_fields: dict) -> None:

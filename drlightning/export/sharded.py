@@ -11,12 +11,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic import write_dir_atomically
 from ..capture import LayerInputs, capture_layer_inputs, run_layer
 from ..models.adapters import _get
 from ..rotation import RotatedLayer
 from . import modeling_drlightning as mdl
 from .boundaries import _BoundaryConfig, boundary_matrix, merge_error
-from .hf_dir import finish_dir, write_dir_atomically
+from .hf_dir import finish_dir
 
 OWNER = "drl_rotations"
 """Attribute (state_dict prefix) of the boundary matrices in a saved drlightning model."""
