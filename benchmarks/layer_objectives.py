@@ -177,7 +177,8 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
     dm = LayerDataModule(0, layer, spec.adapter, spec.layout, inputs,
                          {k: hs[k] for k in module.needed_stats() or ()} or None, steps)
     Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu").fit(module, datamodule=dm)
+            enable_model_summary=False, accelerator="cpu",
+            **module.trainer_clipping()).fit(module, datamodule=dm)
     q, r = module.best_rotations()
     rotated, _ = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout)
     return rotated, q, hs["attn_in"], module

@@ -2,9 +2,10 @@
 
     python benchmarks/layer_steps.py --layers 0 1 --steps 0 50 200 --method sparsegpt --pattern 2:4
 
-For each chosen decoder layer (fed with the *dense* model's inputs), rotate for N steps, merge, prune
-and report the layer's relative pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ on the
-calibration windows, plus the entropy reached. Cheap way to see how many steps the objective needs.
+For each chosen decoder layer (fed with the *dense* model's inputs), rotate for N steps with the
+chosen objective (no permutation, no guard), merge, prune and report the layer's relative pruning
+error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ on the calibration windows, plus the objective
+reached. Cheap way to see how many steps the objective needs.
 Appends a table to docs/benchmarks.md.
 """
 
@@ -25,18 +26,13 @@ from drlightning.run import RunOptions, default_trainer_factory
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rel_error(out, ref, x) -> float:
-    num = sum((o - r).square().sum() for o, r in zip(out.hidden, ref.hidden, strict=True))
-    den = sum((r - i).square().sum() for r, i in zip(ref.hidden, x.hidden, strict=True))
-    return float((num / den).sqrt())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layers", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200])
     p.add_argument("--method", default="sparsegpt")
     p.add_argument("--pattern", default="2:4")
+    p.add_argument("--objective", default="entropy", help="entropy | pruned_mass")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -54,22 +50,24 @@ def main() -> None:
         if index in args.layers:
             for steps in args.steps:
                 t0 = time.perf_counter()
-                module = RotationModule(method=args.method, pattern=args.pattern, steps=steps)
-                layer, rep = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), adapter,
-                                                    layout, inputs, module, make)
-                entropy = (f"{rep['initial_loss']:.0f} → {rep['best_loss']:.0f}"
+                module = RotationModule(method=args.method, pattern=args.pattern, steps=steps,
+                                        objective=args.objective, permute=False, guard=False)
+                spec = module.prune_spec(adapter, layout, False)
+                _, rep, _ = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), inputs,
+                                                   dense_out, module, make, spec)
+                entropy = (f"{rep['initial_loss']:.4g} → {rep['best_loss']:.4g}"
                            if steps else "")
-                err = rel_error(run_layer(layer, inputs), dense_out, inputs)
+                err = rep["pruning_error"]
                 rows.append((index, steps, entropy, err, time.perf_counter() - t0))
                 print(rows[-1], flush=True)
         inputs = dense_out
     lines = [f"\n## Layer pruning error vs rotation steps ({args.method} {args.pattern})\n",
              f"`python benchmarks/layer_steps.py --layers {' '.join(map(str, args.layers))} --steps "
              f"{' '.join(map(str, args.steps))} --method {args.method} --pattern {args.pattern} "
-             f"--nsamples {args.nsamples} --seqlen {args.seqlen}` "
+             f"--objective {args.objective} --nsamples {args.nsamples} --seqlen {args.seqlen}` "
              f"({args.nsamples} × {args.seqlen} embedded calibration windows, dense inputs per layer, "
              "2-core CPU).\n",
-             "| layer | steps | entropy (initial → best) | rel. pruning error | seconds |",
+             f"| layer | steps | {args.objective} (initial → best) | rel. pruning error | seconds |",
              "|---|---|---|---|---|"]
     lines += [f"| {i} | {s} | {e or '-'} | {err:.4f} | {sec:.0f} |" for i, s, e, err, sec in rows]
     with args.out.open("a", encoding="utf-8") as fh:

@@ -55,6 +55,7 @@ class DRLightningCLI(LightningCLI):
         opts = RunOptions(**cfg.run.as_dict())
         base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
                 if k not in ("callbacks", "max_steps", "logger")}
+        model.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
         user_callbacks = self.config_init["fit"]["trainer"].get("callbacks") or []
         make = default_trainer_factory(opts, Path(opts.output_dir), base, user_callbacks)
         text = self._parser("fit").dump(cfg, skip_none=False)

@@ -13,10 +13,13 @@ from .layer.step import PruneSpec
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .pruning import NO_PRUNING, parse_pattern
 from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
-from .rotation.objective import OBJECTIVES, layer_pruned_mass, layer_scores
+from .rotation.objective import OBJECTIVES, FrozenLayer, layer_pruned_mass, layer_scores
 
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""
+
+FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
+"""The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
 
 
 def check_r1_blocks(hidden: int, blocks: int) -> None:
@@ -36,7 +39,8 @@ class RotationModule(LightningModule):
             "none" to rotate without pruning (the saved model then matches the dense one).
         steps: optimisation steps per layer; 0 skips rotation and gives the plain pruner.
         lr: Adam learning rate.
-        grad_clip: gradient-norm clip over all rotation parameters.
+        grad_clip: gradient-norm clip over all rotation parameters, applied by the Trainer
+            (``gradient_clip_val``; see :meth:`trainer_clipping`).
         reference_quirks: reproduce the authors' released SparseGPT objective (λ added after
             inversion, numerically the magnitude objective). For comparisons only.
         r1_blocks: k > 1 learns R1 as k diagonal blocks of size hidden/k (paper Appendix E);
@@ -109,6 +113,7 @@ class RotationModule(LightningModule):
         self.best: tuple[torch.Tensor, torch.Tensor] | None = None
         self._final_checked = False
         self.mass_scale: dict[str, float] | None = None
+        self._frozen_roles: tuple[str, ...] = ()
 
     @property
     def score(self) -> str:
@@ -156,8 +161,26 @@ class RotationModule(LightningModule):
         """A new, untrained module with the same settings (one per layer)."""
         return type(self)(**self.settings())
 
+    def trainer_clipping(self, template: dict | None = None) -> dict:
+        """The Trainer arguments that clip the gradient norm at ``grad_clip`` (every Trainer that fits
+        this module needs them). ``template`` (a Trainer's keyword arguments) may repeat them; a
+        template that clips otherwise is refused: ``model.grad_clip`` is the one setting."""
+        clip = self.hparams.grad_clip
+        template = template or {}
+        value = template.get("gradient_clip_val")
+        if value is not None and value != clip:
+            raise ValueError(f"trainer.gradient_clip_val={value!r} differs from model.grad_clip={clip!r}; "
+                             "rotation training clips the gradient norm at model.grad_clip: set that "
+                             "one and leave trainer.gradient_clip_val unset")
+        algorithm = template.get("gradient_clip_algorithm")
+        if algorithm is not None and str(getattr(algorithm, "value", algorithm)).lower() != "norm":
+            raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: model.grad_clip={clip!r} "
+                             "clips the gradient norm; leave trainer.gradient_clip_algorithm unset")
+        return {"gradient_clip_val": clip, "gradient_clip_algorithm": "norm"}
+
     def configure_model(self) -> None:
-        """Create A, B (identity) and load the frozen tensors from the layer's datamodule."""
+        """Create A, B (identity) and load the frozen tensors from the layer's datamodule (as
+        non-persistent buffers: Lightning moves them with the module; checkpoints hold A and B)."""
         if self.A is not None:
             return
         dm = self.trainer.datamodule
@@ -168,8 +191,13 @@ class RotationModule(LightningModule):
         self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
                               torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
-        self.frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.score, layout,
-                                   self.hparams.reference_quirks, dm.tokens_per_sequence())
+        frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.score, layout,
+                              self.hparams.reference_quirks, dm.tokens_per_sequence())
+        for role, weight in frozen.weights.items():
+            self.register_buffer(f"frozen_{role}", weight, persistent=False)
+        for name in FROZEN_MATRICES:
+            self.register_buffer(f"frozen_{name}", getattr(frozen, name), persistent=False)
+        self._frozen_roles = tuple(frozen.weights)
         dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
         if self.objective == "pruned_mass":
             eye_q, eye_r = self._identity(self.A), self._identity(self.B)
@@ -183,14 +211,13 @@ class RotationModule(LightningModule):
         eye = torch.eye(param.shape[-1], dtype=param.dtype, device=param.device)
         return eye.expand_as(param).contiguous()
 
-    def on_fit_start(self) -> None:
-        """Move the frozen tensors next to the parameters (they are not checkpointed)."""
-        f = self.frozen
-        dev = self.A.device
-        f.weights = {k: v.to(dev) for k, v in f.weights.items()}
-        for name in ("m_attn", "m_mlp", "m_o_blocks", "c_down"):
-            if getattr(f, name) is not None:
-                setattr(f, name, getattr(f, name).to(dev))
+    @property
+    def frozen(self) -> FrozenLayer:
+        """The objective's frozen tensors: a view of the module's buffers, wherever they are."""
+        if not self._frozen_roles:
+            raise RuntimeError("the frozen tensors are loaded by configure_model (Trainer.fit)")
+        return FrozenLayer({role: self.get_buffer(f"frozen_{role}") for role in self._frozen_roles},
+                           *(getattr(self, f"frozen_{name}") for name in FROZEN_MATRICES))
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current Q (d×d, or its k diagonal blocks) and R2 (G×hd×hd)."""
@@ -227,10 +254,10 @@ class RotationModule(LightningModule):
             self.log(f"{name}/{role}", value)
         return total
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
-                                    gradient_clip_algorithm=None) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
-                            gradient_clip_algorithm="norm")
+    def on_train_end(self) -> None:
+        """Evaluate the final iterate on the training device (Lightning's teardown then moves
+        the module, buffers included, to the CPU)."""
+        self.best_rotations()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([self.A, self.B], lr=self.hparams.lr)
@@ -250,7 +277,7 @@ class RotationModule(LightningModule):
     def importance(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance scores of one linear before (identity) and after the best rotations."""
         q, r = self.best_rotations()
-        q, r = q.float(), r.float()
+        q, r = q.float().to(self.device), r.float().to(self.device)
         eye_q = torch.eye(q.shape[0], device=q.device)
         eye_r = torch.eye(r.shape[-1], device=r.device).expand_as(r).contiguous()
         before = layer_scores(eye_q, eye_r, self.frozen, self.layout, self.score)[role]

@@ -140,7 +140,9 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
 
     Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`), so
     the merge and prune callbacks of a user's template are left out. Under a multi-process launch
-    (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``).
+    (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``). Each Trainer clips the
+    gradient norm at the module's ``grad_clip``; a template with another ``gradient_clip_val`` (or
+    clipping by value) is refused (:meth:`RotationModule.trainer_clipping`).
     """
     from drlightning.callbacks import MergeRotations, PruneLayer
 
@@ -152,6 +154,7 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
                   "enable_checkpointing": False, "enable_model_summary": False,
                   "log_every_n_steps": 10, "enable_progress_bar": opts.progress, **base}
         kwargs["max_steps"] = module.hparams.steps
+        kwargs.update(module.trainer_clipping(base))
         kwargs["callbacks"] = [*user]
         check_precision(kwargs["precision"])
         world = int(os.environ.get("WORLD_SIZE", "1"))

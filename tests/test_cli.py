@@ -47,6 +47,12 @@ def test_bf16_true_precision_is_refused(tmp_path):
                              "--trainer.precision", "bf16-true", "--run.output_dir", str(tmp_path)])
 
 
+def test_trainer_clip_value_other_than_grad_clip_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"gradient_clip_val=0\.5 differs from model\.grad_clip=1\.0"):
+        DRLightningCLI(args=["fit", "--config", str(ROOT / "configs/smollm2/wanda-2of4.yaml"),
+                             "--trainer.gradient_clip_val", "0.5", "--run.output_dir", str(tmp_path)])
+
+
 @pytest.mark.slow
 def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
     out = tmp_path / "run"

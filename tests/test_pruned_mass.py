@@ -137,7 +137,8 @@ def test_rotation_score_is_independent_of_the_pruner():
                             objective="entropy")
     assert module.score == "magnitude" and module.needed_stats() == ()
     trainer = Trainer(max_steps=3, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                      **module.trainer_clipping())
     dm = layer_datamodule("sparsegpt", 3)
     trainer.fit(module, datamodule=dm)
     q, r = module.best_rotations()

@@ -33,7 +33,8 @@ def layer_datamodule(method: str, steps: int) -> LayerDataModule:
 def fit(method: str, steps: int, **kw) -> RotationModule:
     module = RotationModule(method=method, pattern="2:4", steps=steps, **kw)
     trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                      **module.trainer_clipping())
     trainer.fit(module, datamodule=layer_datamodule(method, steps))
     return module
 
@@ -64,7 +65,8 @@ def test_best_iterate_is_kept_when_steps_overshoot():
 
     module = Recording(method="magnitude", pattern="2:4", steps=25, lr=5.0, objective="entropy")
     trainer = Trainer(max_steps=25, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                      **module.trainer_clipping())
     trainer.fit(module, datamodule=layer_datamodule("magnitude", 25))
     q, r = module.best_rotations()
     seen = module.seen + [module.loss()[0].item()]
@@ -92,10 +94,78 @@ def test_checkpoint_holds_only_the_rotation_parameters():
     assert set(module.state_dict()) == {"A", "B"}
 
 
+FROZEN_BUFFERS = {f"frozen_{n}" for n in ("q", "k", "v", "o", "gate", "up", "down", "m_attn",
+                                           "m_mlp", "m_o_blocks", "c_down")}
+
+
+class Placement(RotationModule):
+    """Records where the frozen tensors are while Lightning trains the module."""
+
+    def training_step(self, batch, batch_idx):
+        frozen = self.frozen
+        self.seen = {(t.device, t.dtype) for t in (*frozen.weights.values(), frozen.m_attn,
+                                                   frozen.m_mlp, frozen.m_o_blocks, frozen.c_down)}
+        return super().training_step(batch, batch_idx)
+
+
+def fit_placement(accelerator: str) -> Placement:
+    module = Placement(method="sparsegpt", pattern="2:4", steps=2, objective="entropy")
+    trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator=accelerator, **module.trainer_clipping())
+    trainer.fit(module, datamodule=layer_datamodule("sparsegpt", 2))
+    return module
+
+
+def test_frozen_tensors_are_non_persistent_buffers_that_move_with_the_module():
+    """Lightning places them (Module.to moves buffers); they are never checkpointed."""
+    module = fit_placement("cpu")
+    assert module.seen == {(module.device, torch.float32)}
+    buffers = dict(module.named_buffers())
+    assert set(buffers) == FROZEN_BUFFERS and not FROZEN_BUFFERS & set(module.state_dict())
+    assert module.frozen.weights["q"] is buffers["frozen_q"]
+    module.to("meta")
+    assert {t.device.type for t in (*module.frozen.weights.values(), module.frozen.m_o_blocks)} == {"meta"}
+    assert module._final_checked  # the final iterate was evaluated in on_train_end
+    with pytest.raises(RuntimeError, match="configure_model"):
+        _ = RotationModule().frozen
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_frozen_tensors_follow_the_module_to_the_gpu_and_back():
+    """Trained on the GPU (datamodule tensors on the CPU); the final iterate is evaluated there
+    before Lightning's teardown moves the module to the CPU; importance still works afterwards."""
+    module = fit_placement("gpu")
+    assert {dev.type for dev, _ in module.seen} == {"cuda"}
+    assert module.device.type == "cpu" and module.frozen.weights["q"].device.type == "cpu"
+    q, r = module.best_rotations()
+    assert q.device.type == "cuda" and r.device.type == "cuda"
+    before, after = module.importance("o")
+    assert before.shape == after.shape
+
+
+def test_factory_trainer_clips_the_gradient_norm_at_grad_clip(tmp_path):
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    from drlightning.run import RunOptions, default_trainer_factory
+
+    opts = RunOptions(tensorboard=False, progress=False)
+    module = RotationModule(method="wanda", steps=3, grad_clip=0.25)
+    for base in (None, {"gradient_clip_val": None, "gradient_clip_algorithm": None},
+                 {"gradient_clip_val": 0.25, "gradient_clip_algorithm": "norm"}):
+        trainer = default_trainer_factory(opts, tmp_path, base)(0, module)
+        assert trainer.gradient_clip_val == 0.25
+        assert trainer.gradient_clip_algorithm == GradClipAlgorithmType.NORM
+    with pytest.raises(ValueError, match=r"gradient_clip_val=0\.5 differs from model\.grad_clip=0\.25"):
+        default_trainer_factory(opts, tmp_path, {"gradient_clip_val": 0.5})(0, module)
+    with pytest.raises(ValueError, match="gradient_clip_algorithm='value'"):
+        default_trainer_factory(opts, tmp_path, {"gradient_clip_algorithm": "value"})(0, module)
+
+
 def test_bf16_mixed_precision_trains_with_float32_loss():
     module = RotationModule(method="sparsegpt", pattern="2:4", steps=5)
     trainer = Trainer(max_steps=5, logger=False, enable_checkpointing=False, precision="bf16-mixed",
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                      **module.trainer_clipping())
     trainer.fit(module, datamodule=layer_datamodule("sparsegpt", 5))
     assert module.A.dtype == torch.float32
     report = module.report()
