@@ -89,9 +89,16 @@ def command(pruner: str, setting: str, seed: int) -> list[str]:
     return args
 
 
-def run(worker: int, workers: int) -> None:
+def run(worker: int, workers: int, only: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for i, (pruner, setting, seed) in enumerate(jobs()):
+    todo = jobs()
+    if only:
+        todo = [(p, s, int(seed)) for p, s, seed in (job.split(":") for job in only)]
+        unknown = [j for j in todo if j[0] not in PRUNERS or j[1] not in SETTINGS]
+        if unknown:
+            raise SystemExit(f"unknown jobs {unknown}; pruners: {', '.join(PRUNERS)}; "
+                             f"settings: {', '.join(SETTINGS)}")
+    for i, (pruner, setting, seed) in enumerate(todo):
         out = run_dir(pruner, setting, seed)
         if i % workers != worker or (out / "results.json").is_file():
             continue
@@ -133,9 +140,12 @@ def summary_rows(pruner: str) -> list[dict]:
                for r in found.values()]
         kept = [sum(layer.get("guard") == "rotated" for layer in r["layers"])
                 for r in found.values() if any("guard" in layer for layer in r["layers"])]
+        perms = [sum(space.get("kept", False) for layer in r["layers"]
+                     for space in (layer.get("permutation") or {}).values())
+                 for r in found.values() if any(layer.get("permutation") for layer in r["layers"])]
         rows.append({"pruner": pruner, "setting": setting, "label": label, "seeds": sorted(found),
                      "ppl": list(ppl.values()), "gap_closed": closed, "layer_error": err,
-                     "rotated_layers_kept": kept,
+                     "rotated_layers_kept": kept, "permutations_kept": perms,
                      "minutes": statistics.fmean(r["seconds"] for r in found.values()) / 60,
                      "device": next(iter(found.values()))["device"]})
     return rows
@@ -176,13 +186,17 @@ def report(out: Path, json_out: Path) -> None:
         method, pattern = PRUNERS[pruner]
         lines += [f"**{method} {pattern}**", "",
                   "| setting | seeds | perplexity | gap closed % | mean layer error "
-                  "| rotated layers kept | min/run |", "|---|---|---|---|---|---|---|"]
+                  "| rotated layers kept | permutations kept | min/run |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in sub:
             kept = r["rotated_layers_kept"]
             kept = f"{statistics.fmean(kept):.1f} / 30" if kept else "-"
+            perms = r["permutations_kept"]
+            perms = f"{statistics.fmean(perms):.1f} / 90" if perms else "-"
             closed = "-" if r["setting"] == "plain" else mean_std(r["gap_closed"], 100, 1)
             lines.append(f"| {r['label']} | {','.join(map(str, r['seeds']))} | {mean_std(r['ppl'])} | "
-                         f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {r['minutes']:.0f} |")
+                         f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {perms} | "
+                         f"{r['minutes']:.0f} |")
         lines.append("")
     lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over seeds):", ""]
     lines += layer_table("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard"])
@@ -197,6 +211,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the unfinished jobs of this worker")
     r.add_argument("--worker", default="0/1", help="k/n: take every n-th job starting at k")
+    r.add_argument("--only", nargs="+", metavar="PRUNER:SETTING:SEED",
+                   help="run these jobs (in this order) instead of the plan")
     sub.add_parser("list", help="print the jobs and whether they are finished")
     rep = sub.add_parser("report", help="write the tables from the finished runs")
     rep.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -204,7 +220,7 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "run":
         k, n = (int(x) for x in args.worker.split("/"))
-        run(k, n)
+        run(k, n, args.only)
     elif args.cmd == "list":
         for job in jobs():
             done = (run_dir(*job) / "results.json").is_file()
