@@ -36,7 +36,7 @@ from .capture import (
     collect_hessians,
     run_layer,
 )
-from .layer.step import PruneSpec, merge_layer, prune_candidates
+from .layer.step import PruneSpec, merge_and_prune
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .models.shards import LayerwiseModel
@@ -187,10 +187,7 @@ def merge_saved_step(store: RotationStore):
         original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
         fold_norms(layer, spec.adapter)
         q, r, report = store.load(index)
-        rotated, report["invariance_error"] = merge_layer(layer, q, r, inputs, spec.adapter,
-                                                          spec.layout, index)
-        candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
-        layer, pruned, out = prune_candidates(candidates, inputs, dense_out, spec)
+        layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
         return layer, {**report, **pruned}, out
 
     return step

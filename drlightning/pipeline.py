@@ -18,7 +18,7 @@ from .capture import (
     collect_hessians,
     run_layer,
 )
-from .layer.step import PruneSpec, merge_layer, prune_candidates
+from .layer.step import PruneSpec, merge_and_prune, prune_candidates
 from .layer_data import LayerDataModule
 from .models.adapters import ArchitectureAdapter, HeadLayout
 from .models.shards import LayerwiseModel
@@ -64,10 +64,7 @@ def rotate_and_prune_layer(
     report = module.report()
     fit_seconds = time.perf_counter() - fit_start
     del dm, hessians
-    rotated, report["invariance_error"] = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout,
-                                                      index)
-    candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
-    layer, pruned, out = prune_candidates(candidates, inputs, dense_out, spec)
+    layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
     return layer, {**report, **pruned, "fit_seconds": fit_seconds}, out
 
 

@@ -109,3 +109,16 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
         report["guard"] = name
         report.update({f"pruning_error_{n}": e for n, e in errors.items()})
     return layer, report, out
+
+
+def merge_and_prune(index: int, layer: nn.Module, original: nn.Module | None, q: torch.Tensor,
+                    r: torch.Tensor, inputs: LayerInputs, dense_out: LayerInputs,
+                    spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
+    """Merge (Q, R2) into the norm-folded ``layer``, then prune it — and the unrotated
+    ``original``, when given, as the guard's other candidate. Returns (kept layer, report with
+    ``invariance_error`` and the pruning report, its outputs)."""
+    rotated, invariance = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout, index)
+    candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
+    kept, report, out = prune_candidates(candidates, inputs, dense_out, spec)
+    return kept, {"invariance_error": invariance, **report}, out
+
