@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from drlightning.calibration_data import CalibrationDataModule
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import load_model
-from drlightning.results import device_name, versions
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, run_job
+from drlightning.pipeline.job import RunOptions, run_job
+from drlightning.reporting.results import device_name, versions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from docblock import write_block  # noqa: E402

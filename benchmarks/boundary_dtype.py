@@ -22,7 +22,7 @@ import torch
 from drlightning.data import load_eval_text, tokenize_text
 from drlightning.export import install_boundaries
 from drlightning.models import HeadLayout, adapter_for, load_model
-from drlightning.results import device_name
+from drlightning.reporting.results import device_name
 from drlightning.rotation import RotatedLayer, fold_norms, merge_rotations, random_orthogonal
 
 sys.path.insert(0, str(Path(__file__).parent))

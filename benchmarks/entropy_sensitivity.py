@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 
 import drlightning.rotation.objective as objective
-from drlightning.calibration_data import CalibrationDataModule
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import load_model
+from drlightning.pipeline.job import RunOptions, run_job
 from drlightning.rotation.entropy import entropy_over, group_entropy
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"fused": entropy_over,

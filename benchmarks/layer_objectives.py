@@ -31,17 +31,17 @@ from pathlib import Path
 import torch
 from lightning import Trainer
 
-from drlightning.calibration_data import CalibrationDataModule
-from drlightning.capture import OBJECTIVE_STATS, capture_layer_inputs, collect_hessians, run_layer
+from drlightning.layer.capture import OBJECTIVE_STATS, capture_layer_inputs, collect_hessians, run_layer
 from drlightning.layer.step import PruneSpec, merge_layer, prune_candidates
-from drlightning.layer_data import LayerDataModule
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.layer_data import LayerDataModule
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for, load_model
 from drlightning.pruning import parse_pattern
 from drlightning.pruning.importance import damped_inverse
 from drlightning.rotation import fold_norms, frozen_layer, layer_entropy
 from drlightning.rotation.objective import layer_pruned_mass, layer_scores
 from drlightning.rotation.pruned_mass import pruned_mass
-from drlightning.rotation_module import RotationModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docblock import write_block  # noqa: E402

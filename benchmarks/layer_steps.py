@@ -16,12 +16,12 @@ import copy
 import time
 from pathlib import Path
 
-from drlightning.calibration_data import CalibrationDataModule
-from drlightning.capture import capture_layer_inputs, run_layer
+from drlightning.layer.capture import capture_layer_inputs, run_layer
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for, load_model
-from drlightning.pipeline import rotate_and_prune_layer
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, default_trainer_factory
+from drlightning.pipeline.job import RunOptions, default_trainer_factory
+from drlightning.pipeline.sequential import rotate_and_prune_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 

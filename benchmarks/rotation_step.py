@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from drlightning.models import HeadLayout
-from drlightning.results import device_name
+from drlightning.reporting.results import device_name
 from drlightning.rotation import frozen_layer, layer_entropy, qr_orthogonal
 from drlightning.rotation.objective import damped_inverse
 from drlightning.rotation.reference import reference_entropy

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from drlightning.pruning import nm_mask
-from drlightning.results import device_name
+from drlightning.reporting.results import device_name
 from drlightning.rotation import random_orthogonal
 
 sys.path.insert(0, str(Path(__file__).parent))

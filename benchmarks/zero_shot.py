@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from drlightning.evaluate import evaluate_loaded, load_any
+from drlightning.eval.api import evaluate_loaded, load_any
 from drlightning.models import DEFAULT_MODEL
-from drlightning.report import load_run
-from drlightning.results import device_name
+from drlightning.reporting.report import load_run
+from drlightning.reporting.results import device_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 from docblock import write_block  # noqa: E402

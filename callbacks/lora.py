@@ -9,10 +9,10 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from drlightning.atomic import atomic_write_text, write_dir_atomically
-from drlightning.evaluate import evaluate_loaded
+from drlightning.eval.api import evaluate_loaded
 from drlightning.lora.masked_merge import masked_merge, sparsity_masks, sparsity_summary
 from drlightning.lora.report import lora_report
-from drlightning.results import (
+from drlightning.reporting.results import (
     EVAL_PROTOCOL,
     device_name,
     ensure_writable,
@@ -72,7 +72,7 @@ class LoRAExport(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         ensure_writable(self.output_dir)
-        from drlightning.report import load_run
+        from drlightning.reporting.report import load_run
 
         run = Path(pl_module.hparams.model)
         self.source = load_run(run) if (run / "results.json").is_file() else None

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from .calibration_data import CalibrationDataModule
-from .rotation_module import RotationModule
-from .run import RunOptions, check_precision, default_trainer_factory, run_job
+from .lightning.calibration import CalibrationDataModule
+from .lightning.rotation_module import RotationModule
+from .pipeline.job import RunOptions, check_precision, default_trainer_factory, run_job
 
 TRAINER_DEFAULTS = {
     "accelerator": "auto",
@@ -56,7 +56,10 @@ class DRLightningCLI(LightningCLI):
         base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
                 if k not in ("callbacks", "max_steps", "logger")}
         model.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
-        user_callbacks = self.config_init["fit"]["trainer"].get("callbacks") or []
+        from drlightning.callbacks import MergeRotations, PruneLayer  # the layer loop does their work
+
+        user_callbacks = [c for c in self.config_init["fit"]["trainer"].get("callbacks") or []
+                          if not isinstance(c, MergeRotations | PruneLayer)]
         make = default_trainer_factory(opts, Path(opts.output_dir), base, user_callbacks)
         text = self._parser("fit").dump(cfg, skip_none=False)
         settings = {"seed_everything": cfg.get("seed_everything"),
@@ -95,11 +98,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["eval"]:
         from jsonargparse import CLI
 
-        from .evaluate import evaluate
+        from .eval.api import evaluate
 
         CLI(evaluate, args=argv[1:])
     elif argv[:1] == ["compare"]:
-        from .report import compare
+        from .reporting.report import compare
 
         if not argv[1:] or argv[1] in ("-h", "--help"):
             print("usage: drlightning compare RUN_DIR [RUN_DIR ...]\n"

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from drlightning.calibration_data import CalibrationDataModule
-from drlightning.results import ensure_writable
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, run_job
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
+from drlightning.pipeline.job import RunOptions, run_job
+from drlightning.reporting.results import ensure_writable
 
 from .tiny import save_tiny_dir
 

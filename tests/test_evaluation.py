@@ -12,7 +12,7 @@ from drlightning.cli import DRLightningCLI, main
 from drlightning.data import load_eval_text
 from drlightning.eval.continuation import continuation_items
 from drlightning.eval.zeroshot import local_task_files, zero_shot
-from drlightning.report import gap_closed, report_markdown
+from drlightning.reporting.report import gap_closed, report_markdown
 
 from .tiny import fit_args, save_tiny_dir
 
@@ -144,7 +144,7 @@ def test_fit_with_zero_shot_writes_report_and_eval_compare_cli(tiny, tmp_path, c
 
 
 def test_c4_uses_the_protocol_window_count(monkeypatch):
-    import drlightning.evaluate as ev
+    import drlightning.eval.api as ev
 
     seen = {}
     monkeypatch.setattr(ev, "load_eval_text", lambda name: f"text of {name}")

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from drlightning.capture import capture_layer_inputs
 from drlightning.cli import DRLightningCLI
+from drlightning.layer.capture import capture_layer_inputs
 from drlightning.layer.prune import prune_layer
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for
-from drlightning.pipeline import rotate_and_prune
+from drlightning.pipeline.job import RunOptions, default_trainer_factory
+from drlightning.pipeline.sequential import rotate_and_prune
 from drlightning.rotation import random_orthogonal
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, default_trainer_factory
 
 from .test_pipeline import windows
 from .tiny import fit_args, save_tiny_dir, tiny_model

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import drlightning.pipeline as pipeline
+import drlightning.pipeline.sequential as pipeline
 from drlightning.cli import DRLightningCLI
-from drlightning.evaluate import evaluate
+from drlightning.eval.api import evaluate
 from drlightning.export import load_pretrained
-from drlightning.layer_data import LayerDataModule
+from drlightning.lightning.layer_data import LayerDataModule
 from drlightning.models.shards import LayerwiseModel, ShardedCheckpoint
 
 from .tiny import fit_args, save_tiny_dir

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from drlightning.cli import main
 from drlightning.export import load_pretrained
 from drlightning.lora import LoRAModule, TextDataModule, masked_merge, sparsity_masks
-from drlightning.report import compare
+from drlightning.reporting.report import compare
 
 from .tiny import fit_args, save_tiny_dir
 

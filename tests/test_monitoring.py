@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from drlightning.cli import DRLightningCLI
-from drlightning.pictures import importance_png, kept_mask, normalised
+from drlightning.reporting.pictures import importance_png, kept_mask, normalised
 
 from .tiny import fit_args, save_tiny_dir
 
@@ -70,7 +70,7 @@ def test_pruning_error_is_reported_per_layer(run):
 
 
 def test_frozen_weights_do_not_alias_the_layer():
-    from drlightning.layer_data import LayerDataModule
+    from drlightning.lightning.layer_data import LayerDataModule
     from drlightning.models import HeadLayout, adapter_for
 
     from .tiny import tiny_model

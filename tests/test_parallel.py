@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from drlightning.cli import DRLightningCLI
-from drlightning.parallel import Ranks, RotationStore
+from drlightning.pipeline.parallel import Ranks, RotationStore
 
 from .tiny import fit_args, save_tiny_dir
 
@@ -67,7 +67,7 @@ def test_trained_rotations_are_reused_after_an_interruption(tmp_path, monkeypatc
     for f in (run / "state").glob("layer_*.safetensors"):
         f.unlink()
     (run / "results.json").unlink()
-    import drlightning.parallel as parallel
+    import drlightning.pipeline.parallel as parallel
 
     def no_training(*a, **k):
         raise AssertionError("rotations were retrained although saved")

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from drlightning.capture import capture_layer_inputs, run_layer
+from drlightning.layer.capture import capture_layer_inputs, run_layer
 from drlightning.layer.permute import permute_heads, permute_intermediate, permute_residual
 from drlightning.layer.prune import prune_layer
 from drlightning.models import HeadLayout, adapter_for

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import adapter_for
-from drlightning.pipeline import rotate_and_prune
+from drlightning.pipeline.job import RunOptions, default_trainer_factory
+from drlightning.pipeline.sequential import rotate_and_prune
 from drlightning.pruning import prune_weight
 from drlightning.rotation import RotatedLayer, merge_rotations
-from drlightning.rotation_module import RotationModule
-from drlightning.run import RunOptions, default_trainer_factory
 
 from .tiny import tiny_model
 
@@ -108,7 +108,7 @@ def test_merge_self_check_records_error_and_catches_a_broken_fusion(tmp_path, mo
     not torch.cuda.is_available(), reason="needs a GPU"))])
 def test_offloaded_activations_give_the_same_layers(device, tmp_path):
     """Activations kept in host memory (pinned, one batch moved at a time) change nothing."""
-    from drlightning.capture import capture_layer_inputs
+    from drlightning.layer.capture import capture_layer_inputs
 
     model = tiny_model("llama").to(device)
     ids = windows(model)

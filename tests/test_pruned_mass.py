@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.pruning import parse_pattern
 from drlightning.rotation import frozen_layer, layer_entropy, random_orthogonal
 from drlightning.rotation.objective import layer_pruned_mass
 from drlightning.rotation.pruned_mass import pruned_mass
-from drlightning.rotation_module import RotationModule
 
 from .test_objective import LAYOUT, frozen_f64, random_layer, slow_entropy
 

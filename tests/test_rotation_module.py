@@ -6,11 +6,11 @@ import pytest
 import torch
 from lightning import Trainer
 
-from drlightning.capture import LayerInputs
-from drlightning.layer_data import LayerDataModule
+from drlightning.layer.capture import LayerInputs
+from drlightning.lightning.layer_data import LayerDataModule
+from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.rotation import frozen_layer, layer_entropy, orthogonality_error
-from drlightning.rotation_module import RotationModule
 
 from .tiny import tiny_model
 
@@ -146,7 +146,7 @@ def test_frozen_tensors_follow_the_module_to_the_gpu_and_back():
 def test_factory_trainer_clips_the_gradient_norm_at_grad_clip(tmp_path):
     from lightning.pytorch.utilities import GradClipAlgorithmType
 
-    from drlightning.run import RunOptions, default_trainer_factory
+    from drlightning.pipeline.job import RunOptions, default_trainer_factory
 
     opts = RunOptions(tensorboard=False, progress=False)
     module = RotationModule(method="wanda", steps=3, grad_clip=0.25)

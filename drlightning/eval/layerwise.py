@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import capture_layer_inputs, run_layer
-from ..export.sharded import OWNER, head_logits, rotate_inputs
+from ..export.sharded import OWNER, head_logits, turn_hidden
+from ..layer.capture import capture_layer_inputs, run_layer
 from .perplexity import eval_windows, perplexity_of_logits
 
 
@@ -42,12 +42,12 @@ def layerwise_perplexity(lw, checkpoint, tokens: dict[str, torch.Tensor], seqlen
         layer = lw.load(i, lw.layer_tensors(i, checkpoint))
         m = boundary(i)
         for name, inputs in streams.items():
-            streams[name] = run_layer(layer, rotate_inputs(inputs, m) if m is not None else inputs)
+            streams[name] = run_layer(layer, turn_hidden(inputs, m) if m is not None else inputs)
         lw.release(i)
     m = boundary(n)
     out = {}
     for name, inputs in streams.items():
-        inputs = rotate_inputs(inputs, m) if m is not None else inputs
+        inputs = turn_hidden(inputs, m) if m is not None else inputs
         out[name] = perplexity_of_logits(windows[name], batch_size, head_logits(lw, inputs),
                                          lw.device)
     return out

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..atomic import write_dir_atomically
-from ..capture import LayerInputs, capture_layer_inputs, run_layer
+from ..layer.capture import LayerInputs, capture_layer_inputs, run_layer
 from ..models.adapters import _get
 from ..rotation import RotatedLayer
 from . import modeling_drlightning as mdl
@@ -23,7 +23,7 @@ OWNER = "drl_rotations"
 """Attribute (state_dict prefix) of the boundary matrices in a saved drlightning model."""
 
 
-def rotate_inputs(inputs: LayerInputs, matrix: torch.Tensor) -> LayerInputs:
+def turn_hidden(inputs: LayerInputs, matrix: torch.Tensor) -> LayerInputs:
     """``h · M`` for every batch, exactly as the saved model's boundary pre-hook computes it."""
     hidden = [inputs.store(mdl.rotate_rows(h, matrix.to(h.device))) for h, _ in inputs.batches()]
     return LayerInputs(hidden=hidden, kwargs=inputs.kwargs, device=inputs.device)
@@ -85,7 +85,7 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
             m = boundary_matrix(prev, q)
             if m is not None:
                 out[f"{OWNER}.m{i}"] = m = m.to(rdt).contiguous()
-                plain = rotate_inputs(plain, m)
+                plain = turn_hidden(plain, m)
             wrapped = run_layer(RotatedLayer(layer, q.to(lw.device)) if q is not None else layer,
                                 wrapped)
             plain = run_layer(layer, plain)
@@ -98,7 +98,7 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
         m = boundary_matrix(prev, None)
         if m is not None:
             out[f"{OWNER}.m{n}"] = m = m.to(rdt).contiguous()
-            plain = rotate_inputs(plain, m)
+            plain = turn_hidden(plain, m)
         save_file(out, str(tmp / files[n]), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(out, files[n]))
         total += sum(t.numel() * t.element_size() for t in out.values())

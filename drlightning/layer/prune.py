@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import LayerInputs, collect_hessians
 from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
 from ..pruning.importance import importance, input_factor
 from ..pruning.patterns import Pattern
 from ..pruning.permutation import nm_permutation
+from .capture import LayerInputs, collect_hessians
 from .permute import head_channel_order, permute_heads, permute_intermediate, permute_residual
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..capture import LayerInputs, run_layer
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..rotation import RotatedLayer, merge_rotations, rotation_storage_dtype
+from .capture import LayerInputs, run_layer
 from .prune import prune_layer
 
 INVARIANCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,

@@ -110,7 +110,7 @@ class LoRAModule(LightningModule):
     def _load(self, spec: str):
         from peft import LoraConfig, get_peft_model
 
-        from ..evaluate import load_any
+        from ..eval.api import load_any
 
         hp = self.hparams
         base, tokenizer = load_any(spec, None, hp.dtype, hp.trust_remote_code)

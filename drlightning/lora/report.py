@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..report import _fmt, _rows
+from ..reporting.report import _fmt, _rows
 
 
 def lora_report(res: dict) -> str:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from .data import load_eval_text, tokenize_text
-from .eval import perplexity
-from .eval.zeroshot import CONTINUATION, zero_shot
-from .models import DEFAULT_MODEL, load_model
-from .results import EVAL_PROTOCOL, device_name, versions, write_json
+from ..data import load_eval_text, tokenize_text
+from ..models import DEFAULT_MODEL, load_model
+from ..reporting.results import EVAL_PROTOCOL, device_name, versions, write_json
+from . import perplexity
+from .zeroshot import CONTINUATION, zero_shot
 
 PROTOCOL_WINDOWS = {"c4": 256}
 """Evaluation windows fixed by a dataset's protocol (C4: 256 × seqlen tokens) when none are given."""
@@ -56,7 +56,7 @@ def resolve_eval_target(spec: str) -> tuple[str, Path | None]:
 
 def load_any(spec: str, gguf_file: str | None, dtype: str, trust_remote_code: bool):
     """(model, tokenizer): drlightning outputs without remote code, anything else via load_model."""
-    from .export import load_pretrained
+    from ..export import load_pretrained
 
     cfg = Path(spec) / "config.json"
     if cfg.is_file() and json.loads(cfg.read_text()).get("model_type", "").startswith("drlightning_"):
@@ -68,8 +68,8 @@ def _evaluate_layerwise(spec: str, ppl: list[str], seqlen: int, max_windows: int
                         batch_size: int, tasks: list[str] | None, dtype: str, dev: torch.device,
                         gguf_file: str | None, trust_remote_code: bool, progress: bool) -> dict:
     """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py)."""
-    from .eval.layerwise import layerwise_perplexity
-    from .models.shards import LayerwiseModel
+    from ..models.shards import LayerwiseModel
+    from .layerwise import layerwise_perplexity
 
     if tasks:
         raise ValueError(f"tasks={tasks!r} need the whole model in memory; layerwise=true "
@@ -146,7 +146,7 @@ def evaluate(
     target = Path(output) if output else (run_dir / "eval.json" if run_dir else None)
     if target is not None:
         write_json(target, res)
-    from .report import eval_table
+    from ..reporting.report import eval_table
 
     print(eval_table(res))
     return res

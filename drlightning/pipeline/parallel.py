@@ -30,19 +30,19 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .capture import (
+from ..layer.capture import (
     LayerInputs,
     capture_layer_inputs,
     collect_hessians,
     run_layer,
 )
-from .layer.step import PruneSpec, merge_and_prune
-from .layer_data import LayerDataModule
-from .models.adapters import ArchitectureAdapter, HeadLayout
-from .models.shards import LayerwiseModel
-from .rotation import fold_norms
-from .rotation_module import RotationModule
-from .run_state import atomic_save_tensors
+from ..layer.step import PruneSpec, merge_and_prune
+from ..lightning.layer_data import LayerDataModule
+from ..lightning.rotation_module import RotationModule
+from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..models.shards import LayerwiseModel
+from ..rotation import fold_norms
+from .state import atomic_save_tensors
 
 MODES = ("sequential", "parallel")
 
@@ -179,7 +179,7 @@ def train_rotations(
 
 
 def merge_saved_step(store: RotationStore):
-    """A ``layer_step`` for :func:`drlightning.pipeline.rotate_and_prune`: fold norms, merge the
+    """A ``layer_step`` for :func:`drlightning.pipeline.sequential.rotate_and_prune`: fold norms, merge the
     stored rotations (with the function-preserving self-check), prune (with the guard)."""
 
     def step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,

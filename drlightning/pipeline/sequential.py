@@ -12,19 +12,19 @@ from lightning import Trainer
 from torch import nn
 from tqdm.auto import tqdm
 
-from .capture import (
+from ..layer.capture import (
     LayerInputs,
     capture_layer_inputs,
     collect_hessians,
     run_layer,
 )
-from .layer.step import PruneSpec, merge_and_prune, prune_candidates
-from .layer_data import LayerDataModule
-from .models.adapters import ArchitectureAdapter, HeadLayout
-from .models.shards import LayerwiseModel
-from .rotation import fold_norms
-from .rotation_module import RotationModule
-from .run_state import RunState
+from ..layer.step import PruneSpec, merge_and_prune, prune_candidates
+from ..lightning.layer_data import LayerDataModule
+from ..lightning.rotation_module import RotationModule
+from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..models.shards import LayerwiseModel
+from ..rotation import fold_norms
+from .state import RunState
 
 TrainerFactory = Callable[[int, RotationModule], Trainer]
 LayerStep = Callable[[int, nn.Module, LayerInputs, LayerInputs, PruneSpec],

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .models.adapters import INPUT_OF, STAT_ORDER, ArchitectureAdapter
+from ..models.adapters import INPUT_OF, STAT_ORDER, ArchitectureAdapter
 
 OBJECTIVE_STATS: tuple[str, ...] = ("attn_in", "o", "mlp_in")
 """Hessians the rotation objective needs (down_proj's input factor cancels; its I×I Hessian — 3.3 GB

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..lightning.rotation_module import RotationModule
 from .pictures import error_plot_png, importance_png, png_to_chw
-from .rotation_module import RotationModule
 
 LAYER_SCALARS = ("initial_entropy", "best_entropy", "initial_loss", "best_loss", "best_step",
                  "orthogonality_error", "invariance_error", "pruning_error",

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .eval.layerwise import layerwise_perplexity
-from .evaluate import protocol_windows
-from .export.sharded import save_layerwise_dir
-from .models.shards import LayerwiseModel, ShardedCheckpoint
-from .run_setup import boundary_dtype, merge_tolerance
+from ..eval.api import protocol_windows
+from ..eval.layerwise import layerwise_perplexity
+from ..export.sharded import save_layerwise_dir
+from ..models.shards import LayerwiseModel, ShardedCheckpoint
+from .setup import boundary_dtype, merge_tolerance
 
 
 def check_layerwise_options(opts) -> None:

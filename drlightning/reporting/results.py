@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 EVAL_PROTOCOL = {
     "perplexity": "non-overlapping windows of eval_seqlen tokens over the evaluation text joined "

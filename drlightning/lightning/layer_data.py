@@ -12,8 +12,8 @@ from lightning import LightningDataModule
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .capture import LayerInputs
-from .models.adapters import ROLES, ArchitectureAdapter, HeadLayout
+from ..layer.capture import LayerInputs
+from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
 
 
 class _Steps(Dataset):

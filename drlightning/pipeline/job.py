@@ -13,20 +13,19 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .atomic import atomic_write_text
-from .calibration_data import CalibrationDataModule
-from .data import load_eval_text, tokenize_text
-from .evaluate import evaluate_loaded
-from .export import save_model_dir
-from .models import DEFAULT_MODEL, adapter_for, load_model
-from .models.adapters import ROLES
-from .models.loading import DTYPES
-from .monitor import RunMonitor
-from .parallel import MODES, Ranks, parallel_rotations
-from .pipeline import rotate_and_prune
-from .pruning import NO_PRUNING, parse_pattern
-from .report import load_run, report_markdown
-from .results import (
+from ..atomic import atomic_write_text
+from ..data import load_eval_text, tokenize_text
+from ..eval.api import evaluate_loaded
+from ..export import save_model_dir
+from ..lightning.calibration import CalibrationDataModule
+from ..lightning.rotation_module import RotationModule, check_r1_blocks
+from ..models import DEFAULT_MODEL, adapter_for, load_model
+from ..models.adapters import ROLES
+from ..models.loading import DTYPES
+from ..pruning import NO_PRUNING, parse_pattern
+from ..reporting.monitor import RunMonitor
+from ..reporting.report import load_run, report_markdown
+from ..reporting.results import (
     EVAL_PROTOCOL,
     device_name,
     ensure_writable,
@@ -34,10 +33,11 @@ from .results import (
     versions,
     write_json,
 )
-from .rotation_module import RotationModule, check_r1_blocks
-from .run_layerwise import LayerwiseJob, check_layerwise_options
-from .run_setup import boundary_dtype, check_pattern_fits, finalize_rotations, fingerprint, opts_dtype
-from .run_state import RunState
+from .layerwise import LayerwiseJob, check_layerwise_options
+from .parallel import MODES, Ranks, parallel_rotations
+from .sequential import rotate_and_prune
+from .setup import boundary_dtype, check_pattern_fits, finalize_rotations, fingerprint, opts_dtype
+from .state import RunState
 
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
 
@@ -84,7 +84,7 @@ class RunOptions:
         mode: "sequential" (the paper's protocol: layer ℓ's rotations are learned on the outputs
             of the already pruned layers) or "parallel" (all rotations learned from one dense
             calibration pass, spread over the ranks of a torchrun launch; merge and pruning stay
-            sequential). See drlightning/parallel.py and docs/benchmarks.md for the difference.
+            sequential). See drlightning/pipeline/parallel.py and docs/benchmarks.md for the difference.
         layerwise: load the model layer by layer from its safetensors shards (a local directory or
             hub id): host memory holds one decoder layer, the embeddings and head, not the whole
             model. Perplexity streams the layers; the model is saved shard by shard. Perplexity
@@ -138,16 +138,15 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
                             callbacks: list | None = None) -> Callable[..., Trainer]:
     """A fresh Trainer per layer (rotation training only) with a per-layer logger.
 
-    Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`), so
-    the merge and prune callbacks of a user's template are left out. Under a multi-process launch
+    Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`);
+    ``callbacks`` are the user's other callbacks (the CLI leaves out its merge and prune shells,
+    which would do that work twice). Under a multi-process launch
     (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``). Each Trainer clips the
     gradient norm at the module's ``grad_clip``; a template with another ``gradient_clip_val`` (or
     clipping by value) is refused (:meth:`RotationModule.trainer_clipping`).
     """
-    from drlightning.callbacks import MergeRotations, PruneLayer
-
     base = dict(base or {})
-    user = [c for c in (callbacks or []) if not isinstance(c, MergeRotations | PruneLayer)]
+    user = list(callbacks or [])
 
     def make(index: int, module: RotationModule) -> Trainer:
         kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,

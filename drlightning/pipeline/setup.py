@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .export import install_boundaries
-from .export.boundaries import merge_error
-from .layer.step import INVARIANCE_TOLERANCE
-from .models.adapters import ROLES
-from .models.loading import DTYPES
-from .pruning import NO_PRUNING, parse_pattern
-from .rotation import rotation_storage_dtype
+from ..export import install_boundaries
+from ..export.boundaries import merge_error
+from ..layer.step import INVARIANCE_TOLERANCE
+from ..models.adapters import ROLES
+from ..models.loading import DTYPES
+from ..pruning import NO_PRUNING, parse_pattern
+from ..rotation import rotation_storage_dtype
 
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
                   "rotation_score": "pruner", "permute": False, "guard": False}

@@ -6,7 +6,7 @@ import io
 
 import torch
 
-from .rotation.objective import GROUP_DIMS
+from ..rotation.objective import GROUP_DIMS
 
 
 def normalised(scores: torch.Tensor, role: str) -> torch.Tensor:

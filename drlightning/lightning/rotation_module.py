@@ -8,12 +8,12 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from .capture import OBJECTIVE_STATS
-from .layer.step import PruneSpec
-from .models.adapters import ArchitectureAdapter, HeadLayout
-from .pruning import NO_PRUNING, parse_pattern
-from .rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
-from .rotation.objective import OBJECTIVES, FrozenLayer, layer_pruned_mass, layer_scores
+from ..layer.capture import OBJECTIVE_STATS
+from ..layer.step import PruneSpec
+from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..pruning import NO_PRUNING, parse_pattern
+from ..rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
+from ..rotation.objective import OBJECTIVES, FrozenLayer, layer_pruned_mass, layer_scores
 
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_write_text, atomic_write_with
-from .rotation import RotatedLayer
+from ..atomic import atomic_write_text, atomic_write_with
+from ..rotation import RotatedLayer
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

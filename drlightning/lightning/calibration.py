@@ -6,7 +6,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from .data import calibration_windows, load_documents
+from ..data import calibration_windows, load_documents
 
 
 class CalibrationDataModule(LightningDataModule):

@@ -1,0 +1,1 @@
+"""Lightning wrappers: the per-layer RotationModule and LayerDataModule, the calibration datamodule."""

@@ -1,0 +1,1 @@
+"""Results, reports, TensorBoard monitoring and pictures of a run."""
