@@ -23,7 +23,8 @@ import torch
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import load_model
-from drlightning.pipeline.job import RunOptions, run_job
+from drlightning.pipeline.job import run_job
+from drlightning.pipeline.options import EvalOptions, ExportOptions, MonitorOptions, RunOptions
 from drlightning.reporting.results import device_name, versions
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,18 +47,18 @@ def main() -> None:
     start = time.perf_counter()
     model, tok = load_model()
     data = CalibrationDataModule(nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
-    base = RunOptions(tensorboard=False, progress=False, picture_layers=[], save_model=False)
     dense, rows = None, []
     for k in [None, *args.blocks]:
         steps = 0 if k is None else args.steps
         tag = "plain" if k is None else f"k{k}"
-        opts = RunOptions(**{**base.__dict__, "output_dir": f"runs/bench/block_r1-{tag}",
-                             "dense_ppl": dense is None})
+        opts = RunOptions(output_dir=f"runs/bench/block_r1-{tag}", eval=EvalOptions(dense=dense is None),
+                          monitor=MonitorOptions(tensorboard=False, progress=False, picture_layers=[]),
+                          export=ExportOptions(save=False))
         module = RotationModule(method=args.method, pattern=args.pattern, steps=steps,
                                 r1_blocks=k or 1)
         t0 = time.perf_counter()
-        res = run_job(module, data, opts, loaded=(copy.deepcopy(model), tok), dense_ppl=dense)
-        dense = dense or res["dense_ppl"]
+        res = run_job(module, data, opts, loaded=(copy.deepcopy(model), tok))
+        dense = dense or res["dense_ppl"]  # measured once, by the first run
         row = {"blocks": k, "ppl": res["ppl"]["embedded"], "seconds": time.perf_counter() - t0,
                "layer_seconds": sum(layer["seconds"] for layer in res["layers"])}
         rows.append(row)

@@ -20,7 +20,8 @@ import drlightning.rotation.objective as objective
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import load_model
-from drlightning.pipeline.job import RunOptions, run_job
+from drlightning.pipeline.job import run_job
+from drlightning.pipeline.options import EvalOptions, ExportOptions, MonitorOptions, RunOptions
 from drlightning.rotation.entropy import entropy_over, group_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,10 @@ def main() -> None:
         for name in args.variants:
             objective.entropy_over = VARIANTS[name]
             data = CalibrationDataModule(nsamples=32, seqlen=512, seed=seed)
-            opts = RunOptions(tensorboard=False, progress=False, picture_layers=[], save_model=False,
-                              dense_ppl=False, output_dir=f"runs/bench/entropy-{name}-seed{seed}")
+            opts = RunOptions(output_dir=f"runs/bench/entropy-{name}-seed{seed}",
+                              eval=EvalOptions(dense=False), export=ExportOptions(save=False),
+                              monitor=MonitorOptions(tensorboard=False, progress=False,
+                                                     picture_layers=[]))
             res = run_job(RotationModule(method="sparsegpt", pattern="2:4", steps=args.steps), data,
                           opts, loaded=(copy.deepcopy(model), tok))
             layers = res["layers"]

@@ -8,7 +8,7 @@ tokens, batch 8): the rotation phase holds the layer, its float32 frozen copy, t
 matrices (M_attn, M_mlp: hidden² each; M_o head blocks) and the step's working set; the pruning
 phase holds the layer and the largest group's Hessian math (down_proj: I × I float32 ×3 for H, its
 Cholesky factor and inverse); calibration activations (inputs and outputs of the layer) stay on the
-GPU unless ``run.offload_activations`` keeps them in host memory (then one batch is on the GPU).
+GPU unless ``run.launch.offload_activations`` keeps them in host memory (then one batch is on the GPU).
 Measured step memory exists for the sizes rotation_step.py ran; others are scaled by the layer's
 parameter count from the largest measured size (marked "est.").
 """

@@ -20,8 +20,9 @@ from drlightning.layer.capture import capture_layer_inputs, run_layer
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for, load_model
-from drlightning.pipeline.job import RunOptions, default_trainer_factory
-from drlightning.pipeline.sequential import rotate_and_prune_layer
+from drlightning.pipeline.options import MonitorOptions, RunOptions
+from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
+from drlightning.pipeline.trainers import default_trainer_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def main() -> None:
     windows = CalibrationDataModule(nsamples=args.nsamples, seqlen=args.seqlen).calibration(tok)
     inputs = capture_layer_inputs(model, adapter, windows, 8)
     layers = adapter.decoder_layers(model)
-    opts = RunOptions(tensorboard=False, progress=False)
+    opts = RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False))
     make = default_trainer_factory(opts, Path("runs/layer_steps"))
     rows = []
     for index in range(max(args.layers) + 1):
@@ -54,7 +55,7 @@ def main() -> None:
                                         objective=args.objective, permute=False, guard=False)
                 spec = module.prune_spec(adapter, layout, False)
                 _, rep, _ = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), inputs,
-                                                   dense_out, module, make, spec)
+                                                   dense_out, LayerLoop(module, make), spec)
                 entropy = (f"{rep['initial_loss']:.4g} → {rep['best_loss']:.4g}"
                            if steps else "")
                 err = rep["pruning_error"]

@@ -1,4 +1,4 @@
-"""Host memory of a whole run: the model loaded whole vs layer by layer (``run.layerwise``).
+"""Host memory of a whole run: the model loaded whole vs layer by layer (``run.launch.layerwise``).
 
     python benchmarks/layerwise_memory.py            # writes <!-- layerwise --> in docs/benchmarks.md
 
@@ -54,9 +54,9 @@ def build(name: str, path: Path) -> int:
 def run(model_dir: Path, out: Path, layerwise: bool, steps: int) -> dict:
     args = ["-m", "drlightning.cli", "fit", "--model.method", "sparsegpt", "--model.pattern", "2:4",
             "--model.steps", str(steps), "--data.nsamples", "8", "--data.seqlen", "256",
-            "--run.model", str(model_dir), "--run.output_dir", str(out), "--run.progress", "false",
-            "--run.tensorboard", "false", "--run.eval_max_windows", "4",
-            "--run.layerwise", str(layerwise).lower()]
+            "--run.model", str(model_dir), "--run.output_dir", str(out), "--run.monitor.progress", "false",
+            "--run.monitor.tensorboard", "false", "--run.eval.max_windows", "4",
+            "--run.launch.layerwise", str(layerwise).lower()]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, *args], check=True,
                           capture_output=True, text=True)

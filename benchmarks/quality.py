@@ -83,7 +83,8 @@ def command(pruner: str, setting: str, seed: int) -> list[str]:
     args = [sys.executable, "-m", "drlightning.cli", "fit",
             "--config", str(ROOT / "configs" / "smollm2" / f"{pruner}.yaml"),
             "--data.seed", str(seed), "--run.output_dir", str(run_dir(pruner, setting, seed)),
-            "--run.zero_shot", "[]", "--run.tensorboard", "false", "--run.progress", "false"]
+            "--run.eval.zero_shot", "[]", "--run.monitor.tensorboard", "false",
+            "--run.monitor.progress", "false"]
     for key, value in overrides.items():
         args += [f"--model.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args

@@ -3,8 +3,8 @@
 A crash or a full disk never leaves a half-written file at the target path (any previous file
 stays), and the temporary file or directory is removed on error.
 
-Note: temporary files come from :func:`tempfile.mkstemp` and directories from
-:func:`tempfile.mkdtemp`, so the written files are mode 0600 and directories 0700 (not umask-based).
+Files and directories get the permissions a plain ``open``/``mkdir`` would give them (0666 / 0777
+less the umask), not the private 0600 / 0700 of :mod:`tempfile`, so outputs can be shared and served.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_with(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary sibling file of ``path``, fsync it, ``os.replace`` it
     into ``path``; the temporary file is removed if anything fails (e.g. torch.save, save_file)."""
@@ -24,6 +30,7 @@ def atomic_write_with(path: Path, write: Callable[[Path], object]) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -65,6 +72,7 @@ def write_dir_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         write(tmp)
         old = path.with_name(f".{path.name}.old")

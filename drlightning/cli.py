@@ -9,7 +9,9 @@ from lightning.pytorch.cli import LightningCLI
 
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
-from .pipeline.job import RunOptions, check_precision, default_trainer_factory, run_job
+from .pipeline.job import run_job
+from .pipeline.options import RunOptions, moved_keys
+from .pipeline.trainers import check_precision, default_trainer_factory
 
 TRAINER_DEFAULTS = {
     "accelerator": "auto",
@@ -18,7 +20,7 @@ TRAINER_DEFAULTS = {
     "logger": False,
     "enable_checkpointing": False,
     "enable_model_summary": False,
-    "log_every_n_steps": 10,
+    "log_every_n_steps": 1,  # per-step objective curves in TensorBoard, step 0 included
     "enable_progress_bar": False,
 }
 
@@ -52,7 +54,7 @@ class DRLightningCLI(LightningCLI):
         """Run the layer loop; the Trainer built by LightningCLI is used as the per-layer template."""
         cfg = self.config["fit"]
         check_precision(cfg.trainer.precision)
-        opts = RunOptions(**cfg.run.as_dict())
+        opts = self.config_init["fit"]["run"]
         base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
                 if k not in ("callbacks", "max_steps", "logger")}
         model.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
@@ -68,23 +70,51 @@ class DRLightningCLI(LightningCLI):
         return self.results
 
 
-COMMANDS = ("fit (rotate + prune), lora fit (LoRA recovery of a pruned run), eval (perplexity / "
-            "zero-shot), compare (runs side by side)")
+COMMANDS = {
+    "fit": "rotate and prune a model (--config configs/<model>/<method>-<pattern>.yaml)",
+    "lora fit": "LoRA recovery fine-tuning of a pruned run (--config configs/smollm2/lora.yaml)",
+    "eval": "perplexity and zero-shot accuracy of a model, a GGUF file or a run directory",
+    "compare": "the results of run directories side by side (RUN_DIR [RUN_DIR ...])",
+}
 
 
-def config_stage(argv: list[str]) -> str | None:
-    """The ``stage:`` key of the last ``--config`` file on the command line (None if absent)."""
+def usage() -> str:
+    """The top-level help: every subcommand with one line."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: drlightning COMMAND [options]   (drlightning COMMAND --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _configs(argv: list[str]) -> list[dict]:
+    """The ``--config`` files named on the command line, parsed (unreadable ones are skipped:
+    the CLI reports them)."""
     import yaml
 
-    stage = None
+    found = []
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
         if path and Path(path).is_file():
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "stage" in data:
-                stage = data["stage"]
-    return stage
+            found.append(data if isinstance(data, dict) else {})
+    return found
+
+
+def config_stage(argv: list[str]) -> str | None:
+    """The ``stage:`` key of the last ``--config`` file on the command line (None if absent)."""
+    stages = [data["stage"] for data in _configs(argv) if "stage" in data]
+    return stages[-1] if stages else None
+
+
+def moved_run_keys(argv: list[str]) -> list[str]:
+    """Flat ``run.*`` keys of configs or flags written before the run options were grouped."""
+    moved = [m for data in _configs(argv) if isinstance(data.get("run"), dict)
+             for m in moved_keys(data["run"])]
+    flags = {arg.split("=", 1)[0].removeprefix("--run."): None for arg in argv
+             if arg.startswith("--run.")}
+    return moved + moved_keys(flags)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -95,6 +125,11 @@ def main(args: list[str] | None = None) -> None:
     import sys
 
     argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        if not argv:
+            raise SystemExit(2)
+        return
     if argv[:1] == ["eval"]:
         from jsonargparse import CLI
 
@@ -104,16 +139,25 @@ def main(args: list[str] | None = None) -> None:
     elif argv[:1] == ["compare"]:
         from .reporting.report import compare
 
-        if not argv[1:] or argv[1] in ("-h", "--help"):
+        if argv[1:2] in (["-h"], ["--help"]):
             print("usage: drlightning compare RUN_DIR [RUN_DIR ...]\n"
                   "Print a side-by-side table of the runs' results.json.")
             return
+        if not argv[1:]:
+            print("error: compare needs at least one run directory: drlightning compare RUN_DIR "
+                  "[RUN_DIR ...]", file=sys.stderr)
+            raise SystemExit(2)
         compare(argv[1:])
     elif argv[:1] == ["lora"] or (argv[:1] == ["fit"] and config_stage(argv) == "lora"):
         from .lora.cli import LoRACLI
 
         LoRACLI(args=argv[1:] if argv[:1] == ["lora"] else argv)
     else:
+        moved = moved_run_keys(argv)
+        if moved:
+            print(f"error: run options now live in groups: {'; '.join(moved)} (rename them in the "
+                  "config or on the command line)", file=sys.stderr)
+            raise SystemExit(2)
         DRLightningCLI(args=argv)
 
 

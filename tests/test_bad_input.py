@@ -8,7 +8,8 @@ import pytest
 
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
-from drlightning.pipeline.job import RunOptions, run_job
+from drlightning.pipeline.job import run_job
+from drlightning.pipeline.options import EvalOptions, ExportOptions, MonitorOptions, RunOptions
 from drlightning.reporting.results import ensure_writable
 
 from .tiny import save_tiny_dir
@@ -56,20 +57,22 @@ def test_nm_not_dividing_the_width_fails_before_calibration(tmp_path, monkeypatc
     src = save_tiny_dir(tmp_path / "tiny", "llama")  # hidden 64, intermediate 96
     data = CalibrationDataModule(nsamples=2, seqlen=16)
     monkeypatch.setattr(data, "calibration", lambda *a: pytest.fail("calibration started"))
-    opts = RunOptions(model=str(src), output_dir=str(tmp_path / "run"), progress=False)
+    opts = RunOptions(model=str(src), output_dir=str(tmp_path / "run"),
+                      monitor=MonitorOptions(progress=False))
     with pytest.raises(ValueError, match=r"3:7 needs in_features divisible by M=7.*q_proj"):
         run_job(RotationModule(pattern="3:7"), data, opts)
     with pytest.raises(ValueError, match=r"needs in_features divisible by M=64.*down_proj"):
         run_job(RotationModule(pattern="32:64"), data, RunOptions(
-            model=str(src), output_dir=str(tmp_path / "run2"), progress=False))
+            model=str(src), output_dir=str(tmp_path / "run2"), monitor=MonitorOptions(progress=False)))
 
 
 def test_tiny_calibration_singular_hessians_are_handled_by_damping(tmp_path):
     # 1 window of 4 tokens: every 64×64 Hessian has rank ≤ 4
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
     res = run_job(RotationModule(pattern="2:4", steps=3), CalibrationDataModule(nsamples=1, seqlen=4),
-                  RunOptions(model=str(src), output_dir=str(tmp_path / "run"), progress=False,
-                             tensorboard=False, eval_max_windows=1))
+                  RunOptions(model=str(src), output_dir=str(tmp_path / "run"),
+                             monitor=MonitorOptions(tensorboard=False, progress=False),
+                             eval=EvalOptions(max_windows=1)))
     assert all(layer["sparsity"]["down"] == 0.5 for layer in res["layers"])
     assert all(v < float("inf") for v in res["ppl"].values())
 
@@ -77,4 +80,4 @@ def test_tiny_calibration_singular_hessians_are_handled_by_damping(tmp_path):
 def test_unknown_rotation_dtype_is_refused(tmp_path):
     with pytest.raises(ValueError, match="rotation_dtype='int8'; allowed: 'auto', 'model'"):
         run_job(RotationModule(), CalibrationDataModule(),
-                RunOptions(output_dir=str(tmp_path), rotation_dtype="int8"))
+                RunOptions(output_dir=str(tmp_path), export=ExportOptions(rotation_dtype="int8")))

@@ -59,8 +59,8 @@ def test_fit_on_embedded_model_writes_results(tmp_path, capsys):
     cli = DRLightningCLI(args=[
         "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
         "--model.steps", "2", "--data.nsamples", "4", "--data.seqlen", "64",
-        "--run.eval_max_windows", "4", "--run.output_dir", str(out), "--run.progress", "false",
-        "--run.zero_shot", "[drl_continuation]", "--run.task_items", "8",
+        "--run.eval.max_windows", "4", "--run.output_dir", str(out), "--run.monitor.progress", "false",
+        "--run.eval.zero_shot", "[drl_continuation]", "--run.eval.task_items", "8",
         "--model.permute", "false",  # permutations and the guard: tested on tiny models (faster)
         "--model.guard", "false",
     ])
@@ -100,9 +100,9 @@ def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
     DRLightningCLI(args=[
         "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
         "--model.pattern", "none", "--model.steps", "3", "--data.nsamples", "2",
-        "--data.seqlen", "32", "--run.eval_data", "[]", "--run.dense_ppl", "false",
-        "--run.zero_shot", "[]",
-        "--run.output_dir", str(out), "--run.progress", "false", "--run.tensorboard", "false",
+        "--data.seqlen", "32", "--run.eval.data", "[]", "--run.eval.dense", "false",
+        "--run.eval.zero_shot", "[]",
+        "--run.output_dir", str(out), "--run.monitor.progress", "false", "--run.monitor.tensorboard", "false",
     ])
     dense, tok = load_model()
     saved = drlightning.load_pretrained(out / "model")
@@ -112,3 +112,51 @@ def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
         ref, got = dense(ids).logits.double(), saved(ids).logits.double()
     assert ((got - ref).norm() / ref.norm()).item() <= 1e-4
     assert not torch.equal(saved.drl_rotations.matrix(1), torch.eye(576))
+
+
+def test_flat_run_keys_of_older_configs_get_one_line_with_their_new_place(tmp_path, capsys):
+    from drlightning.cli import main
+
+    old = tmp_path / "old.yaml"
+    old.write_text("run:\n  model: smollm2-135m-instruct\n  zero_shot: []\n  save_model: false\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(old), "--run.layerwise", "true"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    for move in ("run.zero_shot → run.eval.zero_shot", "run.save_model → run.export.save",
+                 "run.layerwise → run.launch.layerwise"):
+        assert move in err
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    from drlightning.cli import COMMANDS, main
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("fit", "lora fit", "eval", "compare"):
+        assert name in COMMANDS and f"  {name} " in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+
+
+def test_compare_without_runs_is_an_error_and_mixed_protocols_warn(tmp_path, capsys):
+    import json
+
+    from drlightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare"])
+    assert exit_info.value.code == 2
+    assert "needs at least one run directory" in capsys.readouterr().err
+    for name, windows in (("full", None), ("quick", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({
+            "method": "sparsegpt", "pattern": "2:4", "steps": 0, "ppl": {"embedded": 20.0},
+            "dense_ppl": {"embedded": 11.0}, "eval": {"seqlen": 512, "max_windows": windows}}))
+    main(["compare", str(tmp_path / "full"), str(tmp_path / "full")])
+    assert "warning" not in capsys.readouterr().err
+    main(["compare", str(tmp_path / "full"), str(tmp_path / "quick")])
+    err = capsys.readouterr().err
+    assert "different windows" in err and "first 2 windows" in err and "all windows" in err

@@ -123,10 +123,10 @@ def test_report_gap_closed_and_layout():
 
 def test_fit_with_zero_shot_writes_report_and_eval_compare_cli(tiny, tmp_path, capsys):
     src, _, _ = tiny
-    extra = ("--run.zero_shot", "[drl_continuation]", "--run.task_items", "16")
+    extra = ("--run.eval.zero_shot", "[drl_continuation]", "--run.eval.task_items", "16")
     DRLightningCLI(args=fit_args(src, tmp_path / "plain", steps=0, extra=extra))
     DRLightningCLI(args=fit_args(src, tmp_path / "dr", steps=10, extra=(
-        *extra, "--run.baseline_run", str(tmp_path / "plain"))))
+        *extra, "--run.monitor.baseline_run", str(tmp_path / "plain"))))
     res = json.loads((tmp_path / "dr" / "results.json").read_text())
     assert res["zero_shot"]["tasks"]["drl_continuation"]["n"] == 16
     assert res["dense_zero_shot"]["tasks"]["drl_continuation"]["n"] == 16

@@ -13,8 +13,9 @@ from drlightning.layer.capture import capture_layer_inputs
 from drlightning.layer.prune import prune_layer
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for
-from drlightning.pipeline.job import RunOptions, default_trainer_factory
-from drlightning.pipeline.sequential import rotate_and_prune
+from drlightning.pipeline.options import MonitorOptions, RunOptions
+from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune
+from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.rotation import random_orthogonal
 
 from .test_pipeline import windows
@@ -51,11 +52,11 @@ def test_guard_keeps_the_unrotated_layer_when_the_rotation_is_harmful(tmp_path, 
                                   dtype=torch.float32))
 
     monkeypatch.setattr(RotationModule, "best_rotations", harmful)
-    opts = RunOptions(output_dir=str(tmp_path), tensorboard=False, progress=False)
+    opts = RunOptions(output_dir=str(tmp_path),
+                      monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="magnitude", pattern="2:4", steps=2, guard=True)
-    reports = rotate_and_prune(model, adapter_for(model.config), ids, template,
-                               default_trainer_factory(opts, tmp_path), batch_size=2,
-                               progress=False)
+    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    reports = rotate_and_prune(model, adapter_for(model.config), ids, loop)
     for r in reports:
         assert r["guard"] == "unrotated"
         assert r["pruning_error_rotated"] > 0.01 > r["pruning_error_unrotated"]
@@ -74,11 +75,12 @@ def test_without_the_guard_the_rotated_layer_is_kept_and_both_errors_reported(tm
     q = random_orthogonal(layout.hidden, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     r = torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1)
     monkeypatch.setattr(RotationModule, "best_rotations", lambda self: (q, r))
-    opts = RunOptions(output_dir=str(tmp_path), tensorboard=False, progress=False)
+    opts = RunOptions(output_dir=str(tmp_path),
+                      monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="magnitude", pattern="2:4", steps=2, guard=False)
-    reports = rotate_and_prune(model, adapter_for(model.config), windows(model), template,
-                               default_trainer_factory(opts, tmp_path), batch_size=2,
-                               progress=False, unrotated_error=True)
+    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False,
+                     unrotated_error=True)
+    reports = rotate_and_prune(model, adapter_for(model.config), windows(model), loop)
     for rep in reports:
         assert rep["guard"] == "rotated"
         assert rep["pruning_error"] == rep["pruning_error_rotated"] > rep["pruning_error_unrotated"]
@@ -88,7 +90,7 @@ def test_guard_choice_reaches_results_report_and_plot(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     run = tmp_path / "run"
     DRLightningCLI(args=fit_args(src, run, steps=5, extra=("--model.guard", "true",
-                                                            "--run.tensorboard", "true")))
+                                                            "--run.monitor.tensorboard", "true")))
     res = json.loads((run / "results.json").read_text())
     for layer in res["layers"]:
         assert layer["guard"] in ("rotated", "unrotated")
@@ -108,10 +110,11 @@ def test_steps_zero_with_the_guard_is_the_plain_pruner(pattern, tmp_path):
     ref = copy.deepcopy(model)
     ids = windows(model)
     adapter = adapter_for(model.config)
-    opts = RunOptions(output_dir=str(tmp_path), tensorboard=False, progress=False)
+    opts = RunOptions(output_dir=str(tmp_path),
+                      monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="wanda", pattern=pattern, steps=0, guard=True, permute=False)
-    reports = rotate_and_prune(model, adapter, ids, template,
-                               default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    reports = rotate_and_prune(model, adapter, ids, loop)
     assert all("guard" not in r for r in reports)
     inputs = capture_layer_inputs(ref, adapter, ids, 2)
     layer = copy.deepcopy(adapter.decoder_layers(ref)[0])

@@ -1,4 +1,4 @@
-"""Layer-by-layer loading (run.layerwise): same results as the whole model, one layer in memory."""
+"""Layer-by-layer loading (run.launch.layerwise): same results as the whole model, one layer in memory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from drlightning.models.shards import LayerwiseModel, ShardedCheckpoint
 
 from .tiny import fit_args, save_tiny_dir
 
-LAYERWISE = ("--run.layerwise", "true")
+LAYERWISE = ("--run.launch.layerwise", "true")
 
 
 def _sharded_tensors(directory) -> dict:
@@ -105,7 +105,7 @@ def test_layerwise_plain_pruner_with_tied_embeddings(tmp_path):
 
 def test_layerwise_parallel_mode_equals_whole_model_parallel_mode(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
-    parallel = ("--run.mode", "parallel")
+    parallel = ("--run.launch.mode", "parallel")
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     DRLightningCLI(args=fit_args(src, whole, steps=4, extra=parallel))
     DRLightningCLI(args=fit_args(src, streamed, steps=4, extra=(*parallel, *LAYERWISE)))
@@ -122,7 +122,7 @@ def test_layerwise_bad_input_is_refused_early(tmp_path):
         evaluate(str(src), layerwise=True, tasks=["drl_continuation"], seqlen=64, progress=False)
     with pytest.raises(ValueError, match="zero_shot"):
         DRLightningCLI(args=fit_args(src, tmp_path / "b", extra=(
-            *LAYERWISE, "--run.zero_shot", "[drl_continuation]")))
+            *LAYERWISE, "--run.eval.zero_shot", "[drl_continuation]")))
 
     bad = tmp_path / "nan"
     save_tiny_dir(bad, "llama")

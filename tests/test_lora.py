@@ -186,3 +186,10 @@ def test_bad_lora_input_is_refused_early(pruned_run, tmp_path):
     data.tokenizer = module.tokenizer
     with pytest.raises(ValueError, match="val_windows=1000000"):
         data.setup("fit")
+
+
+def test_validation_that_would_never_run_is_refused_before_loading(tmp_path):
+    args = _lora_args(tmp_path / "no-such-run", tmp_path / "out", steps=4)
+    args[args.index("--trainer.val_check_interval") + 1] = "10"
+    with pytest.raises(ValueError, match=r"val_check_interval=10 > trainer.max_steps=4"):
+        main(["lora", "fit", *args])

@@ -37,8 +37,9 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("mon")
     src = save_tiny_dir(base / "tiny", "mistral")
     DRLightningCLI(args=fit_args(src, base / "run", steps=15, extra=(
-        "--run.tensorboard", "true", "--run.picture_layers", "[0, 1]", "--run.picture_role", "v",
-        "--run.unrotated_error", "true")))
+        "--run.monitor.tensorboard", "true", "--run.monitor.picture_layers", "[0, 1]",
+        "--run.monitor.picture_role", "v",
+        "--run.monitor.unrotated_error", "true")))
     return base / "run"
 
 
@@ -59,6 +60,16 @@ def test_run_draws_pictures_and_logs_summary_scalars(run):
     assert [e.step for e in acc.Scalars("layer/pruning_error")] == [0, 1]
     assert "importance/v" in tags["images"] and len(acc.Images("importance/v")) == 2
     assert any((run / "tensorboard").glob("layer_00/events*"))
+
+
+def test_objective_curves_have_every_step_from_step_0(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard" / "layer_00"))
+    acc.Reload()
+    curves = [tag for tag in acc.Tags()["scalars"] if tag.endswith("/total")]
+    assert curves, acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars(curves[0])] == list(range(15))  # steps=15
 
 
 def test_pruning_error_is_reported_per_layer(run):

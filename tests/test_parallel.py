@@ -30,9 +30,9 @@ def _launch(nproc: int, args: list[str]) -> str:
 def test_two_processes_give_the_one_process_model_and_layer0_matches_sequential(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "llama", num_hidden_layers=4)
     runs = {name: tmp_path / name for name in ("w1", "w2", "seq")}
-    par = ("--run.mode", "parallel")
+    par = ("--run.launch.mode", "parallel")
     _launch(1, fit_args(src, runs["w1"], steps=30, extra=par))
-    _launch(2, fit_args(src, runs["w2"], steps=30, extra=(*par, "--run.tensorboard", "true")))
+    _launch(2, fit_args(src, runs["w2"], steps=30, extra=(*par, "--run.monitor.tensorboard", "true")))
     seq = subprocess.run([sys.executable, "-m", "drlightning.cli", *fit_args(src, runs["seq"], steps=30)],
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert seq.returncode == 0, seq.stderr[-3000:]
@@ -44,7 +44,7 @@ def test_two_processes_give_the_one_process_model_and_layer0_matches_sequential(
         assert torch.equal(one[key], two[key]), key
     results = json.loads((runs["w2"] / "results.json").read_text())
     assert [layer["rank"] for layer in results["layers"]] == [0, 1, 0, 1]
-    assert results["options"]["mode"] == "parallel"
+    assert results["options"]["launch"]["mode"] == "parallel"
     assert all(abs(layer["sparsity"]["down"] - 0.5) < 1e-6 for layer in results["layers"])
     # every rank logs its own layers' curves
     assert sorted(p.name for p in (runs["w2"] / "tensorboard").iterdir()) == [
@@ -61,18 +61,18 @@ def test_two_processes_give_the_one_process_model_and_layer0_matches_sequential(
 def test_trained_rotations_are_reused_after_an_interruption(tmp_path, monkeypatch):
     src = save_tiny_dir(tmp_path / "tiny", "llama", num_hidden_layers=3)
     run = tmp_path / "run"
-    args = fit_args(src, run, steps=10, extra=("--run.mode", "parallel"))
+    args = fit_args(src, run, steps=10, extra=("--run.launch.mode", "parallel"))
     first = DRLightningCLI(args=args).results
     # simulate a crash after rotation training: only the rotations survive
     for f in (run / "state").glob("layer_*.safetensors"):
         f.unlink()
     (run / "results.json").unlink()
-    import drlightning.pipeline.parallel as parallel
+    from drlightning.lightning.layer_data import LayerDataModule
 
     def no_training(*a, **k):
         raise AssertionError("rotations were retrained although saved")
 
-    monkeypatch.setattr(parallel.LayerDataModule, "train_dataloader", no_training)
+    monkeypatch.setattr(LayerDataModule, "train_dataloader", no_training)
     again = DRLightningCLI(args=args).results
     assert again["ppl"] == first["ppl"]
     assert [x["best_loss"] for x in again["layers"]] == [x["best_loss"] for x in first["layers"]]
@@ -80,13 +80,13 @@ def test_trained_rotations_are_reused_after_an_interruption(tmp_path, monkeypatc
 
 def test_parallel_mode_settings_are_checked(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "llama")
-    with pytest.raises(ValueError, match=r"run.mode='both'; allowed: 'sequential', 'parallel'"):
-        DRLightningCLI(args=fit_args(src, tmp_path / "a", steps=2, extra=("--run.mode", "both")))
+    with pytest.raises(ValueError, match=r"run.launch.mode='both'; allowed: 'sequential', 'parallel'"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "a", steps=2, extra=("--run.launch.mode", "both")))
     with pytest.raises(ValueError, match=r"model.steps=0"):
-        DRLightningCLI(args=fit_args(src, tmp_path / "b", steps=0, extra=("--run.mode", "parallel")))
+        DRLightningCLI(args=fit_args(src, tmp_path / "b", steps=0, extra=("--run.launch.mode", "parallel")))
     DRLightningCLI(args=fit_args(src, tmp_path / "c", steps=2))
-    with pytest.raises(ValueError, match=r"run.mode: '<unset>' → 'parallel'"):
-        DRLightningCLI(args=fit_args(src, tmp_path / "c", steps=2, extra=("--run.mode", "parallel")))
+    with pytest.raises(ValueError, match=r"run.launch.mode: '<unset>' → 'parallel'"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "c", steps=2, extra=("--run.launch.mode", "parallel")))
 
 
 def test_ranks_split_layers_round_robin_and_missing_rotations_are_named(tmp_path):

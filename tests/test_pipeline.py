@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import adapter_for
-from drlightning.pipeline.job import RunOptions, default_trainer_factory
-from drlightning.pipeline.sequential import rotate_and_prune
+from drlightning.pipeline.options import MonitorOptions, RunOptions
+from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune
+from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.pruning import prune_weight
 from drlightning.rotation import RotatedLayer, merge_rotations
 
@@ -50,10 +52,11 @@ def plain_sequential_pruner(model, ids, method, pattern, batch_size):
 
 
 def run(model, ids, tmp_path: Path, **hp):
-    opts = RunOptions(output_dir=str(tmp_path), tensorboard=False, progress=False)
+    opts = RunOptions(output_dir=str(tmp_path),
+                      monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(**hp)
-    return rotate_and_prune(model, adapter_for(model.config), ids, template,
-                            default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    return rotate_and_prune(model, adapter_for(model.config), ids, loop)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
@@ -118,11 +121,11 @@ def test_offloaded_activations_give_the_same_layers(device, tmp_path):
     if device == "cuda":
         assert all(h.is_pinned() for h in inputs.hidden)
     kept = copy.deepcopy(model)
-    make = default_trainer_factory(RunOptions(tensorboard=False, progress=False), tmp_path)
-    plain = rotate_and_prune(model, adapter_for(model.config), ids, RotationModule(steps=5), make,
-                             batch_size=2, progress=False)
-    off = rotate_and_prune(kept, adapter_for(kept.config), ids, RotationModule(steps=5), make,
-                           batch_size=2, progress=False, offload=True)
+    make = default_trainer_factory(RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False)),
+                                   tmp_path)
+    loop = LayerLoop(RotationModule(steps=5), make, batch_size=2, progress=False)
+    plain = rotate_and_prune(model, adapter_for(model.config), ids, loop)
+    off = rotate_and_prune(kept, adapter_for(kept.config), ids, dataclasses.replace(loop, offload=True))
     assert [r["pruning_error"] for r in plain] == [r["pruning_error"] for r in off]
     for a, b in zip(model.parameters(), kept.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -63,7 +63,7 @@ def test_changed_settings_are_refused_naming_the_difference(tmp_path):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, extra=("--model.r1_blocks", "2")))
     # settings that do not shape the layers (evaluation, progress) may change
     DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3,
-                                 extra=("--run.eval_max_windows", "1")))
+                                 extra=("--run.eval.max_windows", "1")))
     # a setting added later, at its default, is left out of the fingerprint (old runs resume)
     fp = json.loads((tmp_path / "run" / "state" / "fingerprint.json").read_text())
     assert "r1_blocks" not in fp["model"]
@@ -111,3 +111,22 @@ def test_disk_full_while_saving_the_model_keeps_the_previous_model(tmp_path, mon
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     leftovers = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
     assert leftovers == []  # the half-written temporary model directory was removed
+
+
+def test_resumed_runs_record_total_and_this_attempts_wall_time(tmp_path):
+    from drlightning.pipeline.state import RunClock, RunState
+    from drlightning.reporting.results import format_table
+
+    state = RunState(tmp_path, {"model": {"steps": 1}})
+    state.check_or_claim()
+    first = RunClock(state)
+    assert first.earlier == 0.0
+    state.save_json("elapsed.json", {"seconds": 120.0})  # an attempt killed after 2 minutes
+    again = RunClock(state)
+    assert again.total() >= 120.0 and again.this_run() < 120.0
+    again.save()
+    assert RunClock(state).earlier >= 120.0
+    table = format_table({"model": "m", "method": "sparsegpt", "pattern": "2:4", "steps": 1,
+                          "ppl": {}, "dense_ppl": {}, "seconds": again.total(),
+                          "seconds_this_run": again.this_run()})
+    assert "in this attempt, resumed" in table

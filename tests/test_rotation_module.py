@@ -146,9 +146,10 @@ def test_frozen_tensors_follow_the_module_to_the_gpu_and_back():
 def test_factory_trainer_clips_the_gradient_norm_at_grad_clip(tmp_path):
     from lightning.pytorch.utilities import GradClipAlgorithmType
 
-    from drlightning.pipeline.job import RunOptions, default_trainer_factory
+    from drlightning.pipeline.options import MonitorOptions, RunOptions
+    from drlightning.pipeline.trainers import default_trainer_factory
 
-    opts = RunOptions(tensorboard=False, progress=False)
+    opts = RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False))
     module = RotationModule(method="wanda", steps=3, grad_clip=0.25)
     for base in (None, {"gradient_clip_val": None, "gradient_clip_algorithm": None},
                  {"gradient_clip_val": 0.25, "gradient_clip_algorithm": "norm"}):

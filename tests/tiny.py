@@ -100,5 +100,6 @@ def fit_args(model_dir, out_dir, *, method: str = "sparsegpt", pattern: str = "2
     return ["fit", "--model.method", method, "--model.pattern", pattern, "--model.steps", str(steps),
             "--data.nsamples", str(nsamples), "--data.seqlen", str(seqlen), "--data.batch_size", "4",
             "--run.model", str(model_dir), "--run.output_dir", str(out_dir),
-            "--run.progress", "false", "--run.tensorboard", "false", "--run.eval_max_windows", "2",
+            "--run.monitor.progress", "false", "--run.monitor.tensorboard", "false",
+            "--run.eval.max_windows", "2",
             *extra]

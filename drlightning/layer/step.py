@@ -28,7 +28,7 @@ class PruneSpec:
     """How a layer is pruned once its rotations are known.
 
     ``guard`` keeps the unrotated layer when it prunes with a lower error; ``report_identity``
-    prunes it for the report only (``run.unrotated_error``).
+    prunes it for the report only (``run.monitor.unrotated_error``).
     """
 
     adapter: ArchitectureAdapter

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from drlightning.callbacks.lora import LoRAExport
 
@@ -61,14 +61,21 @@ class LoRACLI(LightningCLI):
                              "checkpoint.filename": "best-{step}"})
         parser.link_arguments("export.output_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
 
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Log to ``<output_dir>/tensorboard`` unless the config names another logger."""
-        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        out = Path(init["export"].output_dir)
-        if config.get("logger") in (None, True):
-            config["logger"] = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="")
-        config["default_root_dir"] = config.get("default_root_dir") or str(out)
-        return super()._instantiate_trainer(config, callbacks)
+    def before_instantiate_classes(self) -> None:
+        """Log to ``<export.output_dir>/tensorboard`` and keep Lightning's files there, unless the
+        config names another logger or root directory."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        every, last = cfg.trainer.val_check_interval, cfg.trainer.max_steps
+        if isinstance(every, int) and last is not None and 0 < last < every:
+            raise ValueError(f"trainer.val_check_interval={every} > trainer.max_steps={last}: "
+                             "validation, and with it the choice of the best checkpoint, would never "
+                             "run; set val_check_interval ≤ max_steps")
+        out = cfg.export.output_dir
+        if cfg.trainer.logger in (None, True):
+            cfg.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=str(out), name="tensorboard", version=""))
+        cfg.trainer.default_root_dir = cfg.trainer.default_root_dir or str(out)
 
     def before_fit(self) -> None:
         stage = self.config[self.subcommand].get("stage")

@@ -88,9 +88,9 @@ def parameters_on_meta() -> Iterator[None]:
 def checkpoint_dir(source: str, gguf_file: str | None = None) -> Path:
     """The local safetensors directory of ``source`` (a hub id is downloaded to the cache first)."""
     if source == DEFAULT_MODEL or source.endswith(".gguf") or gguf_file is not None:
-        raise ValueError(f"run.layerwise needs a safetensors model directory; {source!r} is a GGUF "
+        raise ValueError(f"run.launch.layerwise needs a safetensors model directory; {source!r} is a GGUF "
                          "file, which is loaded whole (save it once with save_pretrained, or use "
-                         "run.layerwise=false)")
+                         "run.launch.layerwise=false)")
     location, _ = resolve_source(source)
     path = Path(os.path.expanduser(location))
     if path.is_dir():

@@ -7,8 +7,8 @@ which lets each rank (a torchrun process, one GPU each) train its own subset of 
 (ℓ mod world_size = rank) at the same time. Afterwards rank 0 merges the saved rotations and prunes
 the layers sequentially, as in the sequential protocol (the pruner still sees the pruned inputs).
 
-Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.mode parallel``
-(a single process with ``--run.mode parallel`` also works: it trains all layers itself).
+Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.launch.mode parallel``
+(a single process with ``--run.launch.mode parallel`` also works: it trains all layers itself).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import copy
 import gc
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,18 +31,14 @@ from tqdm.auto import tqdm
 from ..layer.capture import (
     LayerInputs,
     capture_layer_inputs,
-    collect_hessians,
     run_layer,
 )
 from ..layer.step import PruneSpec, merge_and_prune
-from ..lightning.layer_data import LayerDataModule
-from ..lightning.rotation_module import RotationModule
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..models.shards import LayerwiseModel
 from ..rotation import fold_norms
+from .sequential import LayerLoop, fit_rotation
 from .state import atomic_save_tensors
-
-MODES = ("sequential", "parallel")
 
 
 @dataclass
@@ -123,20 +117,9 @@ class RotationStore:
         return t["q"], t["r"], report
 
 
-def train_rotations(
-    model: nn.Module,
-    adapter: ArchitectureAdapter,
-    windows: torch.Tensor,
-    template: RotationModule,
-    make_trainer: Callable[..., object],
-    store: RotationStore,
-    ranks: Ranks,
-    batch_size: int = 8,
-    progress: bool = True,
-    on_fit: Callable[[int, RotationModule], None] | None = None,
-    offload: bool = False,
-    layerwise: LayerwiseModel | None = None,
-) -> list[int]:
+def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+                    loop: LayerLoop, store: RotationStore, ranks: Ranks,
+                    layerwise: LayerwiseModel | None = None) -> list[int]:
     """Train the rotations of this rank's layers on dense-model inputs; returns the layers trained.
 
     Layers whose rotations are already in ``store`` (an earlier, interrupted run) are skipped. The
@@ -147,27 +130,17 @@ def train_rotations(
     todo = [i for i in range(len(layers)) if ranks.owns(i) and not store.has(i)]
     if not todo:
         return []
-    layout = HeadLayout.from_config(model.config)
-    steps = template.hparams.steps
-    inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
+    spec = loop.template.prune_spec(adapter, HeadLayout.from_config(model.config))
+    inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, loop.batch_size,
+                                               loop.offload)
     bar = tqdm(total=len(todo), desc=f"rotations (rank {ranks.rank}/{ranks.world})",
-               disable=not progress)
+               disable=not loop.progress)
     for i in range(todo[-1] + 1):
         layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
         fold_norms(layer, adapter)
         if i in todo:
-            start = time.perf_counter()
-            stats = template.needed_stats()
-            hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
-            dm = LayerDataModule(i, layer, adapter, layout, inputs, hessians, steps)
-            module = template.fresh()
-            make_trainer(i, module).fit(module, datamodule=dm)
-            if on_fit is not None:
-                on_fit(i, module)
-            q, r = module.best_rotations()
-            store.save(i, q, r, {**module.report(), "fit_seconds": time.perf_counter() - start,
-                                 "rank": ranks.rank})
-            del hessians, dm, module
+            q, r, report = fit_rotation(i, layer, inputs, loop, spec)
+            store.save(i, q, r, {**report, "rank": ranks.rank})
             gc.collect()  # Trainer/module/datamodule reference cycles hold the layer's tensors
             bar.update(1)
         if i < todo[-1]:
@@ -179,8 +152,8 @@ def train_rotations(
 
 
 def merge_saved_step(store: RotationStore):
-    """A ``layer_step`` for :func:`drlightning.pipeline.sequential.rotate_and_prune`: fold norms, merge the
-    stored rotations (with the function-preserving self-check), prune (with the guard)."""
+    """A ``layer_step`` for :func:`drlightning.pipeline.sequential.rotate_and_prune`: fold norms,
+    merge the stored rotations (with the function-preserving self-check), prune (with the guard)."""
 
     def step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
              spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
@@ -193,26 +166,49 @@ def merge_saved_step(store: RotationStore):
     return step
 
 
-def parallel_rotations(
-    model: nn.Module,
-    adapter: ArchitectureAdapter,
-    windows: torch.Tensor,
-    template: RotationModule,
-    make_trainer: Callable[..., object],
-    run_dir: Path,
-    ranks: Ranks,
-    batch_size: int = 8,
-    progress: bool = True,
-    on_fit: Callable[[int, RotationModule], None] | None = None,
-    offload: bool = False,
-    layerwise: LayerwiseModel | None = None,
-):
-    """Every rank trains its layers, then all wait; returns rank 0's merge-and-prune ``layer_step``
-    (None on the other ranks, whose work is done)."""
-    store = RotationStore(Path(run_dir) / "state" / "rotations")
-    train_rotations(model, adapter, windows, template, make_trainer, store, ranks, batch_size,
-                    progress, on_fit, offload, layerwise)
-    ranks.barrier()
-    if ranks.rank != 0:
+class Sequential:
+    """Each layer's rotations are learned on the outputs of the pruned layers before it."""
+
+    is_main = True
+
+    def device(self, device: torch.device) -> torch.device:
+        return device
+
+    def prepare(self, model, adapter, windows, loop: LayerLoop, run_dir: Path,
+                layerwise: LayerwiseModel | None = None):
+        """Nothing ahead of the layer loop: it fits each layer's rotations itself."""
         return None
-    return merge_saved_step(store)
+
+    def stop(self) -> None:
+        pass
+
+
+class Parallel:
+    """All rotations are learned first from one dense calibration pass, spread over the ranks of a
+    torchrun launch; then rank 0 merges and prunes sequentially."""
+
+    def __init__(self) -> None:
+        self.ranks = Ranks.from_env()
+
+    @property
+    def is_main(self) -> bool:
+        return self.ranks.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        return self.ranks.start(device)
+
+    def prepare(self, model, adapter, windows, loop: LayerLoop, run_dir: Path,
+                layerwise: LayerwiseModel | None = None):
+        """Every rank trains its layers, then all wait; returns rank 0's merge-and-prune
+        ``layer_step`` (None on the other ranks, whose work is done)."""
+        store = RotationStore(Path(run_dir) / "state" / "rotations")
+        train_rotations(model, adapter, windows, loop, store, self.ranks, layerwise)
+        self.ranks.barrier()
+        return merge_saved_step(store) if self.is_main else None
+
+    def stop(self) -> None:
+        self.ranks.stop()
+
+
+SCHEDULES = {"sequential": Sequential, "parallel": Parallel}
+"""``run.launch.mode`` → how the rotations are scheduled."""

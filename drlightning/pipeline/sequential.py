@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from lightning import Trainer
@@ -31,57 +33,69 @@ LayerStep = Callable[[int, nn.Module, LayerInputs, LayerInputs, PruneSpec],
                      tuple[nn.Module, dict, LayerInputs]]
 
 
-def rotate_and_prune_layer(
-    index: int,
-    layer: nn.Module,
-    inputs: LayerInputs,
-    dense_out: LayerInputs,
-    template: RotationModule,
-    make_trainer: TrainerFactory,
-    spec: PruneSpec,
-    on_fit: Callable[[int, RotationModule], None] | None = None,
-) -> tuple[nn.Module, dict, LayerInputs]:
+@dataclass(frozen=True)
+class LayerLoop:
+    """What every layer of a run shares: the rotation settings (``template``) and how each layer's
+    Trainer is made, the calibration batch size, and the callbacks around each layer.
+
+    ``on_fit(index, module)`` runs after a layer's rotation training (e.g. importance pictures),
+    ``on_layer(report)`` after each finished layer. ``unrotated_error`` also prunes a copy of each
+    layer without rotation and reports its error; ``offload`` keeps the calibration activations
+    in host memory between layers.
+    """
+
+    template: RotationModule
+    make_trainer: TrainerFactory
+    batch_size: int = 8
+    progress: bool = True
+    offload: bool = False
+    unrotated_error: bool = False
+    on_fit: Callable[[int, RotationModule], None] | None = None
+    on_layer: Callable[[dict], None] | None = None
+
+
+def fit_rotation(index: int, layer: nn.Module, inputs: LayerInputs, loop: LayerLoop,
+                 spec: PruneSpec) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Train one norm-folded layer's rotations; returns (Q, R2, report with ``fit_seconds``)."""
+    start = time.perf_counter()
+    template = loop.template
+    stats = template.needed_stats()
+    hessians = collect_hessians(layer, spec.adapter, inputs, stats) if stats else None
+    dm = LayerDataModule(index, layer, spec.adapter, spec.layout, inputs, hessians,
+                         template.hparams.steps)
+    module = template.fresh()
+    loop.make_trainer(index, module).fit(module, datamodule=dm)
+    if loop.on_fit is not None:
+        loop.on_fit(index, module)
+    q, r = module.best_rotations()
+    return q, r, {**module.report(), "fit_seconds": time.perf_counter() - start}
+
+
+def rotate_and_prune_layer(index: int, layer: nn.Module, inputs: LayerInputs,
+                           dense_out: LayerInputs, loop: LayerLoop,
+                           spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
     """Rotate (unless ``steps == 0``), merge and prune one layer; returns (layer, report, outputs).
 
     With ``steps == 0`` the plain pruner runs on the layer. With the guard (or
     ``spec.report_identity``) an unrotated copy is pruned too (see :func:`prune_candidates`).
-    ``on_fit(index, module)`` is called after rotation training (e.g. to draw importance pictures).
     """
-    steps = template.hparams.steps
-    if steps == 0:
+    if loop.template.hparams.steps == 0:
         return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
     original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
     fold_norms(layer, spec.adapter)
-    stats = template.needed_stats()
-    hessians = collect_hessians(layer, spec.adapter, inputs, stats) if stats else None
-    dm = LayerDataModule(index, layer, spec.adapter, spec.layout, inputs, hessians, steps)
-    module = template.fresh()
-    fit_start = time.perf_counter()
-    make_trainer(index, module).fit(module, datamodule=dm)
-    if on_fit is not None:
-        on_fit(index, module)
-    q, r = module.best_rotations()
-    report = module.report()
-    fit_seconds = time.perf_counter() - fit_start
-    del dm, hessians
+    q, r, report = fit_rotation(index, layer, inputs, loop, spec)
+    gc.collect()  # the layer's Trainer, module and datamodule form reference cycles: free now
     layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
-    return layer, {**report, **pruned, "fit_seconds": fit_seconds}, out
+    return layer, {**report, **pruned}, out
 
 
 def rotate_and_prune(
     model: nn.Module,
     adapter: ArchitectureAdapter,
     windows: torch.Tensor,
-    template: RotationModule,
-    make_trainer: TrainerFactory,
-    batch_size: int = 8,
-    progress: bool = True,
+    loop: LayerLoop,
     state: RunState | None = None,
-    on_layer: Callable[[dict], None] | None = None,
-    on_fit: Callable[[int, RotationModule], None] | None = None,
-    unrotated_error: bool = False,
     layer_step: LayerStep | None = None,
-    offload: bool = False,
     layerwise: LayerwiseModel | None = None,
 ) -> list[dict]:
     """Rotate and prune every decoder layer of ``model`` in place, sequentially.
@@ -90,19 +104,17 @@ def rotate_and_prune(
     dict per layer, including the layer's pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖
     on the calibration inputs X. With a ``state``, layers finished by an earlier run are restored
     and replayed instead of recomputed, and every newly finished layer is saved before the next one
-    starts. ``on_layer(report)`` is called after each finished layer. ``unrotated_error`` also
-    prunes a copy of each layer without rotation and reports its error (one extra pruning per
-    layer; the guard does this anyway). ``layer_step(index, layer, inputs, dense_out, spec) →
-    (layer, report, outputs)`` replaces the rotate → merge → prune of one layer (the parallel mode
-    merges rotations trained elsewhere). With ``layerwise`` the model's
-    layers live on ``meta``: each is loaded from the shards when its turn comes and released after
-    it is saved (so ``state`` is required).
+    starts. ``layer_step(index, layer, inputs, dense_out, spec) → (layer, report, outputs)``
+    replaces the rotate → merge → prune of one layer (the parallel mode merges rotations trained
+    elsewhere). With ``layerwise`` the model's layers live on ``meta``: each is loaded from the
+    shards when its turn comes and released after it is saved (so ``state`` is required).
     """
     if layerwise is not None and state is None:
         raise ValueError("layer-by-layer loading needs a run state to keep the finished layers")
     device = layerwise.device if layerwise is not None else None
-    spec = template.prune_spec(adapter, HeadLayout.from_config(model.config), unrotated_error)
-    inputs = capture_layer_inputs(model, adapter, windows, batch_size, offload)
+    spec = loop.template.prune_spec(adapter, HeadLayout.from_config(model.config),
+                                    loop.unrotated_error)
+    inputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
     layers = adapter.decoder_layers(model)
     reports = []
     done = state.finished_layers(len(layers)) if state is not None else 0
@@ -113,20 +125,18 @@ def rotate_and_prune(
             layerwise.release(i, layers[i])
         reports.append(report)
     if done:
+        rest = f"continuing at layer {done}" if done < len(layers) else "finishing the run"
         print(f"resuming {state.dir.parent}: layers 0-{done - 1} were finished by an earlier run "
-              f"({done} of {len(layers)}), continuing at layer {done}", flush=True)
-    bar = tqdm(range(done, len(layers)), desc="layers", disable=not progress,
+              f"({done} of {len(layers)}), {rest}", flush=True)
+    bar = tqdm(range(done, len(layers)), desc="layers", disable=not loop.progress,
                initial=done, total=len(layers))
     for i in bar:
         start = time.perf_counter()
         if layerwise is not None:
             layers[i] = layerwise.load(i)
         dense_out = run_layer(layers[i], inputs)
-        if layer_step is None:
-            layer, report, pruned_out = rotate_and_prune_layer(i, layers[i], inputs, dense_out,
-                                                               template, make_trainer, spec, on_fit)
-        else:
-            layer, report, pruned_out = layer_step(i, layers[i], inputs, dense_out, spec)
+        step = layer_step or functools.partial(rotate_and_prune_layer, loop=loop)
+        layer, report, pruned_out = step(i, layers[i], inputs, dense_out, spec=spec)
         layers[i] = layer
         report = {"layer": i, **report, "seconds": time.perf_counter() - start}
         inputs = pruned_out
@@ -137,8 +147,8 @@ def rotate_and_prune(
         del layer, dense_out
         gc.collect()  # the layer's Trainer, module and datamodule form reference cycles: free now
         reports.append(report)
-        if on_layer is not None:
-            on_layer(report)
+        if loop.on_layer is not None:
+            loop.on_layer(report)
         if "best_loss" in report:
             bar.set_postfix({report["objective"]: f"{report['initial_loss']:.4g}->{report['best_loss']:.4g}"})
     return reports

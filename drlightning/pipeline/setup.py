@@ -1,4 +1,4 @@
-"""Checks and finishing steps of a run: fingerprint, early pattern check, boundary merge."""
+"""Checks and finishing steps of a run: option checks, fingerprint, pattern check, boundary merge."""
 
 from __future__ import annotations
 
@@ -11,10 +11,47 @@ from ..models.adapters import ROLES
 from ..models.loading import DTYPES
 from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import rotation_storage_dtype
+from .options import RunOptions
 
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
                   "rotation_score": "pruner", "permute": False, "guard": False}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour."""
+
+
+def check_options(opts: RunOptions, module) -> None:
+    """Refuse run options that are invalid on their own or with the rotation settings."""
+    if opts.export.rotation_dtype not in ("auto", "model", *DTYPES):
+        raise ValueError(f"run.export.rotation_dtype={opts.export.rotation_dtype!r}; allowed: "
+                         f"'auto', 'model', {', '.join(map(repr, DTYPES))}")
+    if opts.launch.mode not in ("sequential", "parallel"):
+        raise ValueError(f"run.launch.mode={opts.launch.mode!r}; allowed: 'sequential', 'parallel'")
+    if opts.launch.mode == "parallel" and module.hparams.steps == 0:
+        raise ValueError("run.launch.mode='parallel' trains rotations; model.steps=0 (the plain "
+                         "pruner) has none — use run.launch.mode='sequential'")
+    if opts.monitor.picture_role not in ROLES:
+        raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
+                         f"{', '.join(ROLES)}")
+    check_layerwise_options(opts)
+
+
+def check_layerwise_options(opts: RunOptions) -> None:
+    """Refuse settings that need the whole model in memory."""
+    if not opts.launch.layerwise:
+        return
+    if opts.eval.zero_shot:
+        raise ValueError(f"run.eval.zero_shot={opts.eval.zero_shot!r} needs the whole model in "
+                         "memory, which run.launch.layerwise=true avoids; leave zero_shot empty "
+                         "and run `drlightning eval` on the saved model where it fits")
+    if not opts.export.save:
+        raise ValueError("run.launch.layerwise=true writes the model shard by shard and evaluates "
+                         "the saved shards; run.export.save must be true")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device if present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def fingerprint(module, data, opts,
@@ -27,8 +64,8 @@ def fingerprint(module, data, opts,
     settings = {k: v for k, v in module.effective_settings().items()
                 if LATER_DEFAULTS.get(k, object()) != v}
     run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
-    if getattr(opts, "mode", "sequential") != "sequential":
-        run["mode"] = opts.mode
+    if opts.launch.mode != "sequential":
+        run["mode"] = opts.launch.mode
     return {"model": settings, "data": data.protocol(), "run": run, **(extra or {})}
 
 
@@ -47,11 +84,11 @@ def check_pattern_fits(model, adapter, pattern: str) -> None:
 
 def boundary_dtype(opts, model_dtype: torch.dtype) -> str:
     """Name of the dtype the merged boundary rotations are stored in ("auto": at least float32)."""
-    if opts.rotation_dtype == "auto":
+    if opts.export.rotation_dtype == "auto":
         return str(rotation_storage_dtype(model_dtype)).removeprefix("torch.")
-    if opts.rotation_dtype == "model":
+    if opts.export.rotation_dtype == "model":
         return str(model_dtype).removeprefix("torch.")
-    return opts.rotation_dtype
+    return opts.export.rotation_dtype
 
 
 @torch.no_grad()

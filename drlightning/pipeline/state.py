@@ -9,6 +9,7 @@ calibration inputs and continues with the next layer.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -30,10 +31,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+CONFIG_KEY = {"run.mode": "run.launch.mode"}
+"""Fingerprint keys kept from before the run options were grouped → the config key a user sets."""
+
+
 def describe_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable ``key: old → new`` lines for every setting that differs."""
+    """Human-readable ``key: old → new`` lines (config keys) for every setting that differs."""
     a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}"
+    return [f"{CONFIG_KEY.get(k, k)}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
@@ -115,3 +120,22 @@ class RunState:
 
     def save_json(self, name: str, data: dict) -> None:
         atomic_write_text(self.dir / name, json.dumps(data, indent=2) + "\n")
+
+
+class RunClock:
+    """Wall time of a run over all its attempts: the earlier attempts' time up to their last saved
+    layer (``state/elapsed.json``) plus this attempt's."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.start = time.perf_counter()
+        self.earlier = float((state.load_json("elapsed.json") or {}).get("seconds", 0.0))
+
+    def this_run(self) -> float:
+        return time.perf_counter() - self.start
+
+    def total(self) -> float:
+        return self.earlier + self.this_run()
+
+    def save(self) -> None:
+        self.state.save_json("elapsed.json", {"seconds": self.total()})

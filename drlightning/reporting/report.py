@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -115,11 +116,30 @@ def compare_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def protocol_differences(runs: list[dict]) -> list[str]:
+    """'run: seqlen 512, all windows' for each run when the runs' perplexity protocols differ."""
+    def key(res: dict) -> tuple:
+        ev = res.get("eval") or {}
+        return ev.get("seqlen"), ev.get("max_windows")
+
+    if len({key(r) for r in runs}) <= 1:
+        return []
+    return [f"{r['run_dir']}: seqlen {key(r)[0]}, "
+            f"{'all windows' if key(r)[1] is None else f'first {key(r)[1]} windows'}" for r in runs]
+
+
 def compare(runs: list[str]) -> str:
-    """Print a side-by-side table of the given run directories."""
+    """Print a side-by-side table of the given run directories (a warning first when their
+    perplexities were measured on different windows: those numbers are not comparable)."""
     if not runs:
-        raise ValueError("give at least one run directory")
-    table = compare_table([load_run(r) for r in runs])
+        raise ValueError("compare needs at least one run directory: drlightning compare RUN_DIR "
+                         "[RUN_DIR ...]")
+    loaded = [load_run(r) for r in runs]
+    differ = protocol_differences(loaded)
+    if differ:
+        print("warning: these runs were evaluated on different windows, so their perplexities are "
+              "not comparable — " + "; ".join(differ), file=sys.stderr)
+    table = compare_table(loaded)
     print(table)
     return table
 

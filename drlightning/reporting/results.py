@@ -72,5 +72,7 @@ def format_table(results: dict) -> str:
         dense = dense_tasks.get(name, {}).get("value")
         dense_s = f"{100 * dense:12.2f}" if dense is not None else f"{'-':>12}"
         rows.append(f"{name[:16]:<16}{dense_s}{100 * row['value']:12.2f}")
-    rows.append(f"wall time {results['seconds']:.1f} s")
+    this = results.get("seconds_this_run", results["seconds"])
+    resumed = f" ({this:.1f} s in this attempt, resumed)" if results["seconds"] - this > 0.5 else ""
+    rows.append(f"wall time {results['seconds']:.1f} s{resumed}")
     return "\n".join(rows)

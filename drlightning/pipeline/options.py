@@ -1,0 +1,151 @@
+"""The ``run:`` section of a config, in named groups: what to load, evaluation, export, monitoring
+and how the run is launched (``run.eval.zero_shot``, ``run.launch.mode``, …)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models import DEFAULT_MODEL
+
+
+@dataclass
+class EvalOptions:
+    """Evaluation of the dense and the pruned model (``run.eval``).
+
+    Args:
+        data: perplexity datasets: "embedded", "wikitext2", "c4", "hf:<id>" or local paths.
+        seqlen: perplexity window length (default: the calibration seqlen).
+        max_windows: evaluate only the first N windows (None = all).
+        batch_size: windows per forward pass (and lm-eval requests per batch).
+        dense: also evaluate the dense model first (perplexity and zero-shot; cached in the run's
+            state, so a resumed run does not repeat it).
+        zero_shot: lm-eval tasks evaluated 0-shot at the end (and on the dense model), e.g.
+            [piqa, hellaswag, arc_easy, arc_challenge, winogrande] or [drl_continuation] (offline,
+            generated from ``task_text``); empty = perplexity only.
+        task_data_dir: folder of <task>.jsonl files to run the standard tasks offline.
+        task_text: text source of the generated ``drl_continuation`` task.
+        task_items: number of generated ``drl_continuation`` items.
+        task_limit: evaluate only the first N documents of each task.
+    """
+
+    data: list[str] = field(default_factory=lambda: ["embedded"])
+    seqlen: int | None = None
+    max_windows: int | None = None
+    batch_size: int = 4
+    dense: bool = True
+    zero_shot: list[str] = field(default_factory=list)
+    task_data_dir: str | None = None
+    task_text: str = "embedded"
+    task_items: int = 200
+    task_limit: int | None = None
+
+
+@dataclass
+class ExportOptions:
+    """The saved model (``run.export``).
+
+    Args:
+        save: save the final model as a Hugging Face directory in ``output_dir/model``.
+        rotation_dtype: storage dtype of the merged boundary rotations: "auto" (float32, float64
+            for float64 models), "model" (the model's dtype) or a dtype name; see
+            docs/benchmarks.md for the logit error of each choice.
+    """
+
+    save: bool = True
+    rotation_dtype: str = "auto"
+
+
+@dataclass
+class MonitorOptions:
+    """What a run shows and reports besides its results (``run.monitor``).
+
+    Args:
+        tensorboard: log each layer's objective curve to ``output_dir/tensorboard/layer_XX``.
+        progress: show progress bars.
+        picture_layers: layers whose importance picture (before/after rotation) is drawn to
+            ``output_dir/pictures`` and TensorBoard.
+        picture_role: the linear drawn: q, k, v, o, gate, up or down.
+        unrotated_error: also prune an unrotated copy of each layer and report its pruning error
+            next to the rotated one (the guard does this anyway).
+        baseline_run: run directory of a baseline (e.g. the plain pruner, steps 0) for report.md's
+            "gap closed" column.
+    """
+
+    tensorboard: bool = True
+    progress: bool = True
+    picture_layers: list[int] = field(default_factory=lambda: [0])
+    picture_role: str = "o"
+    unrotated_error: bool = False
+    baseline_run: str | None = None
+
+
+@dataclass
+class LaunchOptions:
+    """Where the model lives and how the rotations are scheduled (``run.launch``).
+
+    Args:
+        mode: "sequential" (the paper's protocol: layer ℓ's rotations are learned on the outputs
+            of the already pruned layers) or "parallel" (all rotations learned from one dense
+            calibration pass, spread over the ranks of a torchrun launch; merge and pruning stay
+            sequential). See docs/method.md for the difference.
+        layerwise: load the model layer by layer from its safetensors shards (a local directory or
+            hub id): host memory holds one decoder layer, the embeddings and head, not the whole
+            model. Perplexity streams the layers; the model is saved shard by shard. Perplexity
+            only (no zero-shot).
+        offload_activations: keep the calibration activations in pinned host memory and move one
+            batch at a time to the GPU (large models; no effect on CPU).
+    """
+
+    mode: str = "sequential"
+    layerwise: bool = False
+    offload_activations: bool = False
+
+
+@dataclass
+class RunOptions:
+    """Run-level settings (the ``run:`` section of a config).
+
+    Args:
+        model: "smollm2-135m-instruct" (embedded default), a .gguf file, a local HF directory or a
+            hub id.
+        gguf_file: GGUF file name inside ``model`` when ``model`` is a directory.
+        dtype: dtype the model is loaded in (float32, bfloat16, float16, float64).
+        device: "auto", "cpu" or "cuda[:i]" for calibration replay and evaluation.
+        output_dir: run directory (config, results.json, state, TensorBoard logs, saved model).
+        trust_remote_code: allow remote modelling code of the *input* model (off by default).
+        eval: evaluation (perplexity, zero-shot).
+        export: the saved model.
+        monitor: progress, TensorBoard, pictures, report extras.
+        launch: whole model or layer by layer; sequential or parallel rotations.
+    """
+
+    model: str = DEFAULT_MODEL
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    output_dir: str = "runs/latest"
+    trust_remote_code: bool = False
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    export: ExportOptions = field(default_factory=ExportOptions)
+    monitor: MonitorOptions = field(default_factory=MonitorOptions)
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+
+
+MOVED = {
+    "eval_data": "eval.data", "eval_seqlen": "eval.seqlen", "eval_max_windows": "eval.max_windows",
+    "eval_batch_size": "eval.batch_size", "dense_ppl": "eval.dense", "zero_shot": "eval.zero_shot",
+    "task_data_dir": "eval.task_data_dir", "task_text": "eval.task_text",
+    "task_items": "eval.task_items", "task_limit": "eval.task_limit",
+    "save_model": "export.save", "rotation_dtype": "export.rotation_dtype",
+    "tensorboard": "monitor.tensorboard", "progress": "monitor.progress",
+    "picture_layers": "monitor.picture_layers", "picture_role": "monitor.picture_role",
+    "unrotated_error": "monitor.unrotated_error", "baseline_run": "monitor.baseline_run",
+    "mode": "launch.mode", "layerwise": "launch.layerwise",
+    "offload_activations": "launch.offload_activations",
+}
+"""``run.<old key>`` of configs written before the groups → its place now."""
+
+
+def moved_keys(run_section: dict) -> list[str]:
+    """'run.<old> → run.<new>' for each key of a ``run:`` mapping that now lives in a group."""
+    return [f"run.{k} → run.{MOVED[k]}" for k in run_section if k in MOVED]

@@ -1,0 +1,97 @@
+"""Where the model lives during a run: whole in memory, or layer by layer from its shards.
+
+Both give the loops the model (``layerwise`` is None for the whole model), evaluate it, and finish
+the run: merge the boundary rotations, evaluate, save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..eval.api import evaluate_loaded, protocol_windows
+from ..eval.layerwise import layerwise_perplexity
+from ..export import save_model_dir
+from ..export.sharded import save_layerwise_dir
+from ..models import adapter_for, load_model
+from ..models.shards import LayerwiseModel, ShardedCheckpoint
+from .options import RunOptions
+from .setup import boundary_dtype, finalize_rotations, merge_tolerance, opts_dtype
+
+
+class WholeModel:
+    """The whole model on ``device`` (``loaded``: a (model, tokenizer) pair loaded by the caller)."""
+
+    layerwise = None
+
+    def __init__(self, opts: RunOptions, device: torch.device, loaded: tuple | None = None) -> None:
+        self.opts = opts
+        self.model, self.tokenizer = loaded or load_model(
+            opts.model, gguf_file=opts.gguf_file, dtype=opts.dtype,
+            trust_remote_code=opts.trust_remote_code)
+        self.model.to(device)
+
+    def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
+        """Perplexity on every evaluation dataset and the zero-shot tasks."""
+        ev = self.opts.eval
+        return evaluate_loaded(self.model, self.tokenizer, ppl=ev.data, seqlen=seqlen,
+                               max_windows=ev.max_windows, batch_size=ev.batch_size,
+                               tasks=ev.zero_shot, task_data_dir=ev.task_data_dir,
+                               task_text=ev.task_text, task_items=ev.task_items,
+                               task_limit=ev.task_limit, progress=self.opts.monitor.progress,
+                               eval_tokens=eval_tokens)
+
+    def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
+               seqlen: int) -> tuple[dict, dict]:
+        """Merge the boundary rotations, evaluate, save; returns (export fields, final results)."""
+        export = finalize_rotations(self.model, adapter_for(self.model.config), windows,
+                                    boundary_dtype(self.opts, opts_dtype(self.model)))
+        final = self.evaluate(eval_tokens, seqlen)
+        if self.opts.export.save:
+            save_model_dir(self.model, self.tokenizer, Path(run_dir) / "model",
+                           {k: v for k, v in export.items() if k.startswith("drl_")})
+            export["path"] = str(Path(run_dir) / "model")
+        return export, final
+
+
+class LayerByLayer:
+    """Decoder layers stay on disk (``meta`` in memory) until their turn (``run.launch.layerwise``)."""
+
+    def __init__(self, opts: RunOptions, device: torch.device, loaded: tuple | None = None) -> None:
+        if loaded is not None:
+            raise ValueError("run.launch.layerwise=true loads the model from its shards itself; "
+                             "do not pass a loaded model")
+        self.opts = opts
+        self.layerwise = LayerwiseModel(opts.model, dtype=opts.dtype, device=device,
+                                        gguf_file=opts.gguf_file,
+                                        trust_remote_code=opts.trust_remote_code)
+        self.model, self.tokenizer = self.layerwise.model, self.layerwise.tokenizer
+
+    def _perplexity(self, checkpoint: ShardedCheckpoint, eval_tokens: dict, seqlen: int) -> dict:
+        ev = self.opts.eval
+        windows = {name: protocol_windows(name, ev.max_windows) for name in eval_tokens}
+        return {"ppl": layerwise_perplexity(self.layerwise, checkpoint, eval_tokens, seqlen,
+                                            windows, ev.batch_size, self.opts.monitor.progress,
+                                            self.opts.launch.offload_activations)}
+
+    def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
+        """Perplexity of the input model, its layers streamed from its own shards."""
+        return self._perplexity(self.layerwise.checkpoint, eval_tokens, seqlen)
+
+    def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
+               seqlen: int) -> tuple[dict, dict]:
+        """Export the finished layers shard by shard, then evaluate the saved shards."""
+        rdt = boundary_dtype(self.opts, self.layerwise.dtype)
+        path = Path(run_dir) / "model"
+        export = save_layerwise_dir(self.layerwise, state, path, rdt, windows[:1],
+                                    merge_tolerance(self.layerwise.dtype, rdt),
+                                    self.opts.monitor.progress)
+        final = self._perplexity(ShardedCheckpoint(path), eval_tokens, seqlen)
+        return {**export, "path": str(path)}, final
+
+
+def place_model(opts: RunOptions, device: torch.device,
+                loaded: tuple | None = None) -> WholeModel | LayerByLayer:
+    """The placement ``run.launch.layerwise`` asks for."""
+    return (LayerByLayer if opts.launch.layerwise else WholeModel)(opts, device, loaded)

@@ -1,0 +1,57 @@
+"""The Trainer of each layer's rotation training, made from the config's ``trainer:`` template."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ..lightning.rotation_module import RotationModule
+from .options import RunOptions
+
+BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
+
+
+def check_precision(precision) -> None:
+    """Refuse precisions that would cast the frozen weights/Hessians of the objective to 16 bits."""
+    if str(precision) in BAD_PRECISIONS:
+        raise ValueError(f"trainer.precision={precision!r} is not allowed for rotation training "
+                         "(it casts frozen weights and Hessians to 16 bits); use 32-true or bf16-mixed")
+
+
+def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
+                            callbacks: list | None = None) -> Callable[..., Trainer]:
+    """A fresh Trainer per layer (rotation training only) with a per-layer logger.
+
+    Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`);
+    ``callbacks`` are the user's other callbacks (the CLI leaves out its merge and prune shells,
+    which would do that work twice). Under a multi-process launch
+    (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``). Each Trainer clips the
+    gradient norm at the module's ``grad_clip``; a template with another ``gradient_clip_val`` (or
+    clipping by value) is refused (:meth:`RotationModule.trainer_clipping`).
+    """
+    base = dict(base or {})
+    user = list(callbacks or [])
+
+    def make(index: int, module: RotationModule) -> Trainer:
+        kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
+                  "enable_checkpointing": False, "enable_model_summary": False,
+                  "log_every_n_steps": 1, "enable_progress_bar": opts.monitor.progress, **base}
+        kwargs["max_steps"] = module.hparams.steps
+        kwargs.update(module.trainer_clipping(base))
+        kwargs["callbacks"] = [*user]
+        check_precision(kwargs["precision"])
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if (world > 1 and kwargs["devices"] == 1 and torch.cuda.is_available()
+                and str(kwargs["accelerator"]) in ("auto", "gpu", "cuda")):
+            kwargs["devices"] = [int(os.environ.get("LOCAL_RANK", "0"))]
+        if opts.monitor.tensorboard:
+            kwargs["logger"] = TensorBoardLogger(str(run_dir), name="tensorboard",
+                                                 version=f"layer_{index:02d}")
+        return Trainer(**kwargs)
+
+    return make
