@@ -7,9 +7,10 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from .cli_errors import USER_ERRORS, FriendlyParsing
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
-from .pipeline.job import run_job
+from .pipeline.job import quiet_lightning, run_job
 from .pipeline.options import RunOptions, moved_keys
 from .pipeline.trainers import check_precision, default_trainer_factory
 
@@ -25,7 +26,7 @@ TRAINER_DEFAULTS = {
 }
 
 
-class DRLightningCLI(LightningCLI):
+class DRLightningCLI(FriendlyParsing, LightningCLI):
     """LightningCLI for drlightning: ``model`` = per-layer RotationModule settings, ``data`` =
     calibration data, ``trainer`` = the template of each layer's Trainer, ``run`` = RunOptions."""
 
@@ -39,6 +40,7 @@ class DRLightningCLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
         )
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -120,11 +122,33 @@ def moved_run_keys(argv: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """Console entry point: ``drlightning fit|lora fit|eval|compare …``.
 
-    ``drlightning fit --config <file with stage: lora>`` runs the LoRA stage as well.
+    User errors (bad settings, missing files, failed checks) print one message and exit with
+    status 2; ``--debug`` (anywhere on the command line) or ``DRL_DEBUG=1`` shows the traceback.
     """
+    import os
     import sys
+    import warnings
 
     argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("DRL_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    try:
+        dispatch(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        kind = "" if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: "
+        print(f"error: {kind}{err}\n(add --debug or set DRL_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def dispatch(argv: list[str]) -> None:
+    """Run the subcommand named by ``argv``; ``drlightning fit --config <file with stage: lora>``
+    runs the LoRA stage as well."""
+    import sys
+
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         if not argv:
@@ -158,7 +182,8 @@ def main(args: list[str] | None = None) -> None:
             print(f"error: run options now live in groups: {'; '.join(moved)} (rename them in the "
                   "config or on the command line)", file=sys.stderr)
             raise SystemExit(2)
-        DRLightningCLI(args=argv)
+        with quiet_lightning():  # Lightning's tips and GPU/TPU lines; progress bars stay
+            DRLightningCLI(args=argv)
 
 
 if __name__ == "__main__":

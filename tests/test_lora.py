@@ -188,8 +188,10 @@ def test_bad_lora_input_is_refused_early(pruned_run, tmp_path):
         data.setup("fit")
 
 
-def test_validation_that_would_never_run_is_refused_before_loading(tmp_path):
+def test_validation_that_would_never_run_is_refused_before_loading(tmp_path, capsys):
     args = _lora_args(tmp_path / "no-such-run", tmp_path / "out", steps=4)
     args[args.index("--trainer.val_check_interval") + 1] = "10"
-    with pytest.raises(ValueError, match=r"val_check_interval=10 > trainer.max_steps=4"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["lora", "fit", *args])
+    assert exit_info.value.code == 2
+    assert "val_check_interval=10 > trainer.max_steps=4" in capsys.readouterr().err

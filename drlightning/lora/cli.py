@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from drlightning.callbacks.lora import LoRAExport
 
+from ..cli_errors import FriendlyParsing
 from .module import LoRAModule
 from .text_data import TextDataModule
 
@@ -36,7 +37,7 @@ def _checkpoint_dir(output_dir: str) -> str:
     return str(Path(output_dir) / "checkpoints")
 
 
-class LoRACLI(LightningCLI):
+class LoRACLI(FriendlyParsing, LightningCLI):
     """LightningCLI of the LoRA recovery stage (see the module docstring)."""
 
     def __init__(self, args=None, run: bool = True) -> None:
@@ -49,6 +50,7 @@ class LoRACLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
         )
 
     def add_arguments_to_parser(self, parser) -> None:

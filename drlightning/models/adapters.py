@@ -89,6 +89,12 @@ class HeadLayout:
         """Query heads per KV head (HF ``repeat_kv`` factor)."""
         return self.n_heads // self.n_kv_heads
 
+    def in_features(self) -> dict[str, int]:
+        """Input width of each role's linear (what an N:M pattern must tile)."""
+        h = self.hidden
+        return {"q": h, "k": h, "v": h, "o": self.n_heads * self.head_dim, "gate": h, "up": h,
+                "down": self.intermediate}
+
     @classmethod
     def from_config(cls, config) -> HeadLayout:
         """Read hidden size, head counts and head_dim from a transformers config."""

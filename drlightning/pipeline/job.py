@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from lightning import Trainer
 from ..atomic import atomic_write_text
 from ..data import load_eval_text, tokenize_text
 from ..lightning.calibration import CalibrationDataModule
-from ..lightning.rotation_module import RotationModule, check_r1_blocks
+from ..lightning.rotation_module import RotationModule
 from ..models import adapter_for
 from ..pruning import NO_PRUNING, parse_pattern
 from ..reporting.monitor import RunMonitor
@@ -34,12 +35,13 @@ from ..reporting.results import (
 from .options import RunOptions
 from .parallel import SCHEDULES
 from .placement import place_model
+from .preflight import preflight
 from .sequential import LayerLoop, rotate_and_prune
-from .setup import check_options, check_pattern_fits, fingerprint, resolve_device
+from .setup import check_options, fingerprint, resolve_device
 from .state import RunClock, RunState
 from .trainers import default_trainer_factory
 
-__all__ = ["RunOptions", "run_job"]
+__all__ = ["RunOptions", "quiet_lightning", "run_job"]
 
 
 def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
@@ -53,23 +55,24 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     settings is resumed after its last finished layer. ``loaded`` = (model, tokenizer) already in
     memory (whole-model placement only).
     """
-    run_dir = Path(opts.output_dir)
+    start, run_dir = time.perf_counter(), Path(opts.output_dir)
     ensure_writable(run_dir)
     check_options(opts, module)
+    preflight(opts, module, data)  # no weights loaded, nothing written
     state = RunState(run_dir, fingerprint(module, data, opts, settings))
-    state.check_or_claim()
-    clock = RunClock(state)
-    if config_text is not None:
-        atomic_write_text(run_dir / "config.yaml", config_text)
+    reclaim = state.check()  # refuses finished work of other settings; writes nothing
     schedule = SCHEDULES[opts.launch.mode]()
     device = schedule.device(resolve_device(opts.device))
     place = place_model(opts, device, loaded)
     model, adapter, hp = place.model, adapter_for(place.model.config), module.settings()
-    check_pattern_fits(model, adapter, hp["pattern"])
-    check_r1_blocks(model.config.hidden_size, hp["r1_blocks"])
     windows = data.calibration(place.tokenizer, getattr(model.config, "max_position_embeddings", None))
     seqlen = opts.eval.seqlen or data.hparams.seqlen
     eval_tokens = {name: tokenize_text(place.tokenizer, load_eval_text(name)) for name in opts.eval.data}
+    if reclaim:  # every check passed: the run directory is ours from here on
+        state.claim()
+    clock = RunClock(state, start)
+    if config_text is not None:
+        atomic_write_text(run_dir / "config.yaml", config_text)
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
     monitor = RunMonitor(run_dir, opts.monitor.tensorboard, opts.monitor.picture_layers,
                          opts.monitor.picture_role,
@@ -81,7 +84,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     loop = LayerLoop(module, make_trainer or default_trainer_factory(opts, run_dir),
                      data.hparams.batch_size, opts.monitor.progress, opts.launch.offload_activations,
                      opts.monitor.unrotated_error, monitor.fit_done, layer_done)
-    with _quiet_lightning():
+    with quiet_lightning():
         layer_step = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
         if not schedule.is_main:  # a rank > 0: its layers are trained and saved
             monitor.close()
@@ -128,7 +131,7 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Lightning's per-Trainer info lines (GPU/TPU available, …) once per layer are noise."""
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level

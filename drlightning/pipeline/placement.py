@@ -6,6 +6,7 @@ the run: merge the boundary rotations, evaluate, save.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,6 +19,17 @@ from ..models import adapter_for, load_model
 from ..models.shards import LayerwiseModel, ShardedCheckpoint
 from .options import RunOptions
 from .setup import boundary_dtype, finalize_rotations, merge_tolerance, opts_dtype
+
+
+def evaluate_saved(evaluate: Callable[[], dict], path: Path) -> dict:
+    """``evaluate()`` of a model already saved at ``path``; a failure says where the model is and
+    how to evaluate it again (the rotation and pruning work is not lost)."""
+    try:
+        return evaluate()
+    except Exception as err:
+        raise RuntimeError(f"the final evaluation failed ({type(err).__name__}: {err}); the pruned "
+                           f"model is saved in {path} — evaluate it again with `drlightning eval "
+                           f"--model {path}`") from err
 
 
 class WholeModel:
@@ -47,12 +59,13 @@ class WholeModel:
         """Merge the boundary rotations, evaluate, save; returns (export fields, final results)."""
         export = finalize_rotations(self.model, adapter_for(self.model.config), windows,
                                     boundary_dtype(self.opts, opts_dtype(self.model)))
-        final = self.evaluate(eval_tokens, seqlen)
-        if self.opts.export.save:
-            save_model_dir(self.model, self.tokenizer, Path(run_dir) / "model",
-                           {k: v for k, v in export.items() if k.startswith("drl_")})
-            export["path"] = str(Path(run_dir) / "model")
-        return export, final
+        if not self.opts.export.save:
+            return export, self.evaluate(eval_tokens, seqlen)
+        path = Path(run_dir) / "model"
+        save_model_dir(self.model, self.tokenizer, path,
+                       {k: v for k, v in export.items() if k.startswith("drl_")})
+        export["path"] = str(path)
+        return export, evaluate_saved(lambda: self.evaluate(eval_tokens, seqlen), path)
 
 
 class LayerByLayer:
@@ -87,7 +100,8 @@ class LayerByLayer:
         export = save_layerwise_dir(self.layerwise, state, path, rdt, windows[:1],
                                     merge_tolerance(self.layerwise.dtype, rdt),
                                     self.opts.monitor.progress)
-        final = self._perplexity(ShardedCheckpoint(path), eval_tokens, seqlen)
+        final = evaluate_saved(lambda: self._perplexity(ShardedCheckpoint(path), eval_tokens, seqlen),
+                               path)
         return {**export, "path": str(path)}, final
 
 

@@ -69,17 +69,16 @@ def fingerprint(module, data, opts,
     return {"model": settings, "data": data.protocol(), "run": run, **(extra or {})}
 
 
-def check_pattern_fits(model, adapter, pattern: str) -> None:
-    """Fail early if an N:M pattern does not tile the inputs of every linear of the model."""
+def check_pattern_fits(widths: dict[str, int], model_type: str, pattern: str) -> None:
+    """Fail early if an N:M pattern does not tile the input width of every linear role."""
     if pattern == NO_PRUNING:
         return
     parsed = parse_pattern(pattern)
-    layer = adapter.decoder_layers(model)[0]
     for role in ROLES:
         try:
-            parsed.validate(adapter.linear(layer, role).in_features)
+            parsed.validate(widths[role])
         except ValueError as err:
-            raise ValueError(f"{err} ({role}_proj of {model.config.model_type})") from None
+            raise ValueError(f"{err} ({role}_proj of {model_type})") from None
 
 
 def boundary_dtype(opts, model_dtype: torch.dtype) -> str:

@@ -54,19 +54,44 @@ class RunState:
         self.dir = Path(run_dir) / "state"
         self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
 
-    def check_or_claim(self) -> None:
-        """Refuse a run directory made with other settings; record ours if it is new."""
+    def finished_work(self) -> list[Path]:
+        """Files of finished work: saved layers and (parallel mode) trained rotations."""
+        return sorted([*self.dir.glob("layer_*.safetensors"),
+                       *(self.dir / "rotations").glob("*.safetensors")])
+
+    def check(self) -> bool:
+        """Before any work: refuse a directory whose finished work has other settings (nothing is
+        written). Returns True if the directory must be (re)claimed by :meth:`claim`."""
+        path = self.dir / "fingerprint.json"
+        if not path.is_file():
+            return True
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = describe_differences(old, self.fingerprint)
+        if not diff:
+            return False
+        if self.finished_work():
+            raise ValueError(
+                f"run directory {self.dir.parent} holds finished layers of a run with other "
+                "settings; refusing to mix them. Differences (saved → now):\n  "
+                + "\n  ".join(diff)
+                + "\nUse another run.output_dir, or delete the directory to start over.")
+        return True
+
+    def claim(self) -> None:
+        """Record our settings once the run's checks have passed. A directory left by a run with
+        other settings that finished no layer is reused (its cached results are dropped)."""
         path = self.dir / "fingerprint.json"
         if path.is_file():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            diff = describe_differences(old, self.fingerprint)
-            if diff:
-                raise ValueError(
-                    f"run directory {self.dir.parent} holds a run with other settings; refusing to "
-                    "mix them. Differences (saved → now):\n  " + "\n  ".join(diff) +
-                    "\nUse another run.output_dir, or delete the directory to start over.")
-            return
+            print(f"reusing {self.dir.parent}: it held an unfinished run with other settings "
+                  "(no finished layer)", flush=True)
+            for stale in ("dense_eval.json", "elapsed.json"):
+                (self.dir / stale).unlink(missing_ok=True)
         atomic_write_text(path, json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
+
+    def check_or_claim(self) -> None:
+        """:meth:`check`, then :meth:`claim` if needed (for callers with no checks in between)."""
+        if self.check():
+            self.claim()
 
     def layer_path(self, index: int) -> Path:
         return self.dir / f"layer_{index:02d}.safetensors"
@@ -126,9 +151,9 @@ class RunClock:
     """Wall time of a run over all its attempts: the earlier attempts' time up to their last saved
     layer (``state/elapsed.json``) plus this attempt's."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, start: float | None = None) -> None:
         self.state = state
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
         self.earlier = float((state.load_json("elapsed.json") or {}).get("seconds", 0.0))
 
     def this_run(self) -> float:

@@ -1,0 +1,92 @@
+"""Pre-flight: each check fails before any weights are loaded and leaves the run directory empty."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
+from drlightning.models.header import gguf_metadata, model_shape
+from drlightning.pipeline.job import run_job
+from drlightning.pipeline.options import EvalOptions, RunOptions
+
+from .tiny import save_tiny_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_dir(tmp_path_factory.mktemp("pre") / "tiny", "llama")  # hidden 64, ctx 128
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    import drlightning.pipeline.placement as placement
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the checks ran")
+
+    monkeypatch.setattr(placement, "load_model", refuse)
+    monkeypatch.setattr(placement, "LayerwiseModel", refuse)
+
+
+def _cases(tiny, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    return [
+        ({"pattern": "3:7"}, {}, {}, "3:7 needs in_features divisible by M=7"),
+        ({"pattern": "32:64"}, {}, {}, "divisible by M=64.*down_proj"),
+        ({"r1_blocks": 3}, {}, {}, "r1_blocks=3 does not divide the hidden size 64"),
+        ({}, {"seqlen": 256}, {}, "data.seqlen=256 exceeds the model context of 128"),
+        ({}, {}, {"eval": EvalOptions(seqlen=512)}, "run.eval.seqlen=512 exceeds"),
+        ({}, {"source": str(tmp_path / "nope.txt")}, {}, "data.source=.*no such file"),
+        ({}, {"source": str(empty)}, {}, "data.source=.*is an empty file"),
+        ({}, {}, {"eval": EvalOptions(data=[str(tmp_path / "missing.jsonl")])},
+         "run.eval.data=.*no such file"),
+        ({}, {}, {"eval": EvalOptions(zero_shot=["piqa"], task_data_dir=str(tmp_path))},
+         "offline task 'piqa' needs"),
+        ({}, {}, {"model": str(other)}, "unsupported architecture model_type='gpt2'"),
+        ({}, {}, {"model": str(tmp_path / "no-model") + "/"}, "model path not found"),
+        ({}, {}, {"model": str(tmp_path / "m.gguf")}, "GGUF file not found"),
+        ({}, {}, {"device": "cuda:0" if not torch.cuda.is_available() else "cuda:99"},
+         "run.device='cuda"),
+        ({}, {}, {"device": "tpu"}, "run.device='tpu'; allowed"),
+    ]
+
+
+def test_every_check_fails_before_loading_and_writes_nothing(tiny, tmp_path, no_loading):
+    for i, (model_kw, data_kw, run_kw, message) in enumerate(_cases(tiny, tmp_path)):
+        run = tmp_path / f"run{i}"
+        opts = RunOptions(**{"model": str(tiny), "output_dir": str(run), **run_kw})
+        data = CalibrationDataModule(**{"nsamples": 2, "seqlen": 16, **data_kw})
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            run_job(RotationModule(**{"steps": 1, **model_kw}), data, opts)
+        assert list(run.iterdir()) == [], (message, list(run.iterdir()))
+
+
+def test_gguf_header_gives_the_shape_without_reading_weights():
+    shape = model_shape("smollm2-135m-instruct")
+    assert (shape.model_type, shape.hidden_size, shape.intermediate_size) == ("llama", 576, 1536)
+    assert (shape.num_attention_heads, shape.num_key_value_heads) == (9, 3)
+    assert shape.max_position_embeddings == 8192
+
+
+def test_gguf_reader_refuses_other_files(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"PK\x03\x04" + bytes(20))
+    with pytest.raises(ValueError, match=re.escape(f"{bad} is not a GGUF file")):
+        gguf_metadata(bad)
+
+
+def test_a_directory_config_is_read_without_weights(tiny, tmp_path):
+    copy = tmp_path / "config-only"
+    copy.mkdir()
+    shutil.copy(tiny / "config.json", copy / "config.json")  # no weights at all
+    assert model_shape(str(copy)).hidden_size == 64
