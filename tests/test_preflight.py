@@ -34,41 +34,54 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(placement, "LayerwiseModel", refuse)
 
 
-def _cases(tiny, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
+def _files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-    return [
-        ({"pattern": "3:7"}, {}, {}, "3:7 needs in_features divisible by M=7"),
-        ({"pattern": "32:64"}, {}, {}, "divisible by M=64.*down_proj"),
-        ({"r1_blocks": 3}, {}, {}, "r1_blocks=3 does not divide the hidden size 64"),
-        ({}, {"seqlen": 256}, {}, "data.seqlen=256 exceeds the model context of 128"),
-        ({}, {}, {"eval": EvalOptions(seqlen=512)}, "run.eval.seqlen=512 exceeds"),
-        ({}, {"source": str(tmp_path / "nope.txt")}, {}, "data.source=.*no such file"),
-        ({}, {"source": str(empty)}, {}, "data.source=.*is an empty file"),
-        ({}, {}, {"eval": EvalOptions(data=[str(tmp_path / "missing.jsonl")])},
-         "run.eval.data=.*no such file"),
-        ({}, {}, {"eval": EvalOptions(zero_shot=["piqa"], task_data_dir=str(tmp_path))},
-         "offline task 'piqa' needs"),
-        ({}, {}, {"model": str(other)}, "unsupported architecture model_type='gpt2'"),
-        ({}, {}, {"model": str(tmp_path / "no-model") + "/"}, "model path not found"),
-        ({}, {}, {"model": str(tmp_path / "m.gguf")}, "GGUF file not found"),
-        ({}, {}, {"device": "cuda:0" if not torch.cuda.is_available() else "cuda:99"},
-         "run.device='cuda"),
-        ({}, {}, {"device": "tpu"}, "run.device='tpu'; allowed"),
-    ]
 
 
-def test_every_check_fails_before_loading_and_writes_nothing(tiny, tmp_path, no_loading):
-    for i, (model_kw, data_kw, run_kw, message) in enumerate(_cases(tiny, tmp_path)):
-        run = tmp_path / f"run{i}"
-        opts = RunOptions(**{"model": str(tiny), "output_dir": str(run), **run_kw})
-        data = CalibrationDataModule(**{"nsamples": 2, "seqlen": 16, **data_kw})
-        with pytest.raises((ValueError, FileNotFoundError), match=message):
-            run_job(RotationModule(**{"steps": 1, **model_kw}), data, opts)
-        assert list(run.iterdir()) == [], (message, list(run.iterdir()))
+CASES = [  # (rotation settings, calibration settings, run options, message)
+    ({"pattern": "3:7"}, {}, {}, "3:7 needs in_features divisible by M=7"),
+    ({"pattern": "32:64"}, {}, {}, "divisible by M=64.*down_proj"),
+    ({"r1_blocks": 3}, {}, {}, "r1_blocks=3 does not divide the hidden size 64"),
+    ({}, {"seqlen": 256}, {}, "data.seqlen=256 exceeds the model context of 128"),
+    ({}, {}, {"eval": {"seqlen": 512}}, "run.eval.seqlen=512 exceeds"),
+    ({}, {"source": "{tmp}/nope.txt"}, {}, "data.source=.*no such file"),
+    ({}, {"source": "{tmp}/empty.txt"}, {}, "data.source=.*is an empty file"),
+    ({}, {}, {"eval": {"data": ["{tmp}/missing.jsonl"]}}, "run.eval.data=.*no such file"),
+    ({}, {}, {"eval": {"zero_shot": ["piqa"], "task_data_dir": "{tmp}"}}, "offline task 'piqa' needs"),
+    ({}, {}, {"model": "{tmp}/gpt2"}, "unsupported architecture model_type='gpt2'"),
+    ({}, {}, {"model": "{tmp}/no-model/"}, "model path not found"),
+    ({}, {}, {"model": "{tmp}/m.gguf"}, "GGUF file not found"),
+    ({}, {}, {"device": "cuda:99" if torch.cuda.is_available() else "cuda:0"}, "run.device='cuda"),
+    ({}, {}, {"device": "tpu"}, "run.device='tpu'; allowed"),
+]
+
+
+def _fill(value, tmp: str):
+    if isinstance(value, str):
+        return value.replace("{tmp}", tmp)
+    if isinstance(value, list):
+        return [_fill(v, tmp) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, tmp) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("model_kw,data_kw,run_kw,message", CASES, ids=[c[3][:40] for c in CASES])
+def test_check_fails_before_loading_and_writes_nothing(tiny, tmp_path, no_loading, model_kw,
+                                                      data_kw, run_kw, message):
+    _files(tmp_path)
+    run_kw = _fill(run_kw, str(tmp_path))
+    if "eval" in run_kw:
+        run_kw["eval"] = EvalOptions(**run_kw["eval"])
+    run = tmp_path / "run"
+    opts = RunOptions(**{"model": str(tiny), "output_dir": str(run), **run_kw})
+    data = CalibrationDataModule(**{"nsamples": 2, "seqlen": 16, **_fill(data_kw, str(tmp_path))})
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_job(RotationModule(**{"steps": 1, **model_kw}), data, opts)
+    assert list(run.iterdir()) == []
 
 
 def test_gguf_header_gives_the_shape_without_reading_weights():
