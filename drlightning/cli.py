@@ -12,18 +12,7 @@ from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
 from .pipeline.job import quiet_lightning, run_job
 from .pipeline.options import RunOptions, moved_keys
-from .pipeline.trainers import check_precision, default_trainer_factory
-
-TRAINER_DEFAULTS = {
-    "accelerator": "auto",
-    "devices": 1,
-    "precision": "32-true",
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "log_every_n_steps": 1,  # per-step objective curves in TensorBoard, step 0 included
-    "enable_progress_bar": False,
-}
+from .pipeline.trainers import TRAINER_DEFAULTS, check_precision, default_trainer_factory
 
 
 class DRLightningCLI(FriendlyParsing, LightningCLI):
@@ -167,11 +156,7 @@ def dispatch(argv: list[str]) -> None:
             print("usage: drlightning compare RUN_DIR [RUN_DIR ...]\n"
                   "Print a side-by-side table of the runs' results.json.")
             return
-        if not argv[1:]:
-            print("error: compare needs at least one run directory: drlightning compare RUN_DIR "
-                  "[RUN_DIR ...]", file=sys.stderr)
-            raise SystemExit(2)
-        compare(argv[1:])
+        compare(argv[1:])  # no runs: a ValueError, reported by main
     elif argv[:1] == ["lora"] or (argv[:1] == ["fit"] and config_stage(argv) == "lora"):
         from .lora.cli import LoRACLI
 

@@ -15,8 +15,6 @@ from .loading import resolve_source
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
-"""GGUF ``general.architecture`` → transformers ``model_type`` (Mistral GGUFs often say llama)."""
 
 
 def gguf_metadata(path: Path) -> dict:
@@ -72,7 +70,7 @@ def model_shape(source: str, gguf_file: str | None = None, trust_remote_code: bo
 
     heads = get("attention.head_count")
     return SimpleNamespace(
-        model_type=GGUF_ARCH.get(arch, arch), hidden_size=get("embedding_length"),
+        model_type=arch, hidden_size=get("embedding_length"),
         intermediate_size=get("feed_forward_length"), num_attention_heads=heads,
         num_key_value_heads=get("attention.head_count_kv", heads),
         head_dim=get("attention.key_length"), max_position_embeddings=get("context_length"))

@@ -77,6 +77,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     monitor = RunMonitor(run_dir, opts.monitor.tensorboard, opts.monitor.picture_layers,
                          opts.monitor.picture_role,
                          0.5 if hp["pattern"] == NO_PRUNING else parse_pattern(hp["pattern"]).sparsity)
+
     def layer_done(report: dict) -> None:
         monitor.layer_done(report)
         clock.save()

@@ -14,6 +14,7 @@ Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import os
@@ -33,11 +34,10 @@ from ..layer.capture import (
     capture_layer_inputs,
     run_layer,
 )
-from ..layer.step import PruneSpec, merge_and_prune
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..models.shards import LayerwiseModel
 from ..rotation import fold_norms
-from .sequential import LayerLoop, fit_rotation
+from .sequential import LayerLoop, fit_rotation, rotate_then_prune
 from .state import atomic_save_tensors
 
 
@@ -154,16 +154,7 @@ def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
 def merge_saved_step(store: RotationStore):
     """A ``layer_step`` for :func:`drlightning.pipeline.sequential.rotate_and_prune`: fold norms,
     merge the stored rotations (with the function-preserving self-check), prune (with the guard)."""
-
-    def step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
-             spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
-        original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
-        fold_norms(layer, spec.adapter)
-        q, r, report = store.load(index)
-        layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
-        return layer, {**report, **pruned}, out
-
-    return step
+    return functools.partial(rotate_then_prune, rotations=lambda index, _layer, _x: store.load(index))
 
 
 class Sequential:

@@ -31,6 +31,8 @@ from .state import RunState
 TrainerFactory = Callable[[int, RotationModule], Trainer]
 LayerStep = Callable[[int, nn.Module, LayerInputs, LayerInputs, PruneSpec],
                      tuple[nn.Module, dict, LayerInputs]]
+RotationSource = Callable[[int, nn.Module, LayerInputs], tuple[torch.Tensor, torch.Tensor, dict]]
+"""(index, norm-folded layer, inputs) → (Q, R2, report): learned now, or loaded from a store."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,18 @@ def rotate_and_prune_layer(index: int, layer: nn.Module, inputs: LayerInputs,
     """
     if loop.template.hparams.steps == 0:
         return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
+    return rotate_then_prune(index, layer, inputs, dense_out, spec,
+                             lambda i, folded, x: fit_rotation(i, folded, x, loop, spec))
+
+
+def rotate_then_prune(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
+                      spec: PruneSpec, rotations: RotationSource) -> tuple[nn.Module, dict, LayerInputs]:
+    """Fold the norms, get the layer's rotations from ``rotations``, merge and prune them (the
+    guard's unrotated copy is taken before folding); returns (layer, report, outputs)."""
     original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
     fold_norms(layer, spec.adapter)
-    q, r, report = fit_rotation(index, layer, inputs, loop, spec)
-    gc.collect()  # the layer's Trainer, module and datamodule form reference cycles: free now
+    q, r, report = rotations(index, layer, inputs)
+    gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now
     layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
     return layer, {**report, **pruned}, out
 

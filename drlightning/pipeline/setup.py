@@ -12,6 +12,7 @@ from ..models.loading import DTYPES
 from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import rotation_storage_dtype
 from .options import RunOptions
+from .parallel import SCHEDULES
 
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
                   "rotation_score": "pruner", "permute": False, "guard": False}
@@ -23,8 +24,9 @@ def check_options(opts: RunOptions, module) -> None:
     if opts.export.rotation_dtype not in ("auto", "model", *DTYPES):
         raise ValueError(f"run.export.rotation_dtype={opts.export.rotation_dtype!r}; allowed: "
                          f"'auto', 'model', {', '.join(map(repr, DTYPES))}")
-    if opts.launch.mode not in ("sequential", "parallel"):
-        raise ValueError(f"run.launch.mode={opts.launch.mode!r}; allowed: 'sequential', 'parallel'")
+    if opts.launch.mode not in SCHEDULES:
+        raise ValueError(f"run.launch.mode={opts.launch.mode!r}; allowed: "
+                         f"{', '.join(map(repr, SCHEDULES))}")
     if opts.launch.mode == "parallel" and module.hparams.steps == 0:
         raise ValueError("run.launch.mode='parallel' trains rotations; model.steps=0 (the plain "
                          "pruner) has none — use run.launch.mode='sequential'")

@@ -1,7 +1,8 @@
 """Resumable run state: one atomically written safetensors file per finished layer.
 
 ``<run_dir>/state/`` holds ``fingerprint.json`` (the settings that shape the layer results),
-``dense_ppl.json`` and ``layer_XX.safetensors`` (the final layer weights, its rotation Q and its
+``dense_eval.json`` (the cached dense evaluation), ``elapsed.json`` (wall time of earlier attempts)
+and ``layer_XX.safetensors`` (the final layer weights, its rotation Q and its
 report). A re-run with the same settings reloads the finished layers, replays them on the
 calibration inputs and continues with the next layer.
 """

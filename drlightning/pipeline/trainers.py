@@ -13,6 +13,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..lightning.rotation_module import RotationModule
 from .options import RunOptions
 
+TRAINER_DEFAULTS = {
+    "accelerator": "auto",
+    "devices": 1,
+    "precision": "32-true",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,  # per-step objective curves in TensorBoard, step 0 included
+    "enable_progress_bar": False,
+}
+"""The template of each layer's Trainer before the config's ``trainer:`` section."""
+
 BAD_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half", "transformer-engine")
 
 
@@ -38,9 +50,7 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
     user = list(callbacks or [])
 
     def make(index: int, module: RotationModule) -> Trainer:
-        kwargs = {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
-                  "enable_checkpointing": False, "enable_model_summary": False,
-                  "log_every_n_steps": 1, "enable_progress_bar": opts.monitor.progress, **base}
+        kwargs = {**TRAINER_DEFAULTS, "enable_progress_bar": opts.monitor.progress, **base}
         kwargs["max_steps"] = module.hparams.steps
         kwargs.update(module.trainer_clipping(base))
         kwargs["callbacks"] = [*user]
