@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -9,11 +10,15 @@ import shutil
 import pytest
 import torch
 
+from drlightning.data.corpora import text_bytes
+from drlightning.data.hub import OFFLINE_VARIABLES, offline_reason
+from drlightning.eval.task_index import task_dataset
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models.header import gguf_metadata, model_shape
 from drlightning.pipeline.job import run_job
 from drlightning.pipeline.options import EvalOptions, RunOptions
+from drlightning.pipeline.preflight import check_hub
 
 from .tiny import save_tiny_dir
 
@@ -34,11 +39,24 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(placement, "LayerwiseModel", refuse)
 
 
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No Hub, and an empty Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    return tmp_path / "hf-home"
+
+
 def _files(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    (tmp_path / "latin1.txt").write_bytes("café crème ".encode("latin-1") * 50)
+    (tmp_path / "short.txt").write_text("Too short to calibrate on.")
+    (tmp_path / "bad.txt.gz").write_bytes(b"not gzip at all")
 
 
 CASES = [  # (rotation settings, calibration settings, run options, message)
@@ -48,6 +66,12 @@ CASES = [  # (rotation settings, calibration settings, run options, message)
     ({}, {"seqlen": 256}, {}, "data.seqlen=256 exceeds the model context of 128"),
     ({}, {}, {"eval": {"seqlen": 512}}, "run.eval.seqlen=512 exceeds"),
     ({}, {"source": "{tmp}/nope.txt"}, {}, "data.source=.*no such file"),
+    ({}, {"source": "{tmp}/latin1.txt"}, {}, "latin1.txt: not valid UTF-8 at byte 3"),
+    ({}, {"source": "{tmp}/bad.txt.gz"}, {}, "bad.txt.gz: not a valid gzip file"),
+    ({}, {"source": "{tmp}/short.txt"}, {}, "too little calibration text.*at most 27 tokens.*= 32"),
+    ({}, {"source": "c4"}, {}, "Hub is not available.*data.source='c4' .Hub dataset allenai/c4"),
+    ({}, {}, {"eval": {"data": ["hf:someone/corpus:en"]}}, "run.eval.data.*someone/corpus"),
+    ({}, {}, {"eval": {"zero_shot": ["piqa", "drl_continuation"]}}, "zero_shot 'piqa' .*baber/piqa"),
     ({}, {"source": "{tmp}/empty.txt"}, {}, "data.source=.*is an empty file"),
     ({}, {}, {"eval": {"data": ["{tmp}/missing.jsonl"]}}, "run.eval.data=.*no such file"),
     ({}, {}, {"eval": {"zero_shot": ["piqa"], "task_data_dir": "{tmp}"}}, "offline task 'piqa' needs"),
@@ -70,8 +94,8 @@ def _fill(value, tmp: str):
 
 
 @pytest.mark.parametrize("model_kw,data_kw,run_kw,message", CASES, ids=[c[3][:40] for c in CASES])
-def test_check_fails_before_loading_and_writes_nothing(tiny, tmp_path, no_loading, model_kw,
-                                                      data_kw, run_kw, message):
+def test_check_fails_before_loading_and_writes_nothing(tiny, tmp_path, no_loading, offline,
+                                                      model_kw, data_kw, run_kw, message):
     _files(tmp_path)
     run_kw = _fill(run_kw, str(tmp_path))
     if "eval" in run_kw:
@@ -103,3 +127,51 @@ def test_a_directory_config_is_read_without_weights(tiny, tmp_path):
     copy.mkdir()
     shutil.copy(tiny / "config.json", copy / "config.json")  # no weights at all
     assert model_shape(str(copy)).hidden_size == 64
+
+
+def _options(tmp_path, **eval_kw) -> RunOptions:
+    return RunOptions(model="unused", output_dir=str(tmp_path / "run"), eval=EvalOptions(**eval_kw))
+
+
+def test_hub_sources_pass_offline_once_cached(offline, tmp_path):
+    opts = _options(tmp_path, data=["wikitext2"], zero_shot=["arc_challenge"])
+    with pytest.raises(ValueError, match="data.source='c4'.*'wikitext2'.*allenai/ai2_arc"):
+        check_hub(opts, "c4")
+    for folder in ("hub/datasets--allenai--c4", "hub/datasets--Salesforce--wikitext",
+                   "datasets/allenai___ai2_arc"):
+        (offline / folder).mkdir(parents=True)
+    check_hub(opts, "c4")  # all three are in the cache now
+
+
+def test_hub_check_asks_nothing_of_local_runs(offline, tmp_path, monkeypatch):
+    import drlightning.pipeline.preflight as preflight
+
+    monkeypatch.setattr(preflight, "offline_reason", lambda: pytest.fail("probed the Hub"))
+    check_hub(_options(tmp_path, zero_shot=["drl_continuation", "piqa"], task_data_dir=str(tmp_path)),
+              "embedded")
+
+
+def test_offline_reason_reads_the_environment_when_called(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert offline_reason() == "HF_DATASETS_OFFLINE=1"
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert "127.0.0.1 cannot be reached" in offline_reason(timeout=1.0)
+
+
+def test_text_bytes_streams_and_finds_the_bad_byte(tmp_path):
+    path = tmp_path / "t.txt.gz"
+    good = "naïve text ".encode() * 1000
+    path.write_bytes(gzip.compress(good + b"\xff" + good))
+    with pytest.raises(ValueError, match=f"not valid UTF-8 at byte {len(good)}"):
+        text_bytes(path, chunk=100)
+    path.write_bytes(gzip.compress(good))
+    assert text_bytes(path, chunk=100) == len(good)  # é split across chunks is fine
+
+
+def test_task_index_knows_the_paper_tasks():
+    assert task_dataset("arc_challenge") == "allenai/ai2_arc"  # through `include`
+    assert {task_dataset(t) for t in ("piqa", "hellaswag", "winogrande")} == {
+        "baber/piqa", "Rowan/hellaswag", "allenai/winogrande"}

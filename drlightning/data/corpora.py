@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 from functools import lru_cache
@@ -67,8 +68,12 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 at byte {err.start}; text files must be "
-                         "UTF-8 encoded (convert it, e.g. with iconv)") from err
+        raise _not_utf8(path, err.start) from err
+
+
+def _not_utf8(path: Path, at: int) -> ValueError:
+    return ValueError(f"{path}: not valid UTF-8 at byte {at}; text files must be UTF-8 encoded "
+                      "(convert it, e.g. with iconv)")
 
 
 def _field(record: Any, field: str, where: str) -> str:
@@ -129,17 +134,45 @@ def _read_file(path: Path, field: str) -> list[str]:
     return docs
 
 
-def _local(source: str, field: str) -> list[str]:
+def local_files(source: str, setting: str = "text source") -> list[Path]:
+    """The files of a local text source: the file itself, or a folder's supported files."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"text source {source!r}: no such file or directory (named "
+        raise FileNotFoundError(f"{setting}={source!r}: no such file or directory (named "
                                 f"sources: {', '.join(NAMED)})")
     if path.is_file():
-        return _read_file(path, field)
+        return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) is not None)
     if not files:
         raise ValueError(f"{path}: directory holds no text files; supported: {', '.join(SUFFIXES)}")
-    return [doc for f in files for doc in _read_file(f, field)]
+    return files
+
+
+def text_bytes(path: Path, chunk: int = 1 << 20) -> int | None:
+    """Bytes of (decompressed) text in ``path``, checked to be valid UTF-8 while streaming it
+    (constant memory); ``None`` for Parquet, whose text is checked when read."""
+    if _suffix(path) == ".parquet":
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    total = 0
+    try:
+        with (gzip.open(path) if path.name.lower().endswith(".gz") else path.open("rb")) as f:
+            while block := f.read(chunk):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, total + err.start) from err
+                total += len(block)
+            decoder.decode(b"", final=True)
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise ValueError(f"{path}: not a valid gzip file ({err})") from err
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, total - len(err.object) + err.start) from err
+    return total
+
+
+def _local(source: str, field: str) -> list[str]:
+    return [doc for f in local_files(source) for doc in _read_file(f, field)]
 
 
 def _hub(field: str, *args: Any, **kwargs: Any) -> list[str]:

@@ -3,11 +3,15 @@ run directory is claimed — a typo fails in seconds and leaves nothing behind."
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..data.corpora import NAMED
+from ..data.corpora import NAMED, local_files, text_bytes
+from ..data.hub import cache_dirs, is_cached, offline_reason, source_dataset
+from ..eval.task_index import known_to_lm_eval, task_dataset, task_files
 from ..eval.zeroshot import CONTINUATION, local_spec
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule, check_r1_blocks
@@ -35,21 +39,66 @@ def check_device(name: str) -> None:
                              "are visible")
 
 
-def check_local_text(setting: str, source: str) -> None:
-    """A local text source must exist and not be empty (hub sources are checked when read)."""
-    if source in NAMED or source.startswith("hf:"):
+def check_local_text(setting: str, source: str) -> int | None:
+    """A local text source must exist and hold UTF-8 text. Returns a bound on its tokens: one
+    per byte of text plus one per file (``None`` for embedded, Hub and Parquet sources)."""
+    if source in NAMED or source.startswith("hf:") or source_dataset(source):
+        return None
+    counts = [text_bytes(f) for f in local_files(source, setting)]
+    if None not in counts and sum(counts) == 0:
+        raise ValueError(f"{setting}={source!r} is an empty file" if len(counts) == 1 else
+                         f"{setting}={source!r}: every text file in it is empty")
+    return None if None in counts else sum(counts) + len(counts)  # + one BOS token per file
+
+
+def check_enough_text(source: str, most: int | None, nsamples: int, seqlen: int) -> None:
+    """Cheap check before tokenising (the exact count follows it): ``most`` tokens at most."""
+    if most is None or not isinstance(nsamples, int) or not isinstance(seqlen, int):
         return
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{setting}={source!r}: no such file or directory (named sources: "
-                                f"{', '.join(NAMED)})")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"{setting}={source!r} is an empty file")
+    if most < nsamples * seqlen:
+        raise ValueError(f"too little calibration text: data.source={source!r} holds at most "
+                         f"{most} tokens (one per byte of text, plus one per file); nsamples × "
+                         f"seqlen = {nsamples} × {seqlen} = "
+                         f"{nsamples * seqlen} tokens are needed; lower data.nsamples/data.seqlen "
+                         "or give more text")
+
+
+def check_hub(opts: RunOptions, source: str) -> None:
+    """Hub datasets and lm-eval tasks must be known, and reachable or already cached."""
+    local = opts.eval.task_data_dir is not None
+    tasks = [t for t in opts.eval.zero_shot if t != CONTINUATION and not local]
+    for task in tasks:
+        if not known_to_lm_eval(task):
+            close = difflib.get_close_matches(task, list(task_files()), n=1)
+            raise ValueError(f"run.eval.zero_shot: unknown lm-eval task {task!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+    needs = [(f"data.source={source!r}", source_dataset(source))]
+    needs += [(f"run.eval.data {s!r}", source_dataset(s)) for s in opts.eval.data]
+    needs += [(f"run.eval.zero_shot {t!r}", task_dataset(t)) for t in tasks]
+    needs = [(what, dataset) for what, dataset in needs if dataset]
+    unknown = [t for t in tasks if task_dataset(t) is None]
+    if not needs and not unknown:
+        return
+    reason = offline_reason()
+    missing = [f"{what} (Hub dataset {dataset})" for what, dataset in needs if not is_cached(dataset)]
+    missing += [f"run.eval.zero_shot {t!r} (a group or generated task: its datasets were not checked)"
+                for t in unknown]
+    if reason is None or not missing:
+        return
+    if len(missing) == len(unknown):
+        warnings.warn(f"the Hugging Face Hub is not available ({reason}); {'; '.join(missing)}",
+                      stacklevel=2)
+    else:
+        raise ValueError(f"the Hugging Face Hub is not available ({reason}) and these need it "
+                         f"but are not in the local cache ({cache_dirs()[0]}): "
+                         f"{'; '.join(missing)}. Use local text files or 'embedded', and "
+                         "run.eval.task_data_dir for the standard zero-shot tasks")
 
 
 def preflight(opts: RunOptions, module: RotationModule, data: CalibrationDataModule) -> None:
     """Device, model source and architecture, pattern vs every linear's width, r1_blocks,
-    sequence lengths vs the model's context, local text sources and offline task files."""
+    sequence lengths vs the model's context, local text sources (exist, UTF-8, enough bytes),
+    offline task files, and Hub datasets/tasks known and reachable or cached."""
     check_device(opts.device)
     shape = model_shape(opts.model, opts.gguf_file, opts.trust_remote_code)
     adapter_for(shape)
@@ -58,10 +107,12 @@ def preflight(opts: RunOptions, module: RotationModule, data: CalibrationDataMod
     check_pattern_fits(layout.in_features(), shape.model_type, hp["pattern"])
     check_r1_blocks(layout.hidden, hp["r1_blocks"])
     context = getattr(shape, "max_position_embeddings", None)
-    for setting, seqlen in (("data.seqlen", data.hparams.seqlen), ("run.eval.seqlen", opts.eval.seqlen)):
+    cal = data.hparams
+    for setting, seqlen in (("data.seqlen", cal.seqlen), ("run.eval.seqlen", opts.eval.seqlen)):
         if context and seqlen and seqlen > context:
             raise ValueError(f"{setting}={seqlen} exceeds the model context of {context} tokens")
-    check_local_text("data.source", data.hparams.source)
+    check_enough_text(cal.source, check_local_text("data.source", cal.source), cal.nsamples,
+                      cal.seqlen)
     for source in opts.eval.data:
         check_local_text("run.eval.data", source)
     if CONTINUATION in opts.eval.zero_shot:
@@ -70,3 +121,4 @@ def preflight(opts: RunOptions, module: RotationModule, data: CalibrationDataMod
         for task in opts.eval.zero_shot:
             if task != CONTINUATION:
                 local_spec(task, Path(opts.eval.task_data_dir))
+    check_hub(opts, cal.source)
