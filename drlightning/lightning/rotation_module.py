@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import torch
 from lightning import LightningModule
@@ -12,8 +13,15 @@ from ..layer.capture import OBJECTIVE_STATS
 from ..layer.step import PruneSpec
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
-from ..rotation import METHODS, frozen_layer, layer_entropy, orthogonality_error, qr_orthogonal
-from ..rotation.objective import OBJECTIVES, FrozenLayer, layer_pruned_mass, layer_scores
+from ..rotation import METHODS, frozen_layer, orthogonality_error, qr_orthogonal
+from ..rotation.objective import (
+    OBJECTIVES,
+    FrozenLayer,
+    ObjectiveSpec,
+    identity_scale,
+    layer_objective,
+    layer_scores,
+)
 
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""
@@ -129,6 +137,14 @@ class RotationModule(LightningModule):
             return "entropy" if self.hparams.pattern == NO_PRUNING else "pruned_mass"
         return objective
 
+    @property
+    def spec(self) -> ObjectiveSpec:
+        """The objective, its score and (for pruned_mass) the pattern, as one value."""
+        mass = self.objective == "pruned_mass"
+        return ObjectiveSpec(self.objective, self.score,
+                             parse_pattern(self.hparams.pattern) if mass else None,
+                             self.hparams.get("low_memory", False))
+
     def effective_settings(self) -> dict:
         """The settings as they shape the layers: ``auto`` resolved, and permutations and the
         guard off where they cannot act (no N:M pattern; no rotation or nothing pruned)."""
@@ -202,9 +218,9 @@ class RotationModule(LightningModule):
         if self.objective == "pruned_mass":
             eye_q, eye_r = self._identity(self.A), self._identity(self.B)
             with torch.no_grad():
-                _, parts = layer_pruned_mass(eye_q, eye_r, self.frozen, layout, self.score,
-                                             parse_pattern(self.hparams.pattern))
-            self.mass_scale = {role: max(float(v), 1e-30) for role, v in parts.items()}
+                spec = replace(self.spec, low_memory=False)  # the fused form, as published
+                _, parts = layer_objective(eye_q, eye_r, self.frozen, layout, spec)
+            self.mass_scale = identity_scale(parts)
 
     @staticmethod
     def _identity(param: torch.Tensor) -> torch.Tensor:
@@ -227,15 +243,8 @@ class RotationModule(LightningModule):
         """The objective at the current parameters, computed in float32."""
         q, r = self.rotations()
         q, r = q.float(), r.float()
-        low_memory = self.hparams.get("low_memory", False)
-        if self.objective == "pruned_mass":
-            total, parts = layer_pruned_mass(q, r, self.frozen, self.layout, self.score,
-                                             parse_pattern(self.hparams.pattern), self.mass_scale,
-                                             low_memory)
-        else:
-            total, parts = layer_entropy(q, r, self.frozen, self.layout, self.score,
-                                         low_memory=low_memory)
-        return total.float(), parts, q, r
+        total, parts = layer_objective(q, r, self.frozen, self.layout, self.spec, self.mass_scale)
+        return total, parts, q, r
 
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:
         value = float(loss.detach())

@@ -242,3 +242,32 @@ def layer_pruned_mass(
         scores = layer_scores(q, r, frozen, layout, method)
         parts = {role: part_of(role, s) for role, s in scores.items()}
     return torch.stack(list(parts.values())).sum(), parts
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What a layer's rotations minimise: ``objective`` (entropy | pruned_mass) of the importance
+    ``score`` (magnitude | wanda | sparsegpt); pruned_mass also needs the ``pattern``."""
+
+    objective: str
+    score: str
+    pattern: Pattern | None = None
+    low_memory: bool = False
+
+
+def layer_objective(
+    q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec,
+    scale: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one layer at rotations (Q, R2) and its part per role (float32)."""
+    if spec.objective == "pruned_mass":
+        total, parts = layer_pruned_mass(q, r, frozen, layout, spec.score, spec.pattern, scale,
+                                         spec.low_memory)
+    else:
+        total, parts = layer_entropy(q, r, frozen, layout, spec.score, low_memory=spec.low_memory)
+    return total.float(), parts
+
+
+def identity_scale(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-role divisors of the pruned-mass objective: its parts at the identity (never 0)."""
+    return {role: max(float(v), 1e-30) for role, v in parts.items()}

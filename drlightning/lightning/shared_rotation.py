@@ -1,0 +1,147 @@
+"""Shared R1 the Lightning way: the model's layers are the dataset, one module learns Q for the
+whole residual stream and every layer's R2 by minimising the summed per-layer objective.
+
+Each item of :class:`LayersDataModule` is one layer's frozen tensors (weights and Hessian-derived
+matrices, as in per-layer mode), so Lightning moves them to the device with the batch and, under
+DDP, hands each rank its share of the layers; Q's gradient is then all-reduced by the strategy.
+A batch holds every layer (full batch, the default) or a random subset (``layers_per_step``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightning import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..models.adapters import HeadLayout
+from ..rotation import orthogonality_error, qr_orthogonal
+from ..rotation.objective import FrozenLayer, ObjectiveSpec, identity_scale, layer_objective
+
+
+@dataclass
+class LayerItem:
+    """One layer as a training example: its index, frozen tensors and pruned-mass divisors."""
+
+    index: int
+    frozen: FrozenLayer
+    scale: dict[str, float] | None = None
+
+
+def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec) -> LayerItem:
+    """A layer item; for pruned_mass its divisors are the parts at the identity (as per layer)."""
+    if spec.objective != "pruned_mass":
+        return LayerItem(index, frozen)
+    eye_q = torch.eye(layout.hidden)
+    eye_r = torch.eye(layout.head_dim).expand(layout.n_kv_heads, -1, -1).contiguous()
+    with torch.no_grad():
+        _, parts = layer_objective(eye_q, eye_r, frozen, layout, spec)
+    return LayerItem(index, frozen, identity_scale(parts))
+
+
+class _Layers(Dataset):
+    def __init__(self, items: list[LayerItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> LayerItem:
+        return self.items[i]
+
+
+def _as_list(batch: list[LayerItem]) -> list[LayerItem]:
+    return list(batch)
+
+
+class LayersDataModule(LightningDataModule):
+    """The layers of a model as a dataset (see the module docstring)."""
+
+    def __init__(self, items: list[LayerItem], layers_per_step: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if not items:
+            raise ValueError("no layers to learn a shared rotation from")
+        if layers_per_step is not None and not 1 <= layers_per_step <= len(items):
+            raise ValueError(f"layers_per_step={layers_per_step} must be between 1 and the number "
+                             f"of layers ({len(items)}), or None for all of them")
+        self.items = items
+        self.layers_per_step = layers_per_step
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        subset = self.layers_per_step is not None
+        return DataLoader(_Layers(self.items), batch_size=self.layers_per_step or len(self.items),
+                          shuffle=subset, collate_fn=_as_list,
+                          generator=torch.Generator().manual_seed(self.seed) if subset else None)
+
+
+class SharedRotationModule(LightningModule):
+    """Q (hidden × hidden) shared by all layers and R2 (n_kv_heads × hd × hd) per layer."""
+
+    def __init__(self, layout: HeadLayout, n_layers: int, spec: ObjectiveSpec, lr: float = 0.01) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["layout", "spec"])
+        self.layout, self.spec = layout, spec
+        self.A = nn.Parameter(torch.eye(layout.hidden))
+        self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(n_layers, layout.n_kv_heads, 1, 1))
+        self.best_loss, self.best_step = float("inf"), -1
+        self.initial_loss: float | None = None
+        self.best: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current Q and every layer's R2 (n_layers × n_kv_heads × hd × hd), float32."""
+        return qr_orthogonal(self.A).float(), qr_orthogonal(self.B).float()
+
+    def summed_loss(self, batch: list[LayerItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Σ over the batch's layers of the per-layer objective at the current (Q, R2), and them."""
+        q, r = self.rotations()
+        losses = [layer_objective(q, r[item.index], item.frozen, self.layout, self.spec, item.scale)[0]
+                  for item in batch]
+        return torch.stack(losses).sum(), q, r
+
+    def _track(self, value: float, q: torch.Tensor, r: torch.Tensor) -> None:
+        self.initial_loss = value if self.initial_loss is None else self.initial_loss
+        if value < self.best_loss:
+            self.best_loss, self.best_step = value, self.global_step
+            self.best = (q.detach().clone(), r.detach().clone())
+
+    def training_step(self, batch: list[LayerItem], batch_idx: int) -> torch.Tensor:
+        loss, q, r = self.summed_loss(batch)
+        total = self.trainer.strategy.reduce(loss.detach(), reduce_op="sum")
+        if self.datamodule_is_full_batch():
+            self._track(float(total), q, r)
+        self.log(f"shared/{self.spec.objective}", total, prog_bar=True)
+        return loss * self.trainer.world_size  # DDP averages gradients: this gives the sum's
+
+    @torch.no_grad()
+    def on_train_end(self) -> None:
+        """The final iterate (after the last update) is a candidate too (one process)."""
+        dm = self.trainer.datamodule
+        if self.datamodule_is_full_batch() and self.trainer.world_size == 1 and dm is not None:
+            batch = self.trainer.strategy.batch_to_device(list(dm.items))
+            loss, q, r = self.summed_loss(batch)
+            self._track(float(loss), q, r)
+
+    def datamodule_is_full_batch(self) -> bool:
+        dm = getattr(self.trainer, "datamodule", None)
+        return dm is None or getattr(dm, "layers_per_step", None) is None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([self.A, self.B], lr=self.hparams.lr)
+
+    @torch.no_grad()
+    def best_rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best full-batch iterate (Q, R2 per layer); the current one with random layer subsets,
+        whose losses are not comparable across steps."""
+        if self.best is None or not self.datamodule_is_full_batch():
+            return self.rotations()
+        return self.best
+
+    def report(self) -> dict:
+        """Numbers for results.json: the summed objective before and at its best."""
+        q, r = self.best_rotations()
+        return {"objective": self.spec.objective, "initial_loss": self.initial_loss,
+                "best_loss": self.best_loss, "best_step": self.best_step,
+                "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}
