@@ -196,7 +196,7 @@ def main() -> None:
     foot = [
         "",
         "The Hub cases run with `HF_HUB_OFFLINE=1` and an empty Hugging Face cache, as on a "
-        "machine without Hub access. `tests/test_bad_inputs.py` runs every row of this table "
+        "machine without Hub access. `tests/test_bad_input_table.py` runs every row of this table "
         "(in one process) and checks its exit status, its message and that nothing is left behind.",
     ]
     args.out.write_text("\n".join(head + rows + foot) + "\n", encoding="utf-8")
