@@ -95,9 +95,11 @@ def _choice(before: float, after: float) -> dict:
 @torch.no_grad()
 def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayout,
                 inputs: LayerInputs, method: str, pattern: str,
-                permute: bool = False) -> tuple[nn.Module, dict]:
+                permute: bool = False, residual: bool = True) -> tuple[nn.Module, dict]:
     """Prune all seven linears; returns (layer — wrapped if the residual stream was reordered —,
     report with the sparsity per role and, with ``permute``, each permutation's decision).
+    ``residual=False`` leaves the residual stream's order alone (shared R1: every layer must keep
+    the same entry rotation); head_dim and intermediate orders are still chosen.
 
     ``pattern == "none"`` leaves every weight as it is (sparsity 0).
     """
@@ -108,7 +110,7 @@ def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayo
     sparsity: dict[str, float] = {}
     decisions: dict[str, dict] = {}
     first = None
-    if permute:
+    if permute and residual:
         layer, first = _residual(layer, adapter, inputs, method, parsed, decisions)
     for group in GROUPS:
         if first is not None and group == GROUPS[0]:

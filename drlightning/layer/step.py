@@ -38,6 +38,8 @@ class PruneSpec:
     permute: bool = False
     guard: bool = False
     report_identity: bool = False
+    permute_residual: bool = True
+    """False with a shared R1: the residual stream's order must be the same in every layer."""
 
 
 def relative_error(out: LayerInputs, ref: LayerInputs, x: LayerInputs) -> float:
@@ -96,7 +98,7 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     start = time.perf_counter()
     for name, candidate in candidates.items():
         pruned, report = prune_layer(candidate, spec.adapter, spec.layout, inputs, spec.method,
-                                     spec.pattern, spec.permute)
+                                     spec.pattern, spec.permute, spec.permute_residual)
         out = run_layer(pruned, inputs)
         errors[name] = relative_error(out, dense_out, inputs)
         if kept is None or (spec.guard and errors[name] < errors[kept[0]]):

@@ -26,6 +26,9 @@ from ..rotation.objective import (
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""
 
+R1_MODES = ("per_layer", "shared")
+"""Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
+
 FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
 """The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
 
@@ -69,6 +72,11 @@ class RotationModule(LightningModule):
         guard: prune the layer both with the learned rotations and without them and keep the one
             with the lower pruning error on the calibration inputs (never worse than the plain
             pruner, layer by layer; costs one extra pruning per layer).
+        r1: "per_layer" (each layer its own residual rotation, entered and left at the layer's
+            boundaries; the saved model needs drlightning's modelling file) or "shared" (one
+            rotation for the whole model, learned from every layer at once and absorbed into the
+            weights: the saved model is a standard checkpoint of the input's architecture; the
+            guard then compares R2 with the identity, and the residual order is not permuted).
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class RotationModule(LightningModule):
         rotation_score: str = "pruner",
         permute: bool = True,
         guard: bool = True,
+        r1: str = "per_layer",
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -106,6 +115,8 @@ class RotationModule(LightningModule):
                 raise ValueError(f"{name}={value!r} must be true or false")
         if objective not in ("auto", *OBJECTIVES):
             raise ValueError(f"objective={objective!r}; allowed: auto, {', '.join(OBJECTIVES)}")
+        if r1 not in R1_MODES:
+            raise ValueError(f"r1={r1!r}; allowed: {', '.join(R1_MODES)}")
         if rotation_score not in SCORES:
             raise ValueError(f"rotation_score={rotation_score!r}; allowed: {', '.join(SCORES)}")
         if objective == "pruned_mass" and pattern == NO_PRUNING and steps > 0:
@@ -159,8 +170,10 @@ class RotationModule(LightningModule):
                    report_identity: bool = False) -> PruneSpec:
         """How each layer is pruned after rotation (method, pattern, permutations, guard)."""
         hp = self.effective_settings()
+        per_layer = hp.get("r1", "per_layer") == "per_layer"
         return PruneSpec(adapter, layout, hp["method"], hp["pattern"], hp["permute"], hp["guard"],
-                         report_identity and hp["steps"] > 0 and hp["pattern"] != NO_PRUNING)
+                         report_identity and hp["steps"] > 0 and hp["pattern"] != NO_PRUNING
+                         and per_layer, per_layer)
 
     def needed_stats(self) -> tuple[str, ...]:
         """The Hessians (capture keys) the objective needs from the calibration inputs."""

@@ -38,6 +38,7 @@ from .placement import place_model
 from .preflight import preflight
 from .sequential import LayerLoop, rotate_and_prune
 from .setup import check_options, fingerprint, resolve_device
+from .shared import Shared
 from .state import RunClock, RunState
 from .trainers import default_trainer_factory
 
@@ -61,7 +62,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     preflight(opts, module, data)  # no weights loaded, nothing written
     state = RunState(run_dir, fingerprint(module, data, opts, settings))
     reclaim = state.check()  # refuses finished work of other settings; writes nothing
-    schedule = SCHEDULES[opts.launch.mode]()
+    schedule = Shared() if module.hparams.get("r1") == "shared" else SCHEDULES[opts.launch.mode]()
     device = schedule.device(resolve_device(opts.device))
     place = place_model(opts, device, loaded)
     model, adapter, hp = place.model, adapter_for(place.model.config), module.settings()
@@ -93,7 +94,9 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
             return {"rank": schedule.ranks.rank}
         layer_reports = rotate_and_prune(model, adapter, windows, loop, state, layer_step,
                                          place.layerwise)
+    standard = schedule.finish(model, adapter, windows, run_dir)  # shared R1: a plain model
     export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen)
+    export = {**export, **standard}
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,

@@ -170,6 +170,10 @@ class Sequential:
         """Nothing ahead of the layer loop: it fits each layer's rotations itself."""
         return None
 
+    def finish(self, model, adapter, windows, run_dir: Path) -> dict:
+        """Nothing after the loop: the placement merges the per-layer boundary rotations."""
+        return {}
+
     def stop(self) -> None:
         pass
 
@@ -196,6 +200,8 @@ class Parallel:
         train_rotations(model, adapter, windows, loop, store, self.ranks, layerwise)
         self.ranks.barrier()
         return merge_saved_step(store) if self.is_main else None
+
+    finish = Sequential.finish
 
     def stop(self) -> None:
         self.ranks.stop()

@@ -49,7 +49,7 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
     base = dict(base or {})
     user = list(callbacks or [])
 
-    def make(index: int, module: RotationModule) -> Trainer:
+    def make(index: int | str, module: RotationModule) -> Trainer:
         kwargs = {**TRAINER_DEFAULTS, "enable_progress_bar": opts.monitor.progress, **base}
         kwargs["max_steps"] = module.hparams.steps
         kwargs.update(module.trainer_clipping(base))
@@ -61,7 +61,8 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
             kwargs["devices"] = [int(os.environ.get("LOCAL_RANK", "0"))]
         if opts.monitor.tensorboard:
             kwargs["logger"] = TensorBoardLogger(str(run_dir), name="tensorboard",
-                                                 version=f"layer_{index:02d}")
+                                                 version=index if isinstance(index, str)
+                                                 else f"layer_{index:02d}")
         return Trainer(**kwargs)
 
     return make

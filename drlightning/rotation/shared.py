@@ -50,10 +50,17 @@ def absorb_residual_rotation(
     if r2 is not None and len(r2) != len(layers):
         raise ValueError(f"{len(r2)} R2 rotations for {len(layers)} layers")
     eye = torch.eye(layout.head_dim, dtype=q.dtype).expand(layout.n_kv_heads, -1, -1)
-    untied = untie_embeddings(model, adapter)
     for i, layer in enumerate(layers):
         fold_norms(layer, adapter)
         merge_rotations(layer, adapter, layout, q, eye if r2 is None else r2[i])
+    return absorb_ends(model, adapter, q)
+
+
+@torch.no_grad()
+def absorb_ends(model: nn.Module, adapter: ArchitectureAdapter, q: torch.Tensor) -> dict:
+    """Embeddings E·Q; final norm folded into lm_head, then lm_head W·Q (tied embeddings are
+    untied first). For a model whose layers already work on the residual stream h·Q."""
+    untied = untie_embeddings(model, adapter)
     embed, head = _get(model, adapter.embed), _get(model, adapter.lm_head)
     norm = _get(model, adapter.final_norm)
     for weight, scale in ((embed.weight, None), (head.weight, norm.weight)):

@@ -1,0 +1,149 @@
+"""Shared-R1 schedule (``model.r1: shared``): one residual rotation for the whole model.
+
+1. One dense calibration pass folds each layer's norms (in a copy) and collects the Hessians its
+   objective needs: the layers become the items of a :class:`LayersDataModule`.
+2. A :class:`SharedRotationModule` learns Q and every layer's R2 from their summed objective, under
+   a Trainer made like each layer's (precision, device, clipping, TensorBoard ``shared``); the
+   result is saved in ``state/shared_rotation.safetensors`` (a re-run skips this phase).
+3. The layer loop then merges (Q, R2ℓ) into each layer and prunes it on the outputs of the pruned
+   layers before it; the guard compares R2ℓ with the identity (Q is the same in every layer).
+4. Before saving, every layer's entry/exit Q cancels against its neighbour's: the wrappers are
+   dropped and Q is absorbed into the embeddings and lm_head — a standard checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..layer.capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
+from ..layer.step import PruneSpec, merge_layer, prune_candidates
+from ..lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
+from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
+from ..rotation import RotatedLayer, fold_norms, frozen_layer
+from ..rotation.shared import absorb_ends
+from .sequential import LayerLoop
+from .state import atomic_save_tensors
+
+STORE = "shared_rotation.safetensors"
+
+
+def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+                loop: LayerLoop) -> list:
+    """Every layer's frozen objective tensors, from one pass through the dense model."""
+    template, layout = loop.template, HeadLayout.from_config(model.config)
+    inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
+    stats, items = template.needed_stats(), []
+    layers = adapter.decoder_layers(model)
+    for i in tqdm(range(len(layers)), desc="dense pass (shared R1)", disable=not loop.progress):
+        layer = copy.deepcopy(layers[i])
+        fold_norms(layer, adapter)
+        hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
+        weights = {r: adapter.linear(layer, r).weight.detach().float().cpu() for r in ROLES}
+        hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
+        frozen = frozen_layer(weights, hessians, template.score, layout,
+                              template.hparams.reference_quirks, int(windows.shape[1]))
+        items.append(layer_item(i, frozen, layout, template.spec))
+        if i < len(layers) - 1:
+            inputs = run_layer(layer, inputs)
+        del layer, hessians
+        gc.collect()
+    return items
+
+
+def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+               loop: LayerLoop) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Learn (Q, R2 of every layer) from the summed objective; returns them and a report."""
+    start = time.perf_counter()
+    template = loop.template
+    items = dense_items(model, adapter, windows, loop)
+    module = SharedRotationModule(HeadLayout.from_config(model.config), len(items), template.spec,
+                                  template.hparams.lr)
+    loop.make_trainer("shared", template).fit(module, datamodule=LayersDataModule(items))
+    q, r = module.best_rotations()
+    report = {**module.report(), "layers": len(items), "fit_seconds": time.perf_counter() - start}
+    return q.detach().cpu(), r.detach().cpu(), report
+
+
+def shared_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
+                spec: PruneSpec, q: torch.Tensor, r: torch.Tensor) -> tuple[nn.Module, dict, LayerInputs]:
+    """Merge (Q, R2ℓ) into one layer and prune it; with the guard also (Q, I) and keep the better."""
+    fold_norms(layer, spec.adapter)
+    other = copy.deepcopy(layer) if spec.guard else None
+    rotated, invariance = merge_layer(layer, q, r[index], inputs, spec.adapter, spec.layout, index)
+    candidates = {"rotated": rotated}
+    if other is not None:
+        eye = torch.eye(spec.layout.head_dim, dtype=r.dtype).expand_as(r[index]).contiguous()
+        candidates["r2_identity"] = merge_layer(other, q, eye, inputs, spec.adapter, spec.layout,
+                                                index)[0]
+    kept, report, out = prune_candidates(candidates, inputs, dense_out, spec)
+    return kept, {"invariance_error": invariance, **report}, out
+
+
+@torch.no_grad()
+def to_standard(model: nn.Module, adapter: ArchitectureAdapter, q: torch.Tensor,
+                probe: torch.Tensor) -> dict:
+    """Drop every layer's (identical) entry/exit rotation and absorb Q into the embeddings and
+    lm_head; the logits on ``probe`` must stay within float tolerance. Returns export fields."""
+    layers = adapter.decoder_layers(model)
+    before = model(probe, use_cache=False).logits.double()
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, RotatedLayer) or not torch.equal(
+                layer.rotation.cpu(), q.cpu().to(layer.rotation.dtype)):
+            raise RuntimeError(f"layer {i} does not carry the shared rotation; cannot export a "
+                               "standard checkpoint")
+        layers[i] = layer.inner
+    fields = absorb_ends(model, adapter, q)
+    after = model(probe, use_cache=False).logits.double()
+    rel = ((after - before).norm() / before.norm()).item()
+    return {"r1": "shared", **fields, "standard_merge_error": rel}
+
+
+class Shared:
+    """The schedule of ``model.r1: shared`` (whole model, one process; see the module docstring)."""
+
+    is_main = True
+
+    def __init__(self) -> None:
+        self.q: torch.Tensor | None = None
+
+    def device(self, device: torch.device) -> torch.device:
+        return device
+
+    def prepare(self, model, adapter, windows, loop: LayerLoop, run_dir: Path, layerwise=None):
+        """Learn (or reload) the shared rotations; returns the layer loop's merge-and-prune step."""
+        if loop.template.hparams.steps == 0:
+            return None
+        path = Path(run_dir) / "state" / STORE
+        if path.is_file():
+            q, r = (load_file(str(path))[k] for k in ("q", "r"))
+        else:
+            q, r, report = fit_shared(model, adapter, windows, loop)
+            atomic_save_tensors({"q": q.contiguous(), "r": r.contiguous()}, path,
+                                {"report": json.dumps(report, default=float)})
+        self.q = q
+        return functools.partial(shared_step, q=q, r=r)
+
+    def finish(self, model, adapter, windows: torch.Tensor, run_dir: Path) -> dict:
+        """Turn the model into a standard checkpoint; returns the export fields with the shared
+        phase's report (objective before/after, seconds) from its saved file."""
+        if self.q is None:  # the plain pruner: nothing was rotated
+            return {"r1": "shared"}
+        with safe_open(str(Path(run_dir) / "state" / STORE), framework="pt") as fh:
+            report = json.loads((fh.metadata() or {}).get("report", "{}"))
+        device = next(model.parameters()).device
+        fields = to_standard(model, adapter, self.q.to(device), windows[:1].to(device))
+        return {**fields, "shared_rotation": report}
+
+    def stop(self) -> None:
+        pass

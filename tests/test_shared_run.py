@@ -1,0 +1,63 @@
+"""``model.r1: shared`` end to end on tiny models: a standard checkpoint (plain transformers, no
+remote code) that matches the dense model when nothing is pruned and keeps the exact pattern."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from drlightning.cli import DRLightningCLI
+
+from .tiny import fit_args, save_tiny_dir
+
+IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+SHARED = ("--model.r1", "shared")
+
+
+def _logits(path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # no remote code
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_rotate_only_shared_run_is_a_standard_checkpoint_matching_dense(arch, tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", arch)
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, pattern="none", steps=10,
+                                 extra=(*SHARED, "--model.objective", "entropy")))
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert "auto_map" not in config and config["model_type"] == arch
+    assert not any(k.startswith("drl_") for k in config)
+    names = set(load_file(run / "model" / "model.safetensors"))
+    dense_names = set(load_file(src / "model.safetensors"))
+    assert names == dense_names | {"lm_head.weight"}  # untied (llama) or already there
+    dense, got = _logits(src), _logits(run / "model")
+    assert ((got - dense).norm() / dense.norm()).item() <= 1e-4
+    results = json.loads((run / "results.json").read_text())
+    shared = results["export"]["shared_rotation"]
+    assert shared["best_loss"] < shared["initial_loss"] and results["export"]["r1"] == "shared"
+    assert results["export"]["untied_embeddings"] == (arch == "llama")
+    emb = load_file(run / "model" / "model.safetensors")["model.embed_tokens.weight"]
+    assert not torch.allclose(emb, load_file(src / "model.safetensors")["model.embed_tokens.weight"])
+
+
+def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", "qwen2")
+    run = tmp_path / "run"
+    args = fit_args(src, run, pattern="2:4", steps=8, extra=(*SHARED, "--model.permute", "true"))
+    first = DRLightningCLI(args=args).results
+    tensors = load_file(run / "model" / "model.safetensors")
+    for name, w in tensors.items():
+        if name.endswith("proj.weight") and "layers" in name:
+            assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all(), name
+    assert all(r["guard"] in ("rotated", "r2_identity") for r in first["layers"])
+    assert all("residual" not in r.get("permutation", {}) for r in first["layers"])
+    assert "auto_map" not in json.loads((run / "model" / "config.json").read_text())
+    again = DRLightningCLI(args=args).results  # everything is in state/: nothing is redone
+    assert again["ppl"] == first["ppl"]
+    assert [r["pruning_error"] for r in again["layers"]] == [r["pruning_error"] for r in first["layers"]]
