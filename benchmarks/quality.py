@@ -47,6 +47,9 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "pm+perm+guard": ("DR, pruned mass + permutation + guard",
                       {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True,
                        "guard": True}),
+    "shared": ("DR with one shared R1 (standard checkpoint), pruned mass + permutation + guard",
+               {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True, "guard": True,
+                "r1": "shared"}),
 }
 PRUNERS = {"sparsegpt-2of4": ("sparsegpt", "2:4"), "wanda-2of4": ("wanda", "2:4"),
            "sparsegpt-4of8": ("sparsegpt", "4:8"), "sparsegpt-50pct": ("sparsegpt", "50%"),
@@ -62,6 +65,9 @@ PLAN = [
     ("magnitude-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm", "pm+guard"], [0, 1, 2]),
     ("wanda-2of4", ["pm", "pm+guard"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["shared"], [0, 1, 2]),
+    ("wanda-2of4", ["shared"], [0, 1, 2]),
+    ("sparsegpt-50pct", ["shared"], [0, 1, 2]),
     ("sparsegpt-4of8", ["dr"], [0, 1, 2]),
     ("sparsegpt-50pct", ["dr"], [0, 1, 2]),
 ]
