@@ -42,6 +42,9 @@ def test_rotate_only_shared_run_is_a_standard_checkpoint_matching_dense(arch, tm
     shared = results["export"]["shared_rotation"]
     assert shared["best_loss"] < shared["initial_loss"] and results["export"]["r1"] == "shared"
     assert results["export"]["untied_embeddings"] == (arch == "llama")
+    card = (run / "model" / "README.md").read_text()
+    assert "no remote code" in card and "trust_remote_code" not in card
+    assert ("untied" in card) == (arch == "llama")
     emb = load_file(run / "model" / "model.safetensors")["model.embed_tokens.weight"]
     assert not torch.allclose(emb, load_file(src / "model.safetensors")["model.embed_tokens.weight"])
 
@@ -61,3 +64,17 @@ def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
     again = DRLightningCLI(args=args).results  # everything is in state/: nothing is redone
     assert again["ppl"] == first["ppl"]
     assert [r["pruning_error"] for r in again["layers"]] == [r["pruning_error"] for r in first["layers"]]
+
+
+def test_every_saved_model_has_a_model_card(tmp_path):
+    import yaml
+
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    DRLightningCLI(args=fit_args(src, tmp_path / "run", method="wanda", steps=3))
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "sparsity-2:4" in front["tags"]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert f"| perplexity, embedded | {results['dense_ppl']['embedded']:.3f} | " \
+           f"{results['ppl']['embedded']:.3f} |" in card
+    assert "trust_remote_code=True" in card and "R1 per layer" in card

@@ -18,6 +18,7 @@ from lightning import Trainer
 
 from ..atomic import atomic_write_text
 from ..data import load_eval_text, tokenize_text
+from ..export.card import model_card
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
 from ..models import adapter_for
@@ -113,6 +114,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     plot = monitor.model_done(results)
     monitor.close()
     write_json(run_dir / "results.json", results)
+    if export.get("path"):
+        atomic_write_text(Path(export["path"]) / "README.md", model_card(results, export["path"]))
     baseline = load_run(opts.monitor.baseline_run) if opts.monitor.baseline_run else None
     atomic_write_text(run_dir / "report.md", report_markdown(results, baseline, plot))
     print(format_table(results))
