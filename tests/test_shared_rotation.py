@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForCausalLM
 
 from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
@@ -153,3 +154,42 @@ def test_random_layer_subsets_per_step():
     with pytest.raises(ValueError, match="layers_per_step=3 must be between 1 and the number of "
                                          "layers .2."):
         LayersDataModule(items, layers_per_step=3)
+
+
+class _Grads(Callback):
+    """Saves Q's and R2's gradient (after DDP's all-reduce) at every step, from rank 0."""
+
+    def __init__(self, path) -> None:
+        self.path, self.grads = path, []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.grads.append((module.A.grad.clone(), module.B.grad.clone()))
+        if trainer.global_rank == 0:
+            torch.save(self.grads, self.path)
+
+
+def _fit_processes(devices: int, path, steps: int = 2) -> list:
+    from lightning import Trainer
+
+    layout, frozen = _items(MASS)
+    frozen = frozen + _items(MASS, seed=1)[1]  # 4 layers: 2 per process
+    items = [layer_item(i, f, layout, MASS) for i, f in enumerate(frozen)]
+    kwargs = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=devices, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            gradient_clip_val=1.0, callbacks=[_Grads(path)], **kwargs).fit(
+        SharedRotationModule(layout, len(items), MASS), datamodule=LayersDataModule(items))
+    return torch.load(path)
+
+
+def test_two_gloo_processes_learn_the_same_rotation_as_one(tmp_path):
+    """Each process serves 2 of the 4 layers; DDP all-reduces the gradients. Every step's gradient
+    (so also the update before it) matches one process's. Longer runs are not compared entry by
+    entry: Adam turns float noise in gradient entries near zero (summation order differs across
+    processes) into full-size steps, so trajectories then agree only to about lr per entry."""
+    one = _fit_processes(1, tmp_path / "one.pt")
+    two = _fit_processes(2, tmp_path / "two.pt")
+    assert len(one) == len(two) == 2
+    for (a1, b1), (a2, b2) in zip(one, two, strict=True):
+        assert a1.abs().sum() > 0 and b1.abs().sum() > 0
+        assert torch.allclose(a2, a1, rtol=1e-4, atol=1e-6) and torch.allclose(b2, b1, rtol=1e-4, atol=1e-6)

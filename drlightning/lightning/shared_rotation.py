@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from lightning import LightningDataModule, LightningModule
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..models.adapters import HeadLayout
 from ..rotation import orthogonality_error, qr_orthogonal
@@ -56,6 +57,17 @@ def _as_list(batch: list[LayerItem]) -> list[LayerItem]:
     return list(batch)
 
 
+class _RankShare(DistributedSampler):
+    """Layers ℓ with ℓ mod world = rank, without the padding DistributedSampler adds (a repeated
+    layer would count twice in the summed objective)."""
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class LayersDataModule(LightningDataModule):
     """The layers of a model as a dataset (see the module docstring)."""
 
@@ -71,8 +83,17 @@ class LayersDataModule(LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
-        subset = self.layers_per_step is not None
-        return DataLoader(_Layers(self.items), batch_size=self.layers_per_step or len(self.items),
+        """Every layer per step (or ``layers_per_step`` random ones); under DDP each rank its
+        share of them (Lightning keeps a DistributedSampler it is given)."""
+        subset, layers = self.layers_per_step is not None, _Layers(self.items)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            if subset or world > len(layers):  # every rank must take one step per epoch
+                raise ValueError(f"with {world} processes the shared rotation needs every layer "
+                                 f"per step (layers_per_step=None) and at least {world} layers")
+            sampler = _RankShare(layers, shuffle=False)
+            return DataLoader(layers, batch_size=len(sampler), sampler=sampler, collate_fn=_as_list)
+        return DataLoader(layers, batch_size=self.layers_per_step or len(self.items),
                           shuffle=subset, collate_fn=_as_list,
                           generator=torch.Generator().manual_seed(self.seed) if subset else None)
 
