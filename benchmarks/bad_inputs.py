@@ -152,7 +152,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bad_inputs.md")
     args = p.parse_args()
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     env = {
         **os.environ,
         **OFFLINE,
@@ -188,7 +188,8 @@ def main() -> None:
         "command, Python start-up and imports included: `python -m drlightning.cli --help` "
         "alone takes about 11 s on this 2-core machine, so nearly all of it). Exit status 2 = a "
         'user error reported in one line (`--debug` shows the traceback). "Left behind" lists '
-        "what the failed command wrote into its run directory.",
+        "what the failed command wrote into its run directory. Load average (1 min) when it "
+        f"started: {load:.1f} (other jobs on the machine slow every case).",
         "",
         "| bad input | exit | seconds | left behind | message |",
         "|---|---|---|---|---|",
