@@ -78,3 +78,33 @@ def test_every_saved_model_has_a_model_card(tmp_path):
     assert f"| perplexity, embedded | {results['dense_ppl']['embedded']:.3f} | " \
            f"{results['ppl']['embedded']:.3f} |" in card
     assert "trust_remote_code=True" in card and "R1 per layer" in card
+
+
+def test_crash_while_pruning_resumes_without_redoing_finished_work(tmp_path, monkeypatch):
+    import drlightning.pipeline.shared as shared
+
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    args = fit_args(src, tmp_path / "run", pattern="2:4", steps=6, extra=SHARED)
+    reference = DRLightningCLI(args=fit_args(src, tmp_path / "ref", pattern="2:4", steps=6,
+                                             extra=SHARED)).results
+    fits, steps = [], []
+    real_fit, real_step = shared.fit_shared, shared.shared_step
+
+    def counting_fit(*a, **k):
+        fits.append(1)
+        return real_fit(*a, **k)
+
+    def crashing_step(index, *a, **k):
+        steps.append(index)
+        if index == 1 and len(fits) == 1 and steps.count(1) == 1:
+            raise KeyboardInterrupt("simulated crash in layer 1")
+        return real_step(index, *a, **k)
+
+    monkeypatch.setattr(shared, "fit_shared", counting_fit)
+    monkeypatch.setattr(shared, "shared_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        DRLightningCLI(args=args)
+    assert (tmp_path / "run" / "state" / "shared_rotation.safetensors").is_file()
+    resumed = DRLightningCLI(args=args).results
+    assert fits == [1] and steps == [0, 1, 1]  # no second fit, layer 0 not pruned again
+    assert resumed["ppl"] == reference["ppl"]  # bit-identical to an uninterrupted run
