@@ -3,7 +3,8 @@
     python benchmarks/sparse24_speed.py                 # GPU: LLaMA-3-8B layer, 32 × 2048 tokens, bf16
     python benchmarks/sparse24_speed.py --smoke         # CPU: harness check on a small layer
 
-Variants: dense; 2:4 (every linear ``torch.sparse.to_sparse_semi_structured``); 2:4 + rotations as
+Variants: dense; 2:4 (every linear ``torch.sparse.to_sparse_semi_structured``; also what a
+``model.r1: shared`` output runs: its rotations live inside the weights); 2:4 + rotations as
 two d×d matmuls per layer (entry Q, exit Qᵀ — the unmerged form); 2:4 + our merged boundary (one
 d×d matmul per layer, ``Q_{l+1}ᵀ Q_l``). Forward only, ``torch.inference_mode``, CUDA-event timed,
 median of ``--iters``. Without CUDA the benchmark skips with a message (``--smoke`` runs the same
@@ -114,7 +115,8 @@ def main() -> None:
 
     with torch.inference_mode():
         rows = [("dense", timed(run(dense), args.iters, device)),
-                ("2:4", timed(run(sparse), args.iters, device)),
+                ("2:4 (plain pruner, or DR with a shared R1: a standard checkpoint)",
+                 timed(run(sparse), args.iters, device)),
                 ("2:4 + rotations (entry Q, exit Qᵀ)", timed(run(sparse, q_in, q_in.T), args.iters,
                                                               device)),
                 ("2:4 + merged boundary (one d×d)", timed(run(sparse, boundary), args.iters, device))]
