@@ -13,32 +13,18 @@ from ..layer.capture import OBJECTIVE_STATS
 from ..layer.step import PruneSpec
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
-from ..rotation import METHODS, frozen_layer, orthogonality_error, qr_orthogonal
+from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
 from ..rotation.objective import (
-    OBJECTIVES,
     FrozenLayer,
     ObjectiveSpec,
     identity_scale,
     layer_objective,
     layer_scores,
 )
-
-SCORES = ("pruner", *METHODS)
-"""Importance the rotation objective measures: the pruner's own score, or a named one."""
-
-R1_MODES = ("per_layer", "shared")
-"""Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
+from .rotation_settings import check_r1_blocks, check_settings
 
 FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
 """The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
-
-
-def check_r1_blocks(hidden: int, blocks: int) -> None:
-    """Raise unless ``blocks`` divides the hidden size."""
-    if hidden % blocks:
-        divisors = [k for k in (1, 2, 4, 8, 16) if hidden % k == 0]
-        raise ValueError(f"model.r1_blocks={blocks} does not divide the hidden size {hidden}; "
-                         f"allowed e.g. {divisors}")
 
 
 class RotationModule(LightningModule):
@@ -96,33 +82,7 @@ class RotationModule(LightningModule):
         r1: str = "per_layer",
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-        if pattern != NO_PRUNING:
-            parse_pattern(pattern)
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps={steps!r} must be an integer ≥ 0 (0 = plain pruner)")
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0")
-        if not grad_clip > 0:
-            raise ValueError(f"grad_clip={grad_clip!r} must be > 0")
-        if not isinstance(r1_blocks, int) or isinstance(r1_blocks, bool) or r1_blocks < 1:
-            raise ValueError(f"r1_blocks={r1_blocks!r} must be an integer ≥ 1 (1 = dense R1)")
-        if not isinstance(low_memory, bool):
-            raise ValueError(f"low_memory={low_memory!r} must be true or false")
-        for name, value in (("permute", permute), ("guard", guard)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} must be true or false")
-        if objective not in ("auto", *OBJECTIVES):
-            raise ValueError(f"objective={objective!r}; allowed: auto, {', '.join(OBJECTIVES)}")
-        if r1 not in R1_MODES:
-            raise ValueError(f"r1={r1!r}; allowed: {', '.join(R1_MODES)}")
-        if rotation_score not in SCORES:
-            raise ValueError(f"rotation_score={rotation_score!r}; allowed: {', '.join(SCORES)}")
-        if objective == "pruned_mass" and pattern == NO_PRUNING and steps > 0:
-            raise ValueError("objective='pruned_mass' measures what the pattern removes and "
-                             "pattern='none' prunes nothing: rotate-only runs need "
-                             "objective='entropy'")
+        check_settings(dict(locals()))
         self.save_hyperparameters()
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None

@@ -14,7 +14,8 @@ from ..data.hub import cache_dirs, is_cached, offline_reason, source_dataset
 from ..eval.task_index import known_to_lm_eval, task_dataset, task_files
 from ..eval.zeroshot import CONTINUATION, local_spec
 from ..lightning.calibration import CalibrationDataModule
-from ..lightning.rotation_module import RotationModule, check_r1_blocks
+from ..lightning.rotation_module import RotationModule
+from ..lightning.rotation_settings import check_r1_blocks
 from ..models.adapters import HeadLayout, adapter_for
 from ..models.header import model_shape
 from .options import RunOptions

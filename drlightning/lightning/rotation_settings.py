@@ -1,0 +1,51 @@
+"""The rotation settings (``model:`` in the configs): allowed values and their checks."""
+
+from __future__ import annotations
+
+from ..pruning import NO_PRUNING, parse_pattern
+from ..rotation import METHODS
+from ..rotation.objective import OBJECTIVES
+
+SCORES = ("pruner", *METHODS)
+"""Importance the rotation objective measures: the pruner's own score, or a named one."""
+
+R1_MODES = ("per_layer", "shared")
+"""Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
+
+
+def check_r1_blocks(hidden: int, blocks: int) -> None:
+    """Raise unless ``blocks`` divides the hidden size."""
+    if hidden % blocks:
+        divisors = [k for k in (1, 2, 4, 8, 16) if hidden % k == 0]
+        raise ValueError(f"model.r1_blocks={blocks} does not divide the hidden size {hidden}; "
+                         f"allowed e.g. {divisors}")
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_settings(s: dict) -> None:
+    """Refuse a bad rotation setting with a message naming it and what is allowed."""
+    if s["method"] not in METHODS:
+        raise ValueError(f"unknown method {s['method']!r}; allowed: {', '.join(METHODS)}")
+    if s["pattern"] != NO_PRUNING:
+        parse_pattern(s["pattern"])
+    if not isinstance(s["steps"], int) or s["steps"] < 0:
+        raise ValueError(f"steps={s['steps']!r} must be an integer ≥ 0 (0 = plain pruner)")
+    for name in ("lr", "grad_clip"):
+        if not s[name] > 0:
+            raise ValueError(f"{name}={s[name]!r} must be > 0")
+    blocks = s["r1_blocks"]
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+        raise ValueError(f"r1_blocks={blocks!r} must be an integer ≥ 1 (1 = dense R1)")
+    for name in ("low_memory", "permute", "guard"):
+        if not isinstance(s[name], bool):
+            raise ValueError(f"{name}={s[name]!r} must be true or false")
+    _choice("objective", s["objective"], ("auto", *OBJECTIVES))
+    _choice("r1", s["r1"], R1_MODES)
+    _choice("rotation_score", s["rotation_score"], SCORES)
+    if s["objective"] == "pruned_mass" and s["pattern"] == NO_PRUNING and s["steps"] > 0:
+        raise ValueError("objective='pruned_mass' measures what the pattern removes and "
+                         "pattern='none' prunes nothing: rotate-only runs need objective='entropy'")
