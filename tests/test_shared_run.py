@@ -108,3 +108,21 @@ def test_crash_while_pruning_resumes_without_redoing_finished_work(tmp_path, mon
     resumed = DRLightningCLI(args=args).results
     assert fits == [1] and steps == [0, 1, 1]  # no second fit, layer 0 not pruned again
     assert resumed["ppl"] == reference["ppl"]  # bit-identical to an uninterrupted run
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_layer_by_layer_shared_run_saves_the_same_standard_checkpoint(arch, tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", arch)
+    extra = (*SHARED, "--model.objective", "entropy")
+    whole = DRLightningCLI(args=fit_args(src, tmp_path / "whole", pattern="none", steps=5,
+                                         extra=extra)).results
+    shards = DRLightningCLI(args=fit_args(src, tmp_path / "shards", pattern="none", steps=5,
+                                          extra=(*extra, "--run.launch.layerwise", "true"))).results
+    config = json.loads((tmp_path / "shards" / "model" / "config.json").read_text())
+    assert "auto_map" not in config and config["model_type"] == arch
+    assert config["tie_word_embeddings"] is False
+    dense, got = _logits(src), _logits(tmp_path / "shards" / "model")
+    assert ((got - dense).norm() / dense.norm()).item() <= 1e-4
+    assert torch.allclose(got, _logits(tmp_path / "whole" / "model"), atol=1e-5)
+    assert shards["export"]["untied_embeddings"] == (arch == "llama")
+    assert shards["export"]["shared_rotation"]["best_loss"] == whole["export"]["shared_rotation"]["best_loss"]

@@ -15,6 +15,7 @@ from ..atomic import write_dir_atomically
 from ..layer.capture import LayerInputs, capture_layer_inputs, run_layer
 from ..models.adapters import _get
 from ..rotation import RotatedLayer
+from ..rotation.shared import absorb_ends
 from . import modeling_drlightning as mdl
 from .boundaries import _BoundaryConfig, boundary_matrix, merge_error
 from .hf_dir import finish_dir
@@ -58,18 +59,21 @@ def _outer_tensors(lw) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.Tensor,
-                       tolerance: float, progress: bool = True) -> dict:
+                       tolerance: float, progress: bool = True,
+                       shared: torch.Tensor | None = None) -> dict:
     """Write the finished run in ``state`` to ``path`` shard by shard (one layer in memory).
 
     Returns the ``drl_*`` config fields and ``boundary_merge_error``: the relative logit change on
     ``probe`` (1, T) between the per-layer rotations and the merged boundaries; above
-    ``tolerance`` nothing is written and the error is raised.
+    ``tolerance`` nothing is written and the error is raised. With a ``shared`` rotation (every
+    layer's Q) no boundary is written: Q is absorbed into the embeddings and lm_head instead, and
+    the directory is a standard checkpoint (the probe then checks that absorption).
     """
     n = len(lw.layers)
     rotated = _rotated_layers(state, n)
     boundaries = [b for b in range(n + 1) if (b > 0 and rotated[b - 1]) or (b < n and rotated[b])]
     fields = _BoundaryConfig(boundaries, rotation_dtype, lw.model.config.hidden_size,
-                             lw.adapter).fields() if boundaries else {}
+                             lw.adapter).fields() if boundaries and shared is None else {}
     rdt = mdl.ROTATION_DTYPES[rotation_dtype]
     files = [f"model-{k + 1:05d}-of-{n + 1:05d}.safetensors" for k in range(n + 1)]
     result: dict = {}
@@ -83,7 +87,9 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
             layer = lw.load(i, tensors)
             out = {f"{lw.layer_prefix}{i}.{k}": v.contiguous() for k, v in tensors.items()}
             m = boundary_matrix(prev, q)
-            if m is not None:
+            if shared is not None:  # Q at the entry (in the embeddings), identity in between
+                plain = turn_hidden(plain, shared.to(rdt)) if i == 0 else plain
+            elif m is not None:
                 out[f"{OWNER}.m{i}"] = m = m.to(rdt).contiguous()
                 plain = turn_hidden(plain, m)
             wrapped = run_layer(RotatedLayer(layer, q.to(lw.device)) if q is not None else layer,
@@ -94,9 +100,14 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
             total += sum(t.numel() * t.element_size() for t in out.values())
             lw.release(i)
             prev = q
-        out = _outer_tensors(lw)
         m = boundary_matrix(prev, None)
-        if m is not None:
+        if shared is not None:  # the exit Qᵀ, only to compare logits with the original head
+            plain = turn_hidden(plain, shared.T.to(rdt))
+            result["boundary_merge_error"] = merge_error(next(head_logits(lw, wrapped)),
+                                                         next(head_logits(lw, plain)), tolerance)
+            result.update(absorb_ends(lw.model, lw.adapter, shared.to(lw.device)))
+        out = _outer_tensors(lw)
+        if shared is None and m is not None:
             out[f"{OWNER}.m{n}"] = m = m.to(rdt).contiguous()
             plain = turn_hidden(plain, m)
         save_file(out, str(tmp / files[n]), metadata={"format": "pt"})
@@ -108,8 +119,9 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
         if getattr(lw.model, "generation_config", None) is not None:
             lw.model.generation_config.save_pretrained(tmp)
         finish_dir(tmp, lw.model, lw.tokenizer, fields)
-        result["boundary_merge_error"] = merge_error(next(head_logits(lw, wrapped)),
-                                                     next(head_logits(lw, plain)), tolerance)
+        if shared is None:
+            result["boundary_merge_error"] = merge_error(next(head_logits(lw, wrapped)),
+                                                         next(head_logits(lw, plain)), tolerance)
 
     write_dir_atomically(path, write)
     return {**fields, **result}

@@ -95,9 +95,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
             return {"rank": schedule.ranks.rank}
         layer_reports = rotate_and_prune(model, adapter, windows, loop, state, layer_step,
                                          place.layerwise)
-    standard = schedule.finish(model, adapter, windows, run_dir)  # shared R1: a plain model
-    export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen)
-    export = {**export, **standard}
+    export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen, schedule.q)
+    export = {**export, **schedule.report(run_dir)}
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,

@@ -170,8 +170,11 @@ class Sequential:
         """Nothing ahead of the layer loop: it fits each layer's rotations itself."""
         return None
 
-    def finish(self, model, adapter, windows, run_dir: Path) -> dict:
-        """Nothing after the loop: the placement merges the per-layer boundary rotations."""
+    q = None
+    """The shared residual rotation (only the shared-R1 schedule has one)."""
+
+    def report(self, run_dir: Path) -> dict:
+        """Export fields of the schedule (none: the placement merges the boundary rotations)."""
         return {}
 
     def stop(self) -> None:
@@ -201,7 +204,8 @@ class Parallel:
         self.ranks.barrier()
         return merge_saved_step(store) if self.is_main else None
 
-    finish = Sequential.finish
+    q = None
+    report = Sequential.report
 
     def stop(self) -> None:
         self.ranks.stop()

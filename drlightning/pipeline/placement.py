@@ -19,6 +19,7 @@ from ..models import adapter_for, load_model
 from ..models.shards import LayerwiseModel, ShardedCheckpoint
 from .options import RunOptions
 from .setup import boundary_dtype, finalize_rotations, merge_tolerance, opts_dtype
+from .shared import to_standard
 
 
 def evaluate_saved(evaluate: Callable[[], dict], path: Path) -> dict:
@@ -55,10 +56,16 @@ class WholeModel:
                                eval_tokens=eval_tokens)
 
     def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
-               seqlen: int) -> tuple[dict, dict]:
-        """Merge the boundary rotations, evaluate, save; returns (export fields, final results)."""
-        export = finalize_rotations(self.model, adapter_for(self.model.config), windows,
-                                    boundary_dtype(self.opts, opts_dtype(self.model)))
+               seqlen: int, shared: torch.Tensor | None = None) -> tuple[dict, dict]:
+        """Merge the boundary rotations (or absorb the ``shared`` one), evaluate, save; returns
+        (export fields, final results)."""
+        adapter = adapter_for(self.model.config)
+        standard = {}
+        if shared is not None:
+            device = next(self.model.parameters()).device
+            standard = to_standard(self.model, adapter, shared.to(device), windows[:1].to(device))
+        export = {**finalize_rotations(self.model, adapter, windows,
+                                       boundary_dtype(self.opts, opts_dtype(self.model))), **standard}
         if not self.opts.export.save:
             return export, self.evaluate(eval_tokens, seqlen)
         path = Path(run_dir) / "model"
@@ -93,13 +100,14 @@ class LayerByLayer:
         return self._perplexity(self.layerwise.checkpoint, eval_tokens, seqlen)
 
     def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
-               seqlen: int) -> tuple[dict, dict]:
-        """Export the finished layers shard by shard, then evaluate the saved shards."""
+               seqlen: int, shared: torch.Tensor | None = None) -> tuple[dict, dict]:
+        """Export the finished layers shard by shard (absorbing the ``shared`` rotation, if
+        any), then evaluate the saved shards."""
         rdt = boundary_dtype(self.opts, self.layerwise.dtype)
         path = Path(run_dir) / "model"
         export = save_layerwise_dir(self.layerwise, state, path, rdt, windows[:1],
                                     merge_tolerance(self.layerwise.dtype, rdt),
-                                    self.opts.monitor.progress)
+                                    self.opts.monitor.progress, shared)
         final = evaluate_saved(lambda: self._perplexity(ShardedCheckpoint(path), eval_tokens, seqlen),
                                path)
         return {**export, "path": str(path)}, final

@@ -30,10 +30,9 @@ def check_options(opts: RunOptions, module) -> None:
     if opts.launch.mode == "parallel" and module.hparams.steps == 0:
         raise ValueError("run.launch.mode='parallel' trains rotations; model.steps=0 (the plain "
                          "pruner) has none — use run.launch.mode='sequential'")
-    if module.hparams.get("r1", "per_layer") == "shared" and (
-            opts.launch.mode != "sequential" or opts.launch.layerwise):
-        raise ValueError("model.r1='shared' runs with the whole model in one process for now: "
-                         "use run.launch.mode='sequential' and run.launch.layerwise=false")
+    if module.hparams.get("r1", "per_layer") == "shared" and opts.launch.mode != "sequential":
+        raise ValueError("model.r1='shared' learns one rotation for all layers at once, which "
+                         "run.launch.mode='parallel' does not split; use run.launch.mode='sequential'")
     if opts.monitor.picture_role not in ROLES:
         raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
                          f"{', '.join(ROLES)}")

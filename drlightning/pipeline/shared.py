@@ -7,8 +7,9 @@
    result is saved in ``state/shared_rotation.safetensors`` (a re-run skips this phase).
 3. The layer loop then merges (Q, R2ℓ) into each layer and prunes it on the outputs of the pruned
    layers before it; the guard compares R2ℓ with the identity (Q is the same in every layer).
-4. Before saving, every layer's entry/exit Q cancels against its neighbour's: the wrappers are
-   dropped and Q is absorbed into the embeddings and lm_head — a standard checkpoint.
+4. Before saving (:func:`to_standard`, or shard by shard in the layer-by-layer export), every
+   layer's entry/exit Q cancels against its neighbour's: the wrappers are dropped and Q is
+   absorbed into the embeddings and lm_head — a standard checkpoint.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ STORE = "shared_rotation.safetensors"
 
 
 def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
-                loop: LayerLoop) -> list:
-    """Every layer's frozen objective tensors, from one pass through the dense model."""
+                loop: LayerLoop, layerwise=None) -> list:
+    """Every layer's frozen objective tensors, from one pass through the dense model (with
+    ``layerwise``, each layer is loaded from the shards, folded and released again)."""
     template, layout = loop.template, HeadLayout.from_config(model.config)
     inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
     stats, items = template.needed_stats(), []
     layers = adapter.decoder_layers(model)
     for i in tqdm(range(len(layers)), desc="dense pass (shared R1)", disable=not loop.progress):
-        layer = copy.deepcopy(layers[i])
+        layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
         fold_norms(layer, adapter)
         hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
         weights = {r: adapter.linear(layer, r).weight.detach().float().cpu() for r in ROLES}
@@ -56,17 +58,19 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         items.append(layer_item(i, frozen, layout, template.spec))
         if i < len(layers) - 1:
             inputs = run_layer(layer, inputs)
+        if layerwise is not None:
+            layerwise.release(i)
         del layer, hessians
         gc.collect()
     return items
 
 
 def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
-               loop: LayerLoop) -> tuple[torch.Tensor, torch.Tensor, dict]:
+               loop: LayerLoop, layerwise=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Learn (Q, R2 of every layer) from the summed objective; returns them and a report."""
     start = time.perf_counter()
     template = loop.template
-    items = dense_items(model, adapter, windows, loop)
+    items = dense_items(model, adapter, windows, loop, layerwise)
     module = SharedRotationModule(HeadLayout.from_config(model.config), len(items), template.spec,
                                   template.hparams.lr)
     loop.make_trainer("shared", template).fit(module, datamodule=LayersDataModule(items))
@@ -128,22 +132,20 @@ class Shared:
         if path.is_file():
             q, r = (load_file(str(path))[k] for k in ("q", "r"))
         else:
-            q, r, report = fit_shared(model, adapter, windows, loop)
+            q, r, report = fit_shared(model, adapter, windows, loop, layerwise)
             atomic_save_tensors({"q": q.contiguous(), "r": r.contiguous()}, path,
                                 {"report": json.dumps(report, default=float)})
         self.q = q
         return functools.partial(shared_step, q=q, r=r)
 
-    def finish(self, model, adapter, windows: torch.Tensor, run_dir: Path) -> dict:
-        """Turn the model into a standard checkpoint; returns the export fields with the shared
-        phase's report (objective before/after, seconds) from its saved file."""
-        if self.q is None:  # the plain pruner: nothing was rotated
+    def report(self, run_dir: Path) -> dict:
+        """Export fields: the mode and the shared phase's report (objective, seconds)."""
+        path = Path(run_dir) / "state" / STORE
+        if not path.is_file():  # the plain pruner: nothing was rotated
             return {"r1": "shared"}
-        with safe_open(str(Path(run_dir) / "state" / STORE), framework="pt") as fh:
-            report = json.loads((fh.metadata() or {}).get("report", "{}"))
-        device = next(model.parameters()).device
-        fields = to_standard(model, adapter, self.q.to(device), windows[:1].to(device))
-        return {**fields, "shared_rotation": report}
+        with safe_open(str(path), framework="pt") as fh:
+            return {"r1": "shared", "shared_rotation": json.loads((fh.metadata() or {}).get(
+                "report", "{}"))}
 
     def stop(self) -> None:
         pass
