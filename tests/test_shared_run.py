@@ -49,6 +49,24 @@ def test_rotate_only_shared_run_is_a_standard_checkpoint_matching_dense(arch, tm
     assert not torch.allclose(emb, load_file(src / "model.safetensors")["model.embed_tokens.weight"])
 
 
+def _generates_and_loads_in_lm_eval(path) -> None:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()  # no trust_remote_code anywhere
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok("The object", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape == (1, ids.shape[1] + 5)
+    lm = HFLM(pretrained=str(path), batch_size=1, device="cpu")
+    (logprob, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("The object", " is"), 0)])
+    cont = tok(" is").input_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[0].tolist() + cont])).logits.log_softmax(-1)[0]
+    expected = sum(logits[ids.shape[1] - 1 + k, t].item() for k, t in enumerate(cont))
+    assert logprob == pytest.approx(expected, abs=1e-3)
+
+
 def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
     run = tmp_path / "run"
@@ -61,6 +79,7 @@ def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
     assert all(r["guard"] in ("rotated", "r2_identity") for r in first["layers"])
     assert all("residual" not in r.get("permutation", {}) for r in first["layers"])
     assert "auto_map" not in json.loads((run / "model" / "config.json").read_text())
+    _generates_and_loads_in_lm_eval(run / "model")
     again = DRLightningCLI(args=args).results  # everything is in state/: nothing is redone
     assert again["ppl"] == first["ppl"]
     assert [r["pruning_error"] for r in again["layers"]] == [r["pruning_error"] for r in first["layers"]]
