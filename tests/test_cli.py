@@ -89,9 +89,12 @@ def test_print_config_shows_resolved_settings(capsys):
 
 
 @pytest.mark.slow
-def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
-    """Zero sparsity: the saved default model's logits match the dense model's (float32)."""
+@pytest.mark.parametrize("r1", ["per_layer", "shared"])
+def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path, r1):
+    """Zero sparsity: the saved default model's logits match the dense model's (float32); with a
+    shared R1 the saved model is a plain llama checkpoint loaded without drlightning."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     import drlightning
     from drlightning.models import load_model
@@ -101,17 +104,21 @@ def test_rotate_only_run_on_embedded_model_saves_dense_equivalent(tmp_path):
         "fit", "--config", str(ROOT / "configs/smollm2/sparsegpt-2of4.yaml"),
         "--model.pattern", "none", "--model.steps", "3", "--data.nsamples", "2",
         "--data.seqlen", "32", "--run.eval.data", "[]", "--run.eval.dense", "false",
-        "--run.eval.zero_shot", "[]",
+        "--run.eval.zero_shot", "[]", "--model.r1", r1,
         "--run.output_dir", str(out), "--run.monitor.progress", "false", "--run.monitor.tensorboard", "false",
     ])
     dense, tok = load_model()
-    saved = drlightning.load_pretrained(out / "model")
+    if r1 == "shared":
+        assert "auto_map" not in json.loads((out / "model" / "config.json").read_text())
+        saved = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    else:
+        saved = drlightning.load_pretrained(out / "model")
+        assert not torch.equal(saved.drl_rotations.matrix(1), torch.eye(576))
     ids = tok("Pruning removes the weights with the lowest importance scores.",
               return_tensors="pt").input_ids
     with torch.no_grad():
         ref, got = dense(ids).logits.double(), saved(ids).logits.double()
     assert ((got - ref).norm() / ref.norm()).item() <= 1e-4
-    assert not torch.equal(saved.drl_rotations.matrix(1), torch.eye(576))
 
 
 def test_flat_run_keys_of_older_configs_get_one_line_with_their_new_place(tmp_path, capsys):
