@@ -78,6 +78,10 @@ def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
             assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all(), name
     assert all(r["guard"] in ("rotated", "r2_identity") for r in first["layers"])
     assert all("residual" not in r.get("permutation", {}) for r in first["layers"])
+    report = (run / "report.md").read_text()
+    assert "| R2 = identity (shared Q) | rotated |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| 0 |"))
+    assert f"| {first['layers'][0]['pruning_error_r2_identity']:.3f} |" in row
     assert "auto_map" not in json.loads((run / "model" / "config.json").read_text())
     _generates_and_loads_in_lm_eval(run / "model")
     again = DRLightningCLI(args=args).results  # everything is in state/: nothing is redone

@@ -11,8 +11,8 @@ from .pictures import error_plot_png, importance_png, png_to_chw
 
 LAYER_SCALARS = ("initial_entropy", "best_entropy", "initial_loss", "best_loss", "best_step",
                  "orthogonality_error", "invariance_error", "pruning_error",
-                 "pruning_error_rotated", "pruning_error_unrotated", "seconds", "fit_seconds",
-                 "prune_seconds")
+                 "pruning_error_rotated", "pruning_error_unrotated", "pruning_error_r2_identity",
+                 "seconds", "fit_seconds", "prune_seconds")
 ERROR_PLOT = "pictures/pruning_error.png"
 """Per-layer pruning error plot, relative to the run directory (linked from report.md)."""
 

@@ -67,6 +67,7 @@ def error_plot_png(layers: list[dict]) -> bytes:
     x = [r["layer"] for r in layers]
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
     for key, label, style in (("pruning_error_unrotated", "unrotated (plain pruner)", "o--"),
+                              ("pruning_error_r2_identity", "R2 = identity (shared Q)", "^--"),
                               ("pruning_error_rotated", "rotated", "s--")):
         if all(key in r for r in layers):
             ax.plot(x, [r[key] for r in layers], style, label=label, alpha=0.7)

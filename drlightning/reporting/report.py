@@ -6,6 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+OTHER_CANDIDATES = {"unrotated": "unrotated", "r2_identity": "R2 = identity (shared Q)"}
+"""The guard's other candidate: the unrotated layer (per-layer R1) or the layer without its R2
+(shared R1, whose Q every layer keeps)."""
+
 
 def _fmt(value, pct: bool = False) -> str:
     if value is None:
@@ -39,16 +43,18 @@ def layer_section(layers: list[dict], plot: str | None = None) -> list[str]:
     lines = ["## Layers", ""]
     if plot:
         lines += [f"![per-layer pruning error]({plot})", ""]
+    other = next((n for n in OTHER_CANDIDATES if any(f"pruning_error_{n}" in r for r in layers)),
+                 "unrotated")
     if guarded:
         kept = sum(r.get("guard") == "rotated" for r in layers)
         lines += [f"Guard: the rotated layer was kept in {kept} of {len(layers)} layers (the "
-                  "unrotated one pruned with a lower error in the others).", ""]
-    head = "| layer | pruning error | unrotated | rotated | kept | permutations kept |"
+                  f"{OTHER_CANDIDATES[other]} one pruned with a lower error in the others).", ""]
+    head = f"| layer | pruning error | {OTHER_CANDIDATES[other]} | rotated | kept | permutations kept |"
     lines += [head, "|---|---|---|---|---|---|"]
     for r in layers:
         perms = ", ".join(k for k, v in (r.get("permutation") or {}).items() if v.get("kept")) or "-"
         lines.append(f"| {r['layer']} | {_fmt(r.get('pruning_error'))} | "
-                     f"{_fmt(r.get('pruning_error_unrotated'))} | {_fmt(r.get('pruning_error_rotated'))} "
+                     f"{_fmt(r.get(f'pruning_error_{other}'))} | {_fmt(r.get('pruning_error_rotated'))} "
                      f"| {r.get('guard', '-')} | {perms} |")
     mean = sum(r["pruning_error"] for r in layers) / len(layers)
     return [*lines, "", f"Mean layer pruning error: {mean:.4f}.", ""]
