@@ -149,3 +149,36 @@ def test_layer_by_layer_shared_run_saves_the_same_standard_checkpoint(arch, tmp_
     assert torch.allclose(got, _logits(tmp_path / "whole" / "model"), atol=1e-5)
     assert shards["export"]["untied_embeddings"] == (arch == "llama")
     assert shards["export"]["shared_rotation"]["best_loss"] == whole["export"]["shared_rotation"]["best_loss"]
+
+
+def test_model_wide_guard_drops_a_harmful_shared_rotation(tmp_path, monkeypatch):
+    """Already-2:4 weights: the plain magnitude pruner removes only zeros, while a Haar-random Q
+    makes every weight dense and pruning hurt — the guard must keep the model unrotated."""
+    import drlightning.pipeline.shared as shared
+    from drlightning.rotation import random_orthogonal
+
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                groups = p.reshape(p.shape[0], -1, 4)
+                groups.scatter_(2, groups.abs().argsort(dim=2)[:, :, :2], 0.0)
+    model.save_pretrained(src)
+    layout = (64, 16, 2, 2)  # hidden, head_dim, KV heads, layers
+
+    def harmful(*args, **kwargs):
+        g = torch.Generator().manual_seed(0)
+        q = random_orthogonal(layout[0], generator=g, dtype=torch.float32)
+        r = random_orthogonal(layout[1], (layout[3], layout[2]), generator=g, dtype=torch.float32)
+        return q, r, {"objective": "made by hand"}
+
+    monkeypatch.setattr(shared, "fit_shared", harmful)
+    res = DRLightningCLI(args=fit_args(src, tmp_path / "run", method="magnitude", steps=2,
+                                       extra=SHARED)).results
+    guard = res["export"]["shared_rotation"]["model_guard"]
+    assert guard["kept"] == "identity" and guard["identity"] < 1e-6 < guard["shared"]
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    for name, w in load_file(src / "model.safetensors").items():
+        assert torch.equal(saved[name], w), name  # the plain pruner removed only zeros
+    assert all(r["pruning_error"] < 1e-6 for r in res["layers"])

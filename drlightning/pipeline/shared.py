@@ -5,8 +5,10 @@
 2. A :class:`SharedRotationModule` learns Q and every layer's R2 from their summed objective, under
    a Trainer made like each layer's (precision, device, clipping, TensorBoard ``shared``); the
    result is saved in ``state/shared_rotation.safetensors`` (a re-run skips this phase).
-3. The layer loop then merges (Q, R2ℓ) into each layer and prunes it on the outputs of the pruned
-   layers before it; the guard compares R2ℓ with the identity (Q is the same in every layer).
+3. With the guard, a second dense pass prunes every layer with (Q, R2ℓ) and as it is: if Q does
+   not lower the summed pruning error, it is dropped model-wide (the plain pruner runs). Otherwise
+   the layer loop merges (Q, R2ℓ) into each layer and prunes it on the outputs of the pruned
+   layers before it; the guard then compares R2ℓ with the identity (Q is the same everywhere).
 4. Before saving (:func:`to_standard`, or shard by shard in the layer-by-layer export), every
    layer's entry/exit Q cancels against its neighbour's: the wrappers are dropped and Q is
    absorbed into the embeddings and lm_head — a standard checkpoint.
@@ -19,6 +21,7 @@ import functools
 import gc
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -95,6 +98,39 @@ def shared_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: La
 
 
 @torch.no_grad()
+def model_guard(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+                loop: LayerLoop, q: torch.Tensor, r: torch.Tensor, layerwise=None) -> dict:
+    """The model-wide guard for Q: on one pass through the dense model, every layer is pruned
+    with (Q, R2ℓ) and as it is; returns both summed pruning errors and which one is kept."""
+    spec = replace(loop.template.prune_spec(adapter, HeadLayout.from_config(model.config)),
+                   guard=True)
+    inputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
+    layers, totals = adapter.decoder_layers(model), {"shared": 0.0, "identity": 0.0}
+    for i in tqdm(range(len(layers)), desc="model-wide guard", disable=not loop.progress):
+        layer = layerwise.load(i) if layerwise is not None else layers[i]
+        dense_out = run_layer(layer, inputs)
+        folded = copy.deepcopy(layer)
+        fold_norms(folded, adapter)
+        rotated = merge_layer(folded, q, r[i], inputs, adapter, spec.layout, i)[0]
+        candidates = {"shared": rotated, "identity": copy.deepcopy(layer)}
+        report = prune_candidates(candidates, inputs, dense_out, spec)[1]
+        for name in totals:
+            totals[name] += report[f"pruning_error_{name}"]
+        inputs = dense_out
+        if layerwise is not None:
+            layerwise.release(i)
+        del folded, rotated, candidates
+        gc.collect()
+    return {**totals, "kept": "shared" if totals["shared"] < totals["identity"] else "identity"}
+
+
+def plain_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
+               spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
+    """The plain pruner (and permutations) on one layer: the model-wide guard dropped Q."""
+    return prune_candidates({"unrotated": layer}, inputs, dense_out, replace(spec, guard=False))
+
+
+@torch.no_grad()
 def to_standard(model: nn.Module, adapter: ArchitectureAdapter, q: torch.Tensor,
                 probe: torch.Tensor) -> dict:
     """Drop every layer's (identical) entry/exit rotation and absorb Q into the embeddings and
@@ -131,21 +167,29 @@ class Shared:
         path = Path(run_dir) / "state" / STORE
         if path.is_file():
             q, r = (load_file(str(path))[k] for k in ("q", "r"))
+            report = self._saved_report(path)
         else:
             q, r, report = fit_shared(model, adapter, windows, loop, layerwise)
+            if loop.template.effective_settings()["guard"]:
+                report["model_guard"] = model_guard(model, adapter, windows, loop, q, r, layerwise)
             atomic_save_tensors({"q": q.contiguous(), "r": r.contiguous()}, path,
                                 {"report": json.dumps(report, default=float)})
+        if report.get("model_guard", {}).get("kept") == "identity":
+            return plain_step  # Q pruned worse than no rotation over the whole model
         self.q = q
         return functools.partial(shared_step, q=q, r=r)
+
+    @staticmethod
+    def _saved_report(path: Path) -> dict:
+        with safe_open(str(path), framework="pt") as fh:
+            return json.loads((fh.metadata() or {}).get("report", "{}"))
 
     def report(self, run_dir: Path) -> dict:
         """Export fields: the mode and the shared phase's report (objective, seconds)."""
         path = Path(run_dir) / "state" / STORE
         if not path.is_file():  # the plain pruner: nothing was rotated
             return {"r1": "shared"}
-        with safe_open(str(path), framework="pt") as fh:
-            return {"r1": "shared", "shared_rotation": json.loads((fh.metadata() or {}).get(
-                "report", "{}"))}
+        return {"r1": "shared", "shared_rotation": self._saved_report(path)}
 
     def stop(self) -> None:
         pass
