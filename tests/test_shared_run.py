@@ -182,3 +182,16 @@ def test_model_wide_guard_drops_a_harmful_shared_rotation(tmp_path, monkeypatch)
     for name, w in load_file(src / "model.safetensors").items():
         assert torch.equal(saved[name], w), name  # the plain pruner removed only zeros
     assert all(r["pruning_error"] < 1e-6 for r in res["layers"])
+
+
+def test_random_layer_subsets_are_used_and_reported(tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", "mistral")
+    res = DRLightningCLI(args=fit_args(src, tmp_path / "run", pattern="none", steps=4, extra=(
+        *SHARED, "--model.objective", "entropy", "--model.layers_per_step", "1"))).results
+    shared = res["export"]["shared_rotation"]
+    assert shared["layers_per_step"] == 1 and shared["layers"] == 2
+    assert shared["best_loss"] is None  # subset losses are not comparable: the last iterate
+    dense, got = _logits(src), _logits(tmp_path / "run" / "model")
+    assert ((got - dense).norm() / dense.norm()).item() <= 1e-4
+    with pytest.raises(ValueError, match="layers_per_step=0 must be an integer ≥ 1"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "bad", extra=("--model.layers_per_step", "0")))

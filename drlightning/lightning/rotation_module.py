@@ -63,6 +63,9 @@ class RotationModule(LightningModule):
             rotation for the whole model, learned from every layer at once and absorbed into the
             weights: the saved model is a standard checkpoint of the input's architecture; the
             guard then compares R2 with the identity, and the residual order is not permuted).
+        layers_per_step: shared R1 only: how many layers each optimisation step sums (a random
+            subset each step, for models whose layers' frozen tensors do not fit at once);
+            None = every layer in every step.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class RotationModule(LightningModule):
         permute: bool = True,
         guard: bool = True,
         r1: str = "per_layer",
+        layers_per_step: int | None = None,
     ) -> None:
         super().__init__()
         check_settings(dict(locals()))

@@ -45,6 +45,9 @@ def check_settings(s: dict) -> None:
             raise ValueError(f"{name}={s[name]!r} must be true or false")
     _choice("objective", s["objective"], ("auto", *OBJECTIVES))
     _choice("r1", s["r1"], R1_MODES)
+    k = s.get("layers_per_step")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"layers_per_step={k!r} must be an integer ≥ 1, or null for every layer")
     _choice("rotation_score", s["rotation_score"], SCORES)
     if s["objective"] == "pruned_mass" and s["pattern"] == NO_PRUNING and s["steps"] > 0:
         raise ValueError("objective='pruned_mass' measures what the pattern removes and "

@@ -163,6 +163,8 @@ class SharedRotationModule(LightningModule):
     def report(self) -> dict:
         """Numbers for results.json: the summed objective before and at its best."""
         q, r = self.best_rotations()
+        tracked = self.best is not None  # not with random layer subsets (losses not comparable)
         return {"objective": self.spec.objective, "initial_loss": self.initial_loss,
-                "best_loss": self.best_loss, "best_step": self.best_step,
+                "best_loss": self.best_loss if tracked else None,
+                "best_step": self.best_step if tracked else None,
                 "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}

@@ -15,7 +15,8 @@ from .options import RunOptions
 from .parallel import SCHEDULES
 
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
-                  "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer"}
+                  "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer",
+                  "layers_per_step": None}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour."""
 
 

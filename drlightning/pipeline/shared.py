@@ -76,9 +76,12 @@ def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Te
     items = dense_items(model, adapter, windows, loop, layerwise)
     module = SharedRotationModule(HeadLayout.from_config(model.config), len(items), template.spec,
                                   template.hparams.lr)
-    loop.make_trainer("shared", template).fit(module, datamodule=LayersDataModule(items))
+    per_step = template.hparams.get("layers_per_step")
+    data = LayersDataModule(items, per_step if per_step and per_step < len(items) else None)
+    loop.make_trainer("shared", template).fit(module, datamodule=data)
     q, r = module.best_rotations()
-    report = {**module.report(), "layers": len(items), "fit_seconds": time.perf_counter() - start}
+    report = {**module.report(), "layers": len(items), "layers_per_step": data.layers_per_step
+              or len(items), "fit_seconds": time.perf_counter() - start}
     return q.detach().cpu(), r.detach().cpu(), report
 
 
