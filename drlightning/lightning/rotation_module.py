@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 
 import torch
 from lightning import LightningModule
@@ -193,16 +192,7 @@ class RotationModule(LightningModule):
         self._frozen_roles = tuple(frozen.weights)
         dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
         if self.objective == "pruned_mass":
-            eye_q, eye_r = self._identity(self.A), self._identity(self.B)
-            with torch.no_grad():
-                spec = replace(self.spec, low_memory=False)  # the fused form, as published
-                _, parts = layer_objective(eye_q, eye_r, self.frozen, layout, spec)
-            self.mass_scale = identity_scale(parts)
-
-    @staticmethod
-    def _identity(param: torch.Tensor) -> torch.Tensor:
-        eye = torch.eye(param.shape[-1], dtype=param.dtype, device=param.device)
-        return eye.expand_as(param).contiguous()
+            self.mass_scale = identity_scale(self.frozen, layout, self.spec, k)
 
     @property
     def frozen(self) -> FrozenLayer:

@@ -33,13 +33,8 @@ class LayerItem:
 
 def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec) -> LayerItem:
     """A layer item; for pruned_mass its divisors are the parts at the identity (as per layer)."""
-    if spec.objective != "pruned_mass":
-        return LayerItem(index, frozen)
-    eye_q = torch.eye(layout.hidden)
-    eye_r = torch.eye(layout.head_dim).expand(layout.n_kv_heads, -1, -1).contiguous()
-    with torch.no_grad():
-        _, parts = layer_objective(eye_q, eye_r, frozen, layout, spec)
-    return LayerItem(index, frozen, identity_scale(parts))
+    scale = identity_scale(frozen, layout, spec) if spec.objective == "pruned_mass" else None
+    return LayerItem(index, frozen, scale)
 
 
 class _Layers(Dataset):

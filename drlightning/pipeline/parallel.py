@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import gc
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,8 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,7 +35,7 @@ from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..models.shards import LayerwiseModel
 from ..rotation import fold_norms
 from .sequential import LayerLoop, fit_rotation, rotate_then_prune
-from .state import atomic_save_tensors
+from .state import load_rotations, save_rotations
 
 
 @dataclass
@@ -103,18 +100,14 @@ class RotationStore:
         return self.path(index).is_file()
 
     def save(self, index: int, q: torch.Tensor, r: torch.Tensor, report: dict) -> None:
-        tensors = {"q": q.detach().cpu().contiguous(), "r": r.detach().cpu().contiguous()}
-        atomic_save_tensors(tensors, self.path(index), {"report": json.dumps(report, default=float)})
+        save_rotations(self.path(index), q, r, report)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         path = self.path(index)
         if not path.is_file():
             raise FileNotFoundError(f"no trained rotations for layer {index} in {self.dir} "
                                     "(did every rank of the parallel run finish?)")
-        with safe_open(str(path), framework="pt") as fh:
-            report = json.loads((fh.metadata() or {}).get("report", "{}"))
-        t = load_file(str(path))
-        return t["q"], t["r"], report
+        return load_rotations(path)
 
 
 def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,

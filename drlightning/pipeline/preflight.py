@@ -73,11 +73,12 @@ def check_hub(opts: RunOptions, source: str) -> None:
             close = difflib.get_close_matches(task, list(task_files()), n=1)
             raise ValueError(f"run.eval.zero_shot: unknown lm-eval task {task!r}"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
+    task_sets = {t: task_dataset(t) for t in tasks}
     needs = [(f"data.source={source!r}", source_dataset(source))]
     needs += [(f"run.eval.data {s!r}", source_dataset(s)) for s in opts.eval.data]
-    needs += [(f"run.eval.zero_shot {t!r}", task_dataset(t)) for t in tasks]
+    needs += [(f"run.eval.zero_shot {t!r}", dataset) for t, dataset in task_sets.items()]
     needs = [(what, dataset) for what, dataset in needs if dataset]
-    unknown = [t for t in tasks if task_dataset(t) is None]
+    unknown = [t for t, dataset in task_sets.items() if dataset is None]
     if not needs and not unknown:
         return
     reason = offline_reason()

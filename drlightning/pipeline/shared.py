@@ -19,14 +19,11 @@ from __future__ import annotations
 import copy
 import functools
 import gc
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,7 +34,7 @@ from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
 from ..rotation import RotatedLayer, fold_norms, frozen_layer
 from ..rotation.shared import absorb_ends
 from .sequential import LayerLoop
-from .state import atomic_save_tensors
+from .state import load_rotations, save_rotations
 
 STORE = "shared_rotation.safetensors"
 
@@ -130,7 +127,7 @@ def model_guard(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
 def plain_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
                spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
     """The plain pruner (and permutations) on one layer: the model-wide guard dropped Q."""
-    return prune_candidates({"unrotated": layer}, inputs, dense_out, replace(spec, guard=False))
+    return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
 
 
 @torch.no_grad()
@@ -159,6 +156,7 @@ class Shared:
 
     def __init__(self) -> None:
         self.q: torch.Tensor | None = None
+        self.fit_report: dict | None = None
 
     def device(self, device: torch.device) -> torch.device:
         return device
@@ -169,30 +167,22 @@ class Shared:
             return None
         path = Path(run_dir) / "state" / STORE
         if path.is_file():
-            q, r = (load_file(str(path))[k] for k in ("q", "r"))
-            report = self._saved_report(path)
+            q, r, report = load_rotations(path)
         else:
             q, r, report = fit_shared(model, adapter, windows, loop, layerwise)
             if loop.template.effective_settings()["guard"]:
                 report["model_guard"] = model_guard(model, adapter, windows, loop, q, r, layerwise)
-            atomic_save_tensors({"q": q.contiguous(), "r": r.contiguous()}, path,
-                                {"report": json.dumps(report, default=float)})
+            save_rotations(path, q, r, report)
+        self.fit_report = report
         if report.get("model_guard", {}).get("kept") == "identity":
             return plain_step  # Q pruned worse than no rotation over the whole model
         self.q = q
         return functools.partial(shared_step, q=q, r=r)
 
-    @staticmethod
-    def _saved_report(path: Path) -> dict:
-        with safe_open(str(path), framework="pt") as fh:
-            return json.loads((fh.metadata() or {}).get("report", "{}"))
-
     def report(self, run_dir: Path) -> dict:
-        """Export fields: the mode and the shared phase's report (objective, seconds)."""
-        path = Path(run_dir) / "state" / STORE
-        if not path.is_file():  # the plain pruner: nothing was rotated
-            return {"r1": "shared"}
-        return {"r1": "shared", "shared_rotation": self._saved_report(path)}
+        """Export fields: the mode and the shared phase's report (objective, seconds; none for
+        the plain pruner, which rotates nothing)."""
+        return {"r1": "shared", **({"shared_rotation": self.fit_report} if self.fit_report else {})}
 
     def stop(self) -> None:
         pass

@@ -2,9 +2,10 @@
 
 ``<run_dir>/state/`` holds ``fingerprint.json`` (the settings that shape the layer results),
 ``dense_eval.json`` (the cached dense evaluation), ``elapsed.json`` (wall time of earlier attempts)
-and ``layer_XX.safetensors`` (the final layer weights, its rotation Q and its
-report). A re-run with the same settings reloads the finished layers, replays them on the
-calibration inputs and continues with the next layer.
+and ``layer_XX.safetensors`` (the final layer weights, its rotation Q and its report). A re-run
+with the same settings reloads the finished layers, replays them on the calibration inputs and
+continues with the next layer. Trained rotations waiting to be merged (parallel mode's
+``rotations/``, shared R1's ``shared_rotation.safetensors``) use :func:`save_rotations`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,6 +48,24 @@ def describe_differences(old: dict, new: dict) -> list[str]:
 def atomic_save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file via a temporary file and ``os.replace`` (never half-written)."""
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_rotations(path: Path, q: torch.Tensor, r: torch.Tensor, report: dict) -> None:
+    """Trained (Q, R2) and their report in one safetensors file, atomically."""
+    tensors = {"q": q.detach().cpu().contiguous(), "r": r.detach().cpu().contiguous()}
+    atomic_save_tensors(tensors, path, {"report": json.dumps(report, default=float)})
+
+
+def load_rotations(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(Q, R2, report) from a file written by :func:`save_rotations`."""
+    t = load_file(str(path))
+    return t["q"], t["r"], read_report(path)
+
+
+def read_report(path: Path) -> dict:
+    """The JSON ``report`` kept in a state file's safetensors metadata ({} if none)."""
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads((fh.metadata() or {}).get("report", "{}"))
 
 
 class RunState:
@@ -115,14 +135,10 @@ class RunState:
 
     def layer_tensors(self, index: int) -> tuple[dict, torch.Tensor | None, dict]:
         """(layer state_dict, rotation Q or None, report) of finished layer ``index``, on CPU."""
-        from safetensors import safe_open
-
         path = self.layer_path(index)
-        with safe_open(str(path), framework="pt") as fh:
-            report = json.loads((fh.metadata() or {}).get("report", "{}"))
         tensors = load_file(str(path))
         rotation = tensors.pop("rotation", None)
-        return {k.removeprefix("layer."): v for k, v in tensors.items()}, rotation, report
+        return {k.removeprefix("layer."): v for k, v in tensors.items()}, rotation, read_report(path)
 
     def load_layer(self, index: int, layer: nn.Module,
                    device: torch.device | None = None) -> tuple[nn.Module, dict]:

@@ -15,7 +15,7 @@ products then cost 1/k of the dense ones and D(QᵀMQ) needs only M's diagonal b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -268,6 +268,15 @@ def layer_objective(
     return total.float(), parts
 
 
-def identity_scale(parts: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per-role divisors of the pruned-mass objective: its parts at the identity (never 0)."""
+@torch.no_grad()
+def identity_scale(frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec,
+                   r1_blocks: int = 1) -> dict[str, float]:
+    """Per-role divisors of the pruned-mass objective: its parts at Q = I (dense, or as
+    ``r1_blocks`` diagonal blocks) and R2 = I, in the fused form (never 0)."""
+    weight = frozen.weights["q"]
+    kw = {"dtype": torch.float32, "device": weight.device}
+    b = layout.hidden // r1_blocks
+    eye_q = torch.eye(b, **kw) if r1_blocks == 1 else torch.eye(b, **kw).repeat(r1_blocks, 1, 1)
+    eye_r = torch.eye(layout.head_dim, **kw).repeat(layout.n_kv_heads, 1, 1)
+    _, parts = layer_objective(eye_q, eye_r, frozen, layout, replace(spec, low_memory=False))
     return {role: max(float(v), 1e-30) for role, v in parts.items()}
