@@ -18,6 +18,7 @@ from lightning import Trainer
 
 from ..atomic import atomic_write_text
 from ..data import load_eval_text, tokenize_text
+from ..eval.dense_cache import cache_dir, load_dense, save_dense
 from ..export.card import model_card
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
@@ -131,7 +132,15 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
     cached = state.load_json("dense_eval.json")
     if cached is not None and cached.get("wanted") == wanted:
         return cached["result"]
-    dense = place.evaluate(eval_tokens, seqlen)
+    key = place.dense_key(eval_tokens, seqlen) if opts.eval.dense_cache else None
+    dense = load_dense(key) if key else None
+    if dense is not None:
+        print(f"dense evaluation: reused from {cache_dir() / key}.json (an earlier run of the same "
+              "weights and evaluation protocol; run.eval.dense_cache=false measures it again)")
+    else:
+        dense = place.evaluate(eval_tokens, seqlen)
+        if key:
+            save_dense(key, dense, {"model": opts.model, **wanted})
     state.save_json("dense_eval.json", {"wanted": wanted, "result": dense})
     return dense
 

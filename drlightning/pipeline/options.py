@@ -19,6 +19,9 @@ class EvalOptions:
         batch_size: windows per forward pass (and lm-eval requests per batch).
         dense: also evaluate the dense model first (perplexity and zero-shot; cached in the run's
             state, so a resumed run does not repeat it).
+        dense_cache: reuse the dense evaluation of an earlier run of the same weights and
+            evaluation protocol (any run directory; kept in $DRL_CACHE_DIR, default
+            ~/.cache/drlightning/dense_eval). Whole-model placement only.
         zero_shot: lm-eval tasks evaluated 0-shot at the end (and on the dense model), e.g.
             [piqa, hellaswag, arc_easy, arc_challenge, winogrande] or [drl_continuation] (offline,
             generated from ``task_text``); empty = perplexity only.
@@ -33,6 +36,7 @@ class EvalOptions:
     max_windows: int | None = None
     batch_size: int = 4
     dense: bool = True
+    dense_cache: bool = True
     zero_shot: list[str] = field(default_factory=list)
     task_data_dir: str | None = None
     task_text: str = "embedded"

@@ -7,12 +7,16 @@ the run: merge the boundary rotations, evaluate, save.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..data import load_eval_text
 from ..eval.api import evaluate_loaded, protocol_windows
+from ..eval.dense_cache import bytes_digest, dense_key
 from ..eval.layerwise import layerwise_perplexity
+from ..eval.zeroshot import CONTINUATION
 from ..export import save_model_dir
 from ..export.sharded import save_layerwise_dir
 from ..models import adapter_for, load_model
@@ -54,6 +58,21 @@ class WholeModel:
                                task_text=ev.task_text, task_items=ev.task_items,
                                task_limit=ev.task_limit, progress=self.opts.monitor.progress,
                                eval_tokens=eval_tokens)
+
+    def dense_key(self, eval_tokens: dict, seqlen: int) -> str | None:
+        """The key of the (still dense) model's evaluation in the cross-run cache."""
+        ev = self.opts.eval
+        settings = {k: v for k, v in asdict(ev).items() if k not in ("dense", "dense_cache")}
+        texts = {}
+        if CONTINUATION in ev.zero_shot:
+            texts["task_text"] = bytes_digest([("text", load_eval_text(ev.task_text).encode())])
+        if ev.task_data_dir:
+            texts["task_data"] = bytes_digest((f.name, f.read_bytes())
+                                              for f in sorted(Path(ev.task_data_dir).glob("*.jsonl")))
+        param = next(self.model.parameters())
+        protocol = {"model_type": self.model.config.model_type, "dtype": str(param.dtype),
+                    "device": param.device.type, "seqlen": seqlen, "eval": settings, **texts}
+        return dense_key(self.model, eval_tokens, protocol)
 
     def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
                seqlen: int, shared: torch.Tensor | None = None) -> tuple[dict, dict]:
@@ -98,6 +117,10 @@ class LayerByLayer:
     def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
         """Perplexity of the input model, its layers streamed from its own shards."""
         return self._perplexity(self.layerwise.checkpoint, eval_tokens, seqlen)
+
+    def dense_key(self, eval_tokens: dict, seqlen: int) -> None:
+        """No cross-run cache: the weights are not in memory to be digested."""
+        return None
 
     def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,
                seqlen: int, shared: torch.Tensor | None = None) -> tuple[dict, dict]:
