@@ -1,11 +1,22 @@
-"""Shared test settings."""
+"""Shared test settings: drlightning's cache is private to the test session."""
 
 from __future__ import annotations
 
 import pytest
 
 
+@pytest.fixture(scope="session")
+def _session_gguf_cache(tmp_path_factory):
+    """One converted copy of the embedded GGUF model for the whole session (it is keyed by the
+    file, so sharing it cannot change a result; each test that needs a fresh one sets its own)."""
+    path = tmp_path_factory.mktemp("gguf_cache")
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _private_dense_cache(tmp_path_factory, monkeypatch):
-    """Each test gets its own cross-run dense-evaluation cache (never the user's)."""
-    monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path_factory.mktemp("dense_cache")))
+def _private_cache(tmp_path_factory, monkeypatch, _session_gguf_cache):
+    """Each test gets its own cache directory (its own dense-evaluation cache, never the user's),
+    whose ``gguf/`` is the session's."""
+    root = tmp_path_factory.mktemp("drl_cache")
+    (root / "gguf").symlink_to(_session_gguf_cache, target_is_directory=True)
+    monkeypatch.setenv("DRL_CACHE_DIR", str(root))

@@ -28,12 +28,15 @@ def test_config_parses(path):
     assert cli.trainer.max_steps == cli.model.hparams.steps
 
 
-def test_lora_config_parses_with_paper_defaults():
+def test_lora_config_parses_with_paper_defaults(tmp_path):
     from drlightning.lora import PAPER_DEFAULTS
     from drlightning.lora.cli import LoRACLI
 
+    from .tiny import save_tiny_dir
+
     path = ROOT / "configs" / "smollm2" / "lora.yaml"
-    cli = LoRACLI(args=["--config", str(path), "--model.model", "smollm2-135m-instruct"], run=False)
+    model = save_tiny_dir(tmp_path / "tiny", "llama")  # the settings are the point, not the model
+    cli = LoRACLI(args=["--config", str(path), "--model.model", str(model)], run=False)
     hp = cli.model.hparams
     assert {k: hp[k] for k in PAPER_DEFAULTS if k != "warmup_steps"} == {
         k: v for k, v in PAPER_DEFAULTS.items() if k != "warmup_steps"}

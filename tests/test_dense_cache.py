@@ -37,6 +37,7 @@ def test_second_run_reuses_the_dense_evaluation_and_changes_recompute(tmp_path, 
     src = save_tiny_dir(tmp_path / "tiny", "llama", num_hidden_layers=2)
     first = _run(src, tmp_path / "a")
     assert len(counted) == 2  # dense + final
+    assert first["memory"]["peak_rss_mib"] > 50  # the process's peak resident set, recorded
     assert "reused from" not in capsys.readouterr().out
 
     second = _run(src, tmp_path / "b", "--model.method", "wanda")  # another pruner, same dense model

@@ -55,3 +55,26 @@ def test_nan_weights_are_rejected():
         model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="layers.1.mlp.up_proj.weight"):
         check_finite(model)
+
+
+@pytest.mark.slow
+def test_embedded_gguf_is_dequantised_once_and_its_copy_loads_identically(tmp_path, monkeypatch):
+    from drlightning.models import gguf_cache, load_model
+
+    monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path))  # a fresh cache: the first load converts
+    direct, tok_direct = load_model()
+    copy_dir = gguf_cache.lookup(default_gguf_path())
+    assert copy_dir is not None and copy_dir.parent == tmp_path / "gguf"
+    cached, tok_cached = load_model()
+    assert cached.config._name_or_path == str(copy_dir)  # read from the copy, not the GGUF file
+    a, b = direct.state_dict(), cached.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert cached.lm_head.weight.data_ptr() == cached.model.embed_tokens.weight.data_ptr()  # tied
+    skip = {"_name_or_path"}
+    assert ({k: v for k, v in direct.config.to_dict().items() if k not in skip}
+            == {k: v for k, v in cached.config.to_dict().items() if k not in skip})
+    text = "<|im_start|>user\nPruning keeps the important weights, émigré 42.<|im_end|>"
+    assert tok_direct(text).input_ids == tok_cached(text).input_ids
+    assert (tok_direct.chat_template, tok_direct.eos_token, tok_direct.pad_token) == (
+        tok_cached.chat_template, tok_cached.eos_token, tok_cached.pad_token)
+    assert direct.generation_config.to_dict() == cached.generation_config.to_dict()

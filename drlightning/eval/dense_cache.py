@@ -4,32 +4,27 @@ A dense model's perplexity and zero-shot numbers depend only on its weights and 
 protocol, so runs of several pruners on one model need them once. The key is a digest of every
 weight (name, dtype, shape, bytes), of every evaluation token, of the evaluation settings, the
 thread count, the device type and the library versions; any change gives another key. Entries are
-small JSON files in ``$DRL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/drlightning/dense_eval`` or
-``~/.cache/drlightning/dense_eval``); deleting them is always safe.
+small JSON files in ``dense_eval/`` of drlightning's cache (:mod:`drlightning.cache`); deleting
+them is always safe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write_text
+from ..cache import cache_root
 from ..reporting.results import versions
-
-CACHE_ENV = "DRL_CACHE_DIR"
 
 
 def cache_dir() -> Path:
-    """Where dense evaluations are kept (see the module docstring)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "drlightning" / "dense_eval"
+    """Where dense evaluations are kept (``<cache root>/dense_eval``)."""
+    return cache_root() / "dense_eval"
 
 
 def tensors_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:

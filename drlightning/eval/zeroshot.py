@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -82,13 +83,21 @@ def summarize(results: dict, tasks: list[str]) -> dict:
     return {"tasks": out, "mean": mean}
 
 
+@lru_cache(maxsize=2)
+def task_manager(standard_tasks: bool):
+    """lm-eval's TaskManager, made once per process: indexing lm-eval's own task files takes
+    ~10–30 s, and the generated task alone (a full config) needs no index at all."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="ERROR", include_defaults=standard_tasks)
+
+
 def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None = None,
               text: str | None = None, n_items: int = 200, limit: int | None = None,
               batch_size: int = 8) -> dict:
     """Run 0-shot ``tasks`` on an in-memory model; returns per-task numbers, mean and protocol."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     if not tasks:
         return {}
@@ -101,7 +110,7 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None =
         with tempfile.TemporaryDirectory(prefix="drl-tasks-") as work:
             specs = task_specs(tasks, Path(work), task_data_dir, text, n_items)
             res = lm_eval.simple_evaluate(model=lm, tasks=specs, num_fewshot=0, limit=limit,
-                                          task_manager=TaskManager(verbosity="ERROR"),
+                                          task_manager=task_manager(set(tasks) != {CONTINUATION}),
                                           verbosity="ERROR", log_samples=False)
     finally:
         quiet.setLevel(level)

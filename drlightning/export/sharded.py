@@ -86,7 +86,7 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
             tensors, q, _ = state.layer_tensors(i)
             layer = lw.load(i, tensors)
             out = {f"{lw.layer_prefix}{i}.{k}": v.contiguous() for k, v in tensors.items()}
-            m = boundary_matrix(prev, q)
+            m = boundary_matrix(prev, q) if shared is None else None
             if shared is not None:  # Q at the entry (in the embeddings), identity in between
                 plain = turn_hidden(plain, shared.to(rdt)) if i == 0 else plain
             elif m is not None:
@@ -100,7 +100,7 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
             total += sum(t.numel() * t.element_size() for t in out.values())
             lw.release(i)
             prev = q
-        m = boundary_matrix(prev, None)
+        m = boundary_matrix(prev, None) if shared is None else None
         if shared is not None:  # the exit Qᵀ, only to compare logits with the original head
             plain = turn_hidden(plain, shared.T.to(rdt))
             result["boundary_merge_error"] = merge_error(next(head_logits(lw, wrapped)),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import gguf_cache
 from .adapters import adapter_for
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -69,6 +70,10 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     location, gguf = resolve_source(source, gguf_file)
+    gguf_path = Path(location) / gguf if gguf else None
+    converted = gguf_cache.lookup(gguf_path) if gguf_path and dtype == "float32" else None
+    if converted is not None:  # dequantised by an earlier load: a plain safetensors directory
+        location, gguf = str(converted), None
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         config = AutoConfig.from_pretrained(
@@ -97,6 +102,8 @@ def load_model(
         model.hf_quantizer = None
     check_finite(model)
     model.eval()
+    if gguf and dtype == "float32":
+        gguf_cache.store(gguf_path, model, tokenizer)
     return model, tokenizer
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..reporting.results import (
     device_name,
     ensure_writable,
     format_table,
+    peak_memory,
     versions,
     write_json,
 )
@@ -108,7 +110,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
                  "datasets": opts.eval.data, "protocol": EVAL_PROTOCOL},
         "export": export, "settings": settings or {}, "seconds": clock.total(),
         "seconds_this_run": clock.this_run(),
-        "device": device_name(device), "versions": versions(), "options": asdict(opts),
+        "device": device_name(device), "memory": peak_memory(device), "versions": versions(),
+        "options": asdict(opts),
         "layers": layer_reports,
     }
     plot = monitor.model_done(results)
@@ -147,11 +150,14 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's per-Trainer info lines (GPU/TPU available, …) once per layer are noise."""
+    """Lightning's per-Trainer info lines (GPU/TPU available, …) once per layer are noise, and so
+    is its own deprecation warning about torch's pytree ``LeafSpec`` (not ours to fix)."""
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
     finally:
         quiet.setLevel(level)

@@ -32,6 +32,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory."""
+    import resource
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name of the compute device."""
     if device.type == "cuda":
