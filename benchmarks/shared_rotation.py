@@ -29,7 +29,11 @@ import torch
 
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
-from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotationModule
+from drlightning.lightning.shared_rotation import (
+    LayersDataModule,
+    SharedRotationModule,
+    summed_objective,
+)
 from drlightning.models import load_model
 from drlightning.models.adapters import HeadLayout, adapter_for
 from drlightning.pipeline.job import quiet_lightning
@@ -38,7 +42,6 @@ from drlightning.pipeline.sequential import LayerLoop
 from drlightning.pipeline.shared import dense_items
 from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.reporting.results import device_name, versions
-from drlightning.rotation.objective import layer_objective
 
 sys.path.insert(0, str(Path(__file__).parent))
 from docblock import write_block  # noqa: E402
@@ -61,13 +64,6 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def summed(items, q: torch.Tensor, r: torch.Tensor, layout, spec) -> float:
-    """The objective summed over every layer at (Q, R2 of every layer)."""
-    with torch.no_grad():
-        return sum(layer_objective(q, r[it.index], it.frozen, layout, spec, it.scale)[0].item()
-                   for it in items)
-
-
 def train(items, layout, template, loop: LayerLoop, per_step: int | None) -> dict:
     """One shared-rotation training from the identity; the row of the table."""
     module = SharedRotationModule(layout, len(items), template.spec, template.hparams.lr)
@@ -80,8 +76,9 @@ def train(items, layout, template, loop: LayerLoop, per_step: int | None) -> dic
     q, r = module.best_rotations()
     eye_q = torch.eye(layout.hidden)
     eye_r = torch.eye(layout.head_dim).expand(len(items), layout.n_kv_heads, -1, -1)
-    initial = summed(items, eye_q, eye_r, layout, template.spec)
-    final = summed(items, q, r, layout, template.spec)
+    with torch.no_grad():
+        initial = summed_objective(items, eye_q, eye_r, layout, template.spec).item()
+        final = summed_objective(items, q, r, layout, template.spec).item()
     return {"layers_per_step": per_step or len(items), "steps": template.hparams.steps,
             "initial": initial, "final": final, "reduction": 1 - final / initial,
             "seconds": seconds, "peak_rss_growth_mib": peak / 1024}

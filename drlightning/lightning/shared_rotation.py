@@ -37,6 +37,13 @@ def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: Object
     return LayerItem(index, frozen, scale)
 
 
+def summed_objective(items: list[LayerItem], q: torch.Tensor, r: torch.Tensor, layout: HeadLayout,
+                     spec: ObjectiveSpec) -> torch.Tensor:
+    """Σ over ``items`` of the per-layer objective at Q and each layer's R2 (``r[item.index]``)."""
+    return torch.stack([layer_objective(q, r[item.index], item.frozen, layout, spec, item.scale)[0]
+                        for item in items]).sum()
+
+
 class _Layers(Dataset):
     def __init__(self, items: list[LayerItem]) -> None:
         self.items = items
@@ -113,9 +120,7 @@ class SharedRotationModule(LightningModule):
     def summed_loss(self, batch: list[LayerItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Σ over the batch's layers of the per-layer objective at the current (Q, R2), and them."""
         q, r = self.rotations()
-        losses = [layer_objective(q, r[item.index], item.frozen, self.layout, self.spec, item.scale)[0]
-                  for item in batch]
-        return torch.stack(losses).sum(), q, r
+        return summed_objective(batch, q, r, self.layout, self.spec), q, r
 
     def _track(self, value: float, q: torch.Tensor, r: torch.Tensor) -> None:
         self.initial_loss = value if self.initial_loss is None else self.initial_loss

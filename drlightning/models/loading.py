@@ -70,10 +70,10 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     location, gguf = resolve_source(source, gguf_file)
-    gguf_path = Path(location) / gguf if gguf else None
-    converted = gguf_cache.lookup(gguf_path) if gguf_path and dtype == "float32" else None
+    gguf_path = Path(location) / gguf if gguf and dtype == "float32" else None  # copy kept if small
+    converted = gguf_cache.lookup(gguf_path) if gguf_path else None
     if converted is not None:  # dequantised by an earlier load: a plain safetensors directory
-        location, gguf = str(converted), None
+        location, gguf, gguf_path = str(converted), None, None
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         config = AutoConfig.from_pretrained(
@@ -102,7 +102,7 @@ def load_model(
         model.hf_quantizer = None
     check_finite(model)
     model.eval()
-    if gguf and dtype == "float32":
+    if gguf_path is not None:
         gguf_cache.store(gguf_path, model, tokenizer)
     return model, tokenizer
 
