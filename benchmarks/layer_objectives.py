@@ -32,7 +32,8 @@ import torch
 from lightning import Trainer
 
 from drlightning.layer.capture import OBJECTIVE_STATS, capture_layer_inputs, collect_hessians, run_layer
-from drlightning.layer.step import PruneSpec, merge_layer, prune_candidates
+from drlightning.layer.prune import PruneSpec
+from drlightning.layer.step import merge_layer, prune_candidates
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.layer_data import LayerDataModule
 from drlightning.lightning.rotation_module import RotationModule

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from drlightning.eval.api import evaluate_loaded, load_any
+from drlightning.eval.api import EvalPlan, evaluate_loaded, load_any
 from drlightning.models import DEFAULT_MODEL
 from drlightning.reporting.report import load_run
 from drlightning.reporting.results import device_name
@@ -28,6 +29,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_label(run: dict) -> str:
+    """What a run did, from its results.json: pruner, pattern, and the rotation settings."""
+    rot = run.get("rotation") or {}
+    head = f"{run['method']} {run['pattern']}"
+    if not run["steps"]:
+        return (f"{head}, plain" + (" + permutation" if rot.get("permute") else "")
+                + f", seed {run['calibration']['seed']}")
+    objective = rot.get("objective", "entropy")
+    parts = [f"DR {objective}" + (" as released" if rot.get("reference_quirks") else ""),
+             *(["permutation"] if rot.get("permute") else []), *(["guard"] if rot.get("guard") else [])]
+    return f"{head}, {' + '.join(parts)}, {run['steps']} steps, seed {run['calibration']['seed']}"
+
+
+def shown(path: str) -> str:
+    """A run path as the command line in the docs shows it (quality runs: under runs/quality)."""
+    root = os.environ.get("DRL_QUALITY_RUNS")
+    if root and Path(path).resolve().is_relative_to(Path(root).resolve()):
+        return str(Path("runs/quality") / Path(path).resolve().relative_to(Path(root).resolve()))
+    return path
 
 
 def main() -> None:
@@ -41,12 +63,11 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     targets = [("dense", DEFAULT_MODEL, None)] + [
-        (f"{r['method']} {r['pattern']}, {r['steps']} steps", str(Path(path) / "model"), r)
-        for path in args.runs for r in [load_run(path)]]
+        (run_label(r), str(Path(path) / "model"), r) for path in args.runs for r in [load_run(path)]]
     for label, spec, run in targets:
         model, tok = load_any(spec, None, "float32", False)
-        res = evaluate_loaded(model, tok, ppl=[], seqlen=512, tasks=args.tasks,
-                              task_items=args.items, progress=False)
+        res = evaluate_loaded(model, tok, EvalPlan(ppl=(), tasks=tuple(args.tasks),
+                                                   task_items=args.items, progress=False))
         ppl = run["ppl"].get("embedded") if run else None
         rows.append({"label": label, "ppl": ppl, **res["zero_shot"]})
         print(label, {t: v["value"] for t, v in res["zero_shot"]["tasks"].items()}, flush=True)
@@ -60,8 +81,8 @@ def main() -> None:
              f"{args.items} generated items (true 10-word continuation of a 40-word passage among 4, "
              f"chance 25%) from the embedded evaluation text; {device_name(torch.device('cpu'))}, "
              f"{time.perf_counter() - start:.0f} s. Command: `python benchmarks/zero_shot.py --runs "
-             f"{' '.join(args.runs)}`.", "", head, "|---" * (len(args.tasks) + 2 + (len(args.tasks) > 1))
-             + "|"]
+             f"{' '.join(map(shown, args.runs))}`.", "", head,
+             "|---" * (len(args.tasks) + 2 + (len(args.tasks) > 1)) + "|"]
     for r in rows:
         cells = [f"{100 * r['tasks'][t]['value']:.1f}" for t in args.tasks]
         mean = f" {100 * r['mean']:.1f} |" if len(args.tasks) > 1 else ""

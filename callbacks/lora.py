@@ -9,7 +9,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from drlightning.atomic import atomic_write_text, write_dir_atomically
-from drlightning.eval.api import evaluate_loaded
+from drlightning.eval.api import EvalPlan, evaluate_loaded
 from drlightning.lora.masked_merge import masked_merge, sparsity_masks, sparsity_summary
 from drlightning.lora.report import lora_report
 from drlightning.reporting.results import (
@@ -68,7 +68,7 @@ class LoRAExport(Callback):
         self.start = time.perf_counter()
 
     def _evaluate(self, model, tokenizer) -> dict:
-        return evaluate_loaded(model, tokenizer, seqlen=self.eval_seqlen, **self.eval_kwargs)
+        return evaluate_loaded(model, tokenizer, EvalPlan(seqlen=self.eval_seqlen, **self.eval_kwargs))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         ensure_writable(self.output_dir)

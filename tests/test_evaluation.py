@@ -155,8 +155,8 @@ def test_c4_uses_the_protocol_window_count(monkeypatch):
         return 1.0
 
     monkeypatch.setattr(ev, "perplexity", fake_ppl)
-    ev.evaluate_loaded(None, None, ppl=["c4", "wikitext2", "notes.txt"], seqlen=2048)
+    ev.evaluate_loaded(None, None, ev.EvalPlan(ppl=("c4", "wikitext2", "notes.txt"), seqlen=2048))
     assert seen == {"text of c4": (2048, 256), "text of wikitext2": (2048, None),
                     "text of notes.txt": (2048, None)}
-    ev.evaluate_loaded(None, None, ppl=["c4"], seqlen=128, max_windows=3)
+    ev.evaluate_loaded(None, None, ev.EvalPlan(ppl=("c4",), seqlen=128, max_windows=3))
     assert seen["text of c4"] == (128, 3)

@@ -10,7 +10,7 @@ import torch
 
 from drlightning.cli import DRLightningCLI
 from drlightning.layer.capture import capture_layer_inputs
-from drlightning.layer.prune import prune_layer
+from drlightning.layer.prune import PruneSpec, prune_layer
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.pipeline.options import MonitorOptions, RunOptions
@@ -118,8 +118,8 @@ def test_steps_zero_with_the_guard_is_the_plain_pruner(pattern, tmp_path):
     assert all("guard" not in r for r in reports)
     inputs = capture_layer_inputs(ref, adapter, ids, 2)
     layer = copy.deepcopy(adapter.decoder_layers(ref)[0])
-    pruned, _ = prune_layer(layer, adapter, HeadLayout.from_config(ref.config), inputs, "wanda",
-                            pattern)
+    spec = PruneSpec(adapter, HeadLayout.from_config(ref.config), "wanda", pattern)
+    pruned, _ = prune_layer(layer, inputs, spec)
     for role in ROLES:
         torch.testing.assert_close(adapter.linear(adapter.decoder_layers(model)[0], role).weight,
                                    adapter.linear(pruned, role).weight, rtol=0, atol=0)

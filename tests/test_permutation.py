@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
-from drlightning.layer.capture import capture_layer_inputs, run_layer
+from drlightning.layer.capture import run_layer
 from drlightning.layer.permute import permute_heads, permute_intermediate, permute_residual
-from drlightning.layer.prune import prune_layer
+from drlightning.layer.prune import PruneSpec, prune_layer
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.pruning.permutation import balanced_order, nm_kept, nm_permutation, refine_order
 from drlightning.rotation import fold_norms
 
-from .tiny import tiny_model
+from .tiny import tiny_first_layer, tiny_model
 
 
 def slow_kept(scores: torch.Tensor, n: int, m: int) -> float:
@@ -86,13 +87,10 @@ def test_permutation_spreads_crowded_columns_like_a_brute_force():
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_permuted_pruning_keeps_an_exact_pattern_and_records_its_choices(method):
-    model = tiny_model("llama")
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
-    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
-    inputs = capture_layer_inputs(model, adapter, ids, 2)
-    layer = copy.deepcopy(adapter.decoder_layers(model)[0])
-    plain, plain_report = prune_layer(copy.deepcopy(layer), adapter, layout, inputs, method, "2:4")
-    pruned, report = prune_layer(layer, adapter, layout, inputs, method, "2:4", permute=True)
+    _, adapter, layout, inputs, layer = tiny_first_layer()
+    spec = PruneSpec(adapter, layout, method, "2:4")
+    plain, plain_report = prune_layer(copy.deepcopy(layer), inputs, spec)
+    pruned, report = prune_layer(layer, inputs, replace(spec, permute=True))
     assert set(report["permutation"]) == {"residual", "heads", "intermediate"}
     for role in ("q", "k", "v", "o", "gate", "up", "down"):
         w = adapter.linear(pruned, role).weight
@@ -109,10 +107,6 @@ def test_permuted_pruning_keeps_an_exact_pattern_and_records_its_choices(method)
 
 
 def test_unstructured_patterns_are_never_permuted():
-    model = tiny_model("llama")
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
-    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    inputs = capture_layer_inputs(model, adapter, ids, 2)
-    layer = copy.deepcopy(adapter.decoder_layers(model)[0])
-    _, report = prune_layer(layer, adapter, layout, inputs, "wanda", "50%", permute=True)
+    _, adapter, layout, inputs, layer = tiny_first_layer(windows=2, seqlen=16)
+    _, report = prune_layer(layer, inputs, PruneSpec(adapter, layout, "wanda", "50%", permute=True))
     assert "permutation" not in report

@@ -45,6 +45,22 @@ def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     return model.eval()
 
 
+def tiny_first_layer(arch: str = "llama", windows: int = 4, seqlen: int = 32, seed: int = 0):
+    """(model, adapter, layout, inputs of decoder layer 0 on random token windows, a copy of
+    layer 0) of a tiny model — the usual start of a layer-level test."""
+    import copy
+
+    from drlightning.layer.capture import capture_layer_inputs
+    from drlightning.models import HeadLayout, adapter_for
+
+    model = tiny_model(arch)
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    ids = torch.randint(0, model.config.vocab_size, (windows, seqlen),
+                        generator=torch.Generator().manual_seed(seed))
+    inputs = capture_layer_inputs(model, adapter, ids, 2)
+    return model, adapter, layout, inputs, copy.deepcopy(adapter.decoder_layers(model)[0])
+
+
 def _rmsnorm_in_input_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
     return self.weight * hidden_states * torch.rsqrt(variance + self.variance_epsilon)

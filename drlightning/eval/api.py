@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,23 +28,41 @@ def protocol_windows(name: str, max_windows: int | None) -> int | None:
     return max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
 
 
-def evaluate_loaded(model, tokenizer, *, ppl: list[str], seqlen: int, max_windows: int | None = None,
-                    batch_size: int = 4, tasks: list[str] | None = None,
-                    task_data_dir: str | None = None, task_text: str = "embedded",
-                    task_items: int = 200, task_limit: int | None = None,
-                    progress: bool = True, eval_tokens: dict | None = None) -> dict:
-    """Perplexity on each ``ppl`` dataset and 0-shot accuracy on ``tasks`` of an in-memory model."""
+@dataclass(frozen=True)
+class EvalPlan:
+    """What one evaluation measures: perplexity on ``ppl`` datasets in ``seqlen``-token windows
+    (``max_windows`` first windows, default all; C4: its protocol's 256), ``batch_size`` windows per
+    forward, and 0-shot accuracy on ``tasks`` (``task_*``: where their data comes from, how many
+    items of the generated task, the first N documents of each task)."""
+
+    ppl: Sequence[str] = ("embedded",)
+    seqlen: int = 512
+    max_windows: int | None = None
+    batch_size: int = 4
+    tasks: Sequence[str] = ()
+    task_data_dir: str | None = None
+    task_text: str = "embedded"
+    task_items: int = 200
+    task_limit: int | None = None
+    progress: bool = True
+
+
+def evaluate_loaded(model, tokenizer, plan: EvalPlan, eval_tokens: dict | None = None) -> dict:
+    """Perplexity and 0-shot accuracy of an in-memory model, as ``plan`` says (``eval_tokens``:
+    already tokenised evaluation texts by dataset name)."""
     out: dict = {"ppl": {}}
-    for name in ppl:
+    for name in plan.ppl:
         tokens = (eval_tokens or {}).get(name)
         if tokens is None:
             tokens = tokenize_text(tokenizer, load_eval_text(name))
-        windows = protocol_windows(name, max_windows)
-        out["ppl"][name] = perplexity(model, tokens, seqlen, batch_size, windows, progress=progress)
-    if tasks:
-        text = load_eval_text(task_text) if CONTINUATION in tasks else None
-        out["zero_shot"] = zero_shot(model, tokenizer, list(tasks), task_data_dir=task_data_dir,
-                                     text=text, n_items=task_items, limit=task_limit)
+        windows = protocol_windows(name, plan.max_windows)
+        out["ppl"][name] = perplexity(model, tokens, plan.seqlen, plan.batch_size, windows,
+                                      progress=plan.progress)
+    if plan.tasks:
+        text = load_eval_text(plan.task_text) if CONTINUATION in plan.tasks else None
+        out["zero_shot"] = zero_shot(model, tokenizer, list(plan.tasks),
+                                     task_data_dir=plan.task_data_dir, text=text,
+                                     n_items=plan.task_items, limit=plan.task_limit)
     return out
 
 
@@ -64,22 +84,21 @@ def load_any(spec: str, gguf_file: str | None, dtype: str, trust_remote_code: bo
     return load_model(spec, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def _evaluate_layerwise(spec: str, ppl: list[str], seqlen: int, max_windows: int | None,
-                        batch_size: int, tasks: list[str] | None, dtype: str, dev: torch.device,
-                        gguf_file: str | None, trust_remote_code: bool, progress: bool) -> dict:
+def _evaluate_layerwise(spec: str, plan: EvalPlan, dtype: str, dev: torch.device,
+                        gguf_file: str | None, trust_remote_code: bool) -> dict:
     """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py)."""
     from ..models.shards import LayerwiseModel
     from .layerwise import layerwise_perplexity
 
-    if tasks:
-        raise ValueError(f"tasks={tasks!r} need the whole model in memory; layerwise=true "
-                         "evaluates perplexity only")
+    if plan.tasks:
+        raise ValueError(f"tasks={list(plan.tasks)!r} need the whole model in memory; "
+                         "layerwise=true evaluates perplexity only")
     lw = LayerwiseModel(spec, dtype=dtype, device=dev, gguf_file=gguf_file,
                         trust_remote_code=trust_remote_code)
-    tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in ppl}
-    windows = {name: protocol_windows(name, max_windows) for name in ppl}
-    return {"ppl": layerwise_perplexity(lw, lw.checkpoint, tokens, seqlen, windows, batch_size,
-                                        progress)}
+    tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in plan.ppl}
+    windows = {name: protocol_windows(name, plan.max_windows) for name in plan.ppl}
+    return {"ppl": layerwise_perplexity(lw, lw.checkpoint, tokens, plan.seqlen, windows,
+                                        plan.batch_size, plan.progress)}
 
 
 def evaluate(
@@ -129,17 +148,16 @@ def evaluate(
     spec, run_dir = resolve_eval_target(model)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    ppl = ["embedded"] if ppl is None else ppl
+    plan = EvalPlan(ppl=tuple(["embedded"] if ppl is None else ppl), seqlen=seqlen,
+                    max_windows=max_windows, batch_size=batch_size, tasks=tuple(tasks or ()),
+                    task_data_dir=task_data_dir, task_text=task_text, task_items=task_items,
+                    task_limit=task_limit, progress=progress)
     if layerwise:
-        res = _evaluate_layerwise(spec, ppl, seqlen, max_windows, batch_size, tasks, dtype, dev,
-                                  gguf_file, trust_remote_code, progress)
+        res = _evaluate_layerwise(spec, plan, dtype, dev, gguf_file, trust_remote_code)
     else:
         mdl, tok = load_any(spec, gguf_file, dtype, trust_remote_code)
         mdl.to(dev)
-        res = evaluate_loaded(mdl, tok, ppl=ppl, seqlen=seqlen, max_windows=max_windows,
-                              batch_size=batch_size, tasks=tasks, task_data_dir=task_data_dir,
-                              task_text=task_text, task_items=task_items,
-                              task_limit=task_limit, progress=progress)
+        res = evaluate_loaded(mdl, tok, plan)
     res.update(model=model, eval={"seqlen": seqlen, "max_windows": max_windows,
                                   "protocol": EVAL_PROTOCOL},
                device=device_name(dev), versions=versions(), seconds=time.perf_counter() - start)

@@ -10,16 +10,37 @@ SparseGPT, whose result also depends on the column order it compensates in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
 from ..pruning.importance import importance, input_factor
-from ..pruning.patterns import Pattern
 from ..pruning.permutation import nm_permutation
 from .capture import LayerInputs, collect_hessians
 from .permute import head_channel_order, permute_heads, permute_intermediate, permute_residual
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How a layer is pruned once its rotations are known.
+
+    ``guard`` keeps the unrotated layer when it prunes with a lower error; ``report_identity``
+    prunes it for the report only (``run.monitor.unrotated_error``).
+    """
+
+    adapter: ArchitectureAdapter
+    layout: HeadLayout
+    method: str
+    pattern: str
+    permute: bool = False
+    guard: bool = False
+    report_identity: bool = False
+    permute_residual: bool = True
+    """False with a shared R1: the residual stream's order must be the same in every layer."""
+
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 """True-sequential order: statistics are re-collected on the partially pruned layer per group."""
@@ -56,27 +77,29 @@ def _write(layer: nn.Module, adapter: ArchitectureAdapter, pruned: Pruned,
         sparsity[role] = mask.float().mean().item()
 
 
-def _residual(layer, adapter, inputs, method, pattern: Pattern, report: dict):
+def _residual(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec, report: dict):
     """Choose the residual order with q, k, v (their real Hessian) and gate, up (the unpruned
     layer's); returns (layer, q/k/v pruned accordingly)."""
+    adapter, method = spec.adapter, spec.method
+    pattern = parse_pattern(spec.pattern)
+    spec_pattern = str(pattern)
     hs = collect_hessians(layer, adapter, inputs, ("attn_in", "mlp_in"))
     attn, mlp = _weights(layer, adapter, GROUPS[0]), _weights(layer, adapter, GROUPS[2])
-    spec = str(pattern)
     c_attn, c_mlp = input_factor(hs["attn_in"], method), input_factor(hs["mlp_in"], method)
     parts = [importance(w, c_attn) for w in attn.values()] + [importance(w, c_mlp) for w in mlp.values()]
     scores = torch.cat([s / s.sum().clamp_min(torch.finfo(s.dtype).tiny) for s in parts])
     order, _ = nm_permutation(scores, pattern.n, pattern.m)
-    plain = _prune(attn, hs["attn_in"], method, spec)
+    plain = _prune(attn, hs["attn_in"], method, spec_pattern)
     if _is_identity(order):  # nothing to gain: no trial pruning
         report["residual"] = {"kept": False}
         return layer, plain
-    plain.update(_prune(mlp, hs["mlp_in"], method, spec))
+    plain.update(_prune(mlp, hs["mlp_in"], method, spec_pattern))
     before = _error(attn, plain, hs["attn_in"]) + _error(mlp, plain, hs["mlp_in"])
     ha = hs["attn_in"][order][:, order]
     hm = hs["mlp_in"][order][:, order]
     attn_p = {r: w[:, order] for r, w in attn.items()}
     mlp_p = {r: w[:, order] for r, w in mlp.items()}
-    trial = {**_prune(attn_p, ha, method, spec), **_prune(mlp_p, hm, method, spec)}
+    trial = {**_prune(attn_p, ha, method, spec_pattern), **_prune(mlp_p, hm, method, spec_pattern)}
     after = _error(attn_p, trial, ha) + _error(mlp_p, trial, hm)
     report["residual"] = _choice(before, after)
     if after < before:
@@ -93,25 +116,26 @@ def _choice(before: float, after: float) -> dict:
 
 
 @torch.no_grad()
-def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayout,
-                inputs: LayerInputs, method: str, pattern: str,
-                permute: bool = False, residual: bool = True) -> tuple[nn.Module, dict]:
-    """Prune all seven linears; returns (layer — wrapped if the residual stream was reordered —,
-    report with the sparsity per role and, with ``permute``, each permutation's decision).
-    ``residual=False`` leaves the residual stream's order alone (shared R1: every layer must keep
-    the same entry rotation); head_dim and intermediate orders are still chosen.
+def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple[nn.Module, dict]:
+    """Prune all seven linears with ``spec``'s method and pattern; returns (layer — wrapped if the
+    residual stream was reordered —, report with the sparsity per role and, with
+    ``spec.permute``, each permutation's decision). ``spec.permute_residual=False`` leaves the
+    residual stream's order alone (shared R1: every layer must keep the same entry rotation);
+    head_dim and intermediate orders are still chosen. (``spec.guard`` is the caller's business:
+    see :func:`drlightning.layer.step.prune_candidates`.)
 
     ``pattern == "none"`` leaves every weight as it is (sparsity 0).
     """
+    adapter, method, pattern = spec.adapter, spec.method, spec.pattern
     if pattern == NO_PRUNING:
         return layer, {"sparsity": {role: 0.0 for group in GROUPS for role in group}}
     parsed = parse_pattern(pattern)
-    permute = permute and parsed.is_nm
+    permute = spec.permute and parsed.is_nm
     sparsity: dict[str, float] = {}
     decisions: dict[str, dict] = {}
     first = None
-    if permute and residual:
-        layer, first = _residual(layer, adapter, inputs, method, parsed, decisions)
+    if permute and spec.permute_residual:
+        layer, first = _residual(layer, inputs, spec, decisions)
     for group in GROUPS:
         if first is not None and group == GROUPS[0]:
             _write(layer, adapter, first, sparsity)
@@ -123,8 +147,7 @@ def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayo
         weights = _weights(layer, adapter, group)
         pruned = _prune(weights, hessian, method, pattern)
         if permute and group in (("o",), ("down",)):
-            pruned = _try_order(layer, adapter, layout, group, weights, pruned, hessian, method,
-                                parsed, decisions)
+            pruned = _try_order(layer, spec, weights, pruned, hessian, decisions)
         _write(layer, adapter, pruned, sparsity)
         del hessian  # free this group's Hessian before the next one is collected
     report = {"sparsity": sparsity}
@@ -133,10 +156,13 @@ def prune_layer(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLayo
     return layer, report
 
 
-def _try_order(layer, adapter, layout: HeadLayout, group, weights, pruned: Pruned, hessian,
-               method: str, pattern: Pattern, decisions: dict) -> Pruned:
-    """o: one head_dim order per KV head; down: one intermediate order. Applied if it helps."""
-    role = group[0]
+def _try_order(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tensor],
+               pruned: Pruned, hessian: torch.Tensor, decisions: dict) -> Pruned:
+    """o: one head_dim order per KV head; down: one intermediate order (``weights`` holds the one
+    role). Applied if it helps."""
+    (role,) = weights
+    adapter, layout, method = spec.adapter, spec.layout, spec.method
+    pattern = parse_pattern(spec.pattern)
     w = weights[role]
     factor = input_factor(hessian, method)
     if role == "o":

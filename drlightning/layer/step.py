@@ -8,7 +8,6 @@ one whose output on the calibration inputs stays closest to the dense layer's (t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,30 +15,11 @@ from torch import nn
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..rotation import RotatedLayer, merge_rotations, rotation_storage_dtype
 from .capture import LayerInputs, run_layer
-from .prune import prune_layer
+from .prune import PruneSpec, prune_layer
 
 INVARIANCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2,
                         torch.float16: 1e-2}
 """Largest relative output change a merge may cause, per weight dtype (rounding of merged weights)."""
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    """How a layer is pruned once its rotations are known.
-
-    ``guard`` keeps the unrotated layer when it prunes with a lower error; ``report_identity``
-    prunes it for the report only (``run.monitor.unrotated_error``).
-    """
-
-    adapter: ArchitectureAdapter
-    layout: HeadLayout
-    method: str
-    pattern: str
-    permute: bool = False
-    guard: bool = False
-    report_identity: bool = False
-    permute_residual: bool = True
-    """False with a shared R1: the residual stream's order must be the same in every layer."""
 
 
 def relative_error(out: LayerInputs, ref: LayerInputs, x: LayerInputs) -> float:
@@ -97,8 +77,7 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     errors: dict[str, float] = {}
     start = time.perf_counter()
     for name, candidate in candidates.items():
-        pruned, report = prune_layer(candidate, spec.adapter, spec.layout, inputs, spec.method,
-                                     spec.pattern, spec.permute, spec.permute_residual)
+        pruned, report = prune_layer(candidate, inputs, spec)
         out = run_layer(pruned, inputs)
         errors[name] = relative_error(out, dense_out, inputs)
         if kept is None or (spec.guard and errors[name] < errors[kept[0]]):

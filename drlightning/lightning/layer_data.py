@@ -50,9 +50,6 @@ class LayerDataModule(LightningDataModule):
         self.inputs = inputs
         self.hessians = hessians
         self.steps = steps
-        self.rotation: torch.Tensor | None = None
-        self.rotation_report: dict = {}
-        self.prune_report: dict = {}
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Float32 copies of the seven linear weights (after norm folding); copies, so merging and

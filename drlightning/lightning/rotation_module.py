@@ -9,7 +9,7 @@ from lightning import LightningModule
 from torch import nn
 
 from ..layer.capture import OBJECTIVE_STATS
-from ..layer.step import PruneSpec
+from ..layer.prune import PruneSpec
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal

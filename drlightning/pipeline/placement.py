@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_eval_text
-from ..eval.api import evaluate_loaded, protocol_windows
+from ..eval.api import EvalPlan, evaluate_loaded, protocol_windows
 from ..eval.dense_cache import bytes_digest, dense_key
 from ..eval.layerwise import layerwise_perplexity
 from ..eval.zeroshot import CONTINUATION
@@ -52,12 +52,12 @@ class WholeModel:
     def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
         """Perplexity on every evaluation dataset and the zero-shot tasks."""
         ev = self.opts.eval
-        return evaluate_loaded(self.model, self.tokenizer, ppl=ev.data, seqlen=seqlen,
-                               max_windows=ev.max_windows, batch_size=ev.batch_size,
-                               tasks=ev.zero_shot, task_data_dir=ev.task_data_dir,
-                               task_text=ev.task_text, task_items=ev.task_items,
-                               task_limit=ev.task_limit, progress=self.opts.monitor.progress,
-                               eval_tokens=eval_tokens)
+        plan = EvalPlan(ppl=tuple(ev.data), seqlen=seqlen, max_windows=ev.max_windows,
+                        batch_size=ev.batch_size, tasks=tuple(ev.zero_shot),
+                        task_data_dir=ev.task_data_dir, task_text=ev.task_text,
+                        task_items=ev.task_items, task_limit=ev.task_limit,
+                        progress=self.opts.monitor.progress)
+        return evaluate_loaded(self.model, self.tokenizer, plan, eval_tokens)
 
     def dense_key(self, eval_tokens: dict, seqlen: int) -> str | None:
         """The key of the (still dense) model's evaluation in the cross-run cache."""

@@ -20,7 +20,8 @@ from ..layer.capture import (
     collect_hessians,
     run_layer,
 )
-from ..layer.step import PruneSpec, merge_and_prune, prune_candidates
+from ..layer.prune import PruneSpec
+from ..layer.step import merge_and_prune, prune_candidates
 from ..lightning.layer_data import LayerDataModule
 from ..lightning.rotation_module import RotationModule
 from ..models.adapters import ArchitectureAdapter, HeadLayout

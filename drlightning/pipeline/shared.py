@@ -28,7 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layer.capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
-from ..layer.step import PruneSpec, merge_layer, prune_candidates
+from ..layer.prune import PruneSpec
+from ..layer.step import merge_layer, prune_candidates
 from ..lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
 from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
 from ..rotation import RotatedLayer, fold_norms, frozen_layer

@@ -1,0 +1,104 @@
+"""Where a layer's pruning error comes from: each group of linears pruned alone, plain vs rotated.
+
+    python benchmarks/role_errors.py --pruner sparsegpt:2:4 --layers 0 8 14 27
+
+Each chosen decoder layer gets the *dense* model's calibration inputs (32 × 512 embedded tokens).
+Two candidates: the layer as it is, and the layer rotated as the shipped config rotates it (pruned
+mass, 50 steps; no permutation, no guard). Each is pruned the way the pipeline prunes
+(true-sequential groups q,k,v → o → gate,up → down); then the layer's error
+‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ is measured with every group pruned and with one group
+pruned at a time (the other groups' weights put back to their unpruned values). Writes a table to
+docs/benchmarks.md (block ``role-errors-<pruner>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from drlightning.layer.capture import capture_layer_inputs, run_layer
+from drlightning.layer.prune import GROUPS, PruneSpec, prune_layer
+from drlightning.layer.step import merge_layer, relative_error
+from drlightning.lightning.calibration import CalibrationDataModule
+from drlightning.lightning.rotation_module import RotationModule
+from drlightning.models import HeadLayout, adapter_for, load_model
+from drlightning.pipeline.options import MonitorOptions, RunOptions
+from drlightning.pipeline.sequential import LayerLoop, fit_rotation
+from drlightning.pipeline.trainers import default_trainer_factory
+from drlightning.rotation import fold_norms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblock import write_block  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def group_errors(unpruned, inputs, dense_out, spec: PruneSpec) -> dict[str, float]:
+    """The layer error with all groups pruned ("all") and with each group pruned alone."""
+    pruned, _ = prune_layer(copy.deepcopy(unpruned), inputs, spec)
+    errors = {"all": relative_error(run_layer(pruned, inputs), dense_out, inputs)}
+    for group in GROUPS:
+        alone = copy.deepcopy(unpruned)
+        for role in group:
+            spec.adapter.linear(alone, role).weight.data.copy_(spec.adapter.linear(pruned, role).weight)
+        errors[",".join(group)] = relative_error(run_layer(alone, inputs), dense_out, inputs)
+    return errors
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pruner", default="sparsegpt:2:4", help="method:pattern")
+    p.add_argument("--layers", type=int, nargs="+", default=[0, 8, 14, 27])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = p.parse_args()
+    method, pattern = args.pruner.split(":", 1)
+    start = time.perf_counter()
+    model, tok = load_model()
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    template = RotationModule(method=method, pattern=pattern, steps=args.steps,
+                              objective="pruned_mass", permute=False, guard=False)
+    spec = template.prune_spec(adapter, layout)
+    opts = RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False))
+    loop = LayerLoop(template, default_trainer_factory(opts, Path("runs/role_errors")))
+    windows = CalibrationDataModule(nsamples=32, seqlen=512).calibration(tok)
+    inputs = capture_layer_inputs(model, adapter, windows, 8)
+    layers = adapter.decoder_layers(model)
+    rows = []
+    for index in range(max(args.layers) + 1):
+        dense_out = run_layer(layers[index], inputs)
+        if index in args.layers:
+            folded = copy.deepcopy(layers[index])
+            fold_norms(folded, adapter)
+            q, r, _ = fit_rotation(index, folded, inputs, loop, spec)
+            rotated, _ = merge_layer(folded, q, r, inputs, adapter, layout, index)
+            row = {"layer": index, "plain": group_errors(layers[index], inputs, dense_out, spec),
+                   "rotated": group_errors(rotated, inputs, dense_out, spec)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        inputs = dense_out
+    keys = ["all", *(",".join(g) for g in GROUPS)]
+    lines = [f"`python benchmarks/role_errors.py --pruner {args.pruner} --layers "
+             f"{' '.join(map(str, args.layers))} --steps {args.steps}` (dense inputs per layer, "
+             f"32 × 512 embedded calibration tokens, {torch.get_num_threads()} thread(s), "
+             f"{time.perf_counter() - start:.0f} s). Cells: layer pruning error, plain → rotated "
+             "(pruned mass), with every group pruned and with one group pruned alone.", "",
+             "| layer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in rows + [{"layer": "mean", **{c: {k: sum(r[c][k] for r in rows) / len(rows) for k in keys}
+                                           for c in ("plain", "rotated")}}]:
+        lines.append(f"| {row['layer']} | " + " | ".join(
+            f"{row['plain'][k]:.4f} → {row['rotated'][k]:.4f}" for k in keys) + " |")
+    name = f"role-errors-{method}-{pattern.replace(':', 'of').replace('%', 'pct')}"
+    write_block(args.out, name, f"Pruning error by group of linears ({method} {pattern})",
+                "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

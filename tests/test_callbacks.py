@@ -1,0 +1,70 @@
+"""MergeRotations and PruneLayer on a hand-built Trainer do what drlightning's layer loop does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning import Trainer
+
+from drlightning.callbacks import MergeRotations, PruneLayer
+from drlightning.layer.capture import collect_hessians, run_layer
+from drlightning.lightning.layer_data import LayerDataModule
+from drlightning.lightning.rotation_module import RotationModule
+from drlightning.models import ROLES
+from drlightning.pipeline.options import MonitorOptions, RunOptions
+from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
+from drlightning.pipeline.trainers import default_trainer_factory
+from drlightning.rotation import RotatedLayer, fold_norms
+
+from .tiny import tiny_first_layer
+
+STEPS = 4
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_callbacks_on_a_hand_built_trainer_match_the_layer_loop(method, tmp_path):
+    _, adapter, layout, inputs, layer = tiny_first_layer()
+    template = RotationModule(method=method, pattern="2:4", steps=STEPS, objective="pruned_mass",
+                              permute=False, guard=False)
+
+    # the layer loop's own step (core functions, no callbacks)
+    opts = RunOptions(output_dir=str(tmp_path), monitor=MonitorOptions(tensorboard=False, progress=False))
+    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    expected, expected_report, _ = rotate_and_prune_layer(
+        0, copy.deepcopy(layer), inputs, run_layer(layer, inputs), loop,
+        template.prune_spec(adapter, layout))
+
+    # a user's Trainer with the two callbacks
+    folded = copy.deepcopy(layer)
+    fold_norms(folded, adapter)
+    hessians = collect_hessians(folded, adapter, inputs, template.needed_stats())
+    dm = LayerDataModule(0, folded, adapter, layout, inputs, hessians, STEPS)
+    module, merge, prune = template.fresh(), MergeRotations(), PruneLayer()
+    Trainer(max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", callbacks=[merge, prune],
+            **module.trainer_clipping()).fit(module, datamodule=dm)
+
+    assert isinstance(merge.layer, RotatedLayer) and prune.layer is merge.layer
+    assert merge.report["invariance_error"] < 1e-4
+    assert merge.report["best_loss"] == expected_report["best_loss"]
+    assert prune.report["sparsity"] == {role: 0.5 for role in ROLES}
+    torch.testing.assert_close(prune.layer.rotation, expected.rotation, rtol=0, atol=0)
+    for role in ROLES:
+        torch.testing.assert_close(adapter.linear(prune.layer, role).weight,
+                                   adapter.linear(expected, role).weight, rtol=0, atol=0)
+
+
+def test_prune_layer_alone_prunes_the_datamodule_layer_unrotated(tmp_path):
+    _, adapter, layout, inputs, layer = tiny_first_layer(windows=2, seqlen=16, seed=1)
+    dm = LayerDataModule(0, layer, adapter, layout, inputs, None, 1)
+    module = RotationModule(method="magnitude", pattern="2:4", steps=1, permute=False)
+    prune = PruneLayer()
+    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", callbacks=[prune],
+            **module.trainer_clipping()).fit(module, datamodule=dm)
+    assert prune.layer is layer and not isinstance(prune.layer, RotatedLayer)
+    for role in ROLES:
+        w = adapter.linear(layer, role).weight
+        assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all(), role
