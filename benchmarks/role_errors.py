@@ -24,6 +24,7 @@ import torch
 
 from drlightning.layer.capture import capture_layer_inputs, run_layer
 from drlightning.layer.prune import GROUPS, PruneSpec, prune_layer
+from drlightning.layer.role_weights import group_errors
 from drlightning.layer.step import merge_layer, relative_error
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
@@ -39,16 +40,11 @@ from docblock import write_block  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def group_errors(unpruned, inputs, dense_out, spec: PruneSpec) -> dict[str, float]:
-    """The layer error with all groups pruned ("all") and with each group pruned alone."""
-    pruned, _ = prune_layer(copy.deepcopy(unpruned), inputs, spec)
-    errors = {"all": relative_error(run_layer(pruned, inputs), dense_out, inputs)}
-    for group in GROUPS:
-        alone = copy.deepcopy(unpruned)
-        for role in group:
-            spec.adapter.linear(alone, role).weight.data.copy_(spec.adapter.linear(pruned, role).weight)
-        errors[",".join(group)] = relative_error(run_layer(alone, inputs), dense_out, inputs)
-    return errors
+def errors_of(layer, inputs, dense_out, spec: PruneSpec) -> dict[str, float]:
+    """The layer error with every group pruned ("all") and with each group pruned alone."""
+    pruned, _ = prune_layer(copy.deepcopy(layer), inputs, spec)
+    return {"all": relative_error(run_layer(pruned, inputs), dense_out, inputs),
+            **group_errors(layer, inputs, spec)}
 
 
 def main() -> None:
@@ -78,18 +74,19 @@ def main() -> None:
             fold_norms(folded, adapter)
             q, r, _ = fit_rotation(index, folded, inputs, loop, spec)
             rotated, _ = merge_layer(folded, q, r, inputs, adapter, layout, index)
-            row = {"layer": index, "plain": group_errors(layers[index], inputs, dense_out, spec),
-                   "rotated": group_errors(rotated, inputs, dense_out, spec)}
+            row = {"layer": index, "plain": errors_of(layers[index], inputs, dense_out, spec),
+                   "rotated": errors_of(rotated, inputs, dense_out, spec)}
             rows.append(row)
             print(json.dumps(row), flush=True)
         inputs = dense_out
     keys = ["all", *(",".join(g) for g in GROUPS)]
-    lines = [f"`python benchmarks/role_errors.py --pruner {args.pruner} --layers "
-             f"{' '.join(map(str, args.layers))} --steps {args.steps}` (dense inputs per layer, "
-             f"32 × 512 embedded calibration tokens, {torch.get_num_threads()} thread(s), "
-             f"{time.perf_counter() - start:.0f} s). Cells: layer pruning error, plain → rotated "
-             "(pruned mass), with every group pruned and with one group pruned alone.", "",
-             "| layer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    command = (f"python benchmarks/role_errors.py --pruner {args.pruner} --layers "
+               f"{' '.join(map(str, args.layers))} --steps {args.steps}")
+    seconds = time.perf_counter() - start
+    lines = [f"`{command}` (dense inputs per layer, 32 × 512 embedded calibration tokens, "
+             f"{torch.get_num_threads()} thread(s), {seconds:.0f} s). Cells: layer pruning error, "
+             "plain → rotated (pruned mass), with every group pruned and with one group pruned "
+             "alone.", "", "| layer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for row in rows + [{"layer": "mean", **{c: {k: sum(r[c][k] for r in rows) / len(rows) for k in keys}
                                            for c in ("plain", "rotated")}}]:
         lines.append(f"| {row['layer']} | " + " | ".join(

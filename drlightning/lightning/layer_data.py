@@ -30,7 +30,8 @@ class _Steps(Dataset):
 
 
 class LayerDataModule(LightningDataModule):
-    """One decoder layer as a 'dataset': frozen weights, Hessians, calibration inputs."""
+    """One decoder layer as a 'dataset': frozen weights, Hessians, calibration inputs (and, with
+    ``model.role_weights: measured``, how much each linear's pruning costs the layer)."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class LayerDataModule(LightningDataModule):
         inputs: LayerInputs,
         hessians: dict[str, torch.Tensor] | None,
         steps: int,
+        role_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.index = index
@@ -50,6 +52,8 @@ class LayerDataModule(LightningDataModule):
         self.inputs = inputs
         self.hessians = hessians
         self.steps = steps
+        self.role_weights = role_weights
+        """Per-role weights of the pruned-mass objective (None: every linear counts the same)."""
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Float32 copies of the seven linear weights (after norm folding); copies, so merging and

@@ -65,6 +65,10 @@ class RotationModule(LightningModule):
         layers_per_step: shared R1 only: how many layers each optimisation step sums (a random
             subset each step, for models whose layers' frozen tensors do not fit at once);
             None = every layer in every step.
+        role_weights: pruned_mass only: "equal" (every linear counts by its relative
+            improvement) or "measured" (each linear weighted by the squared layer error its group
+            causes when pruned alone, measured on the unrotated layer before fitting; per-layer R1,
+            sequential mode; costs about one more pruning per layer).
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class RotationModule(LightningModule):
         guard: bool = True,
         r1: str = "per_layer",
         layers_per_step: int | None = None,
+        role_weights: str = "equal",
     ) -> None:
         super().__init__()
         check_settings(dict(locals()))
@@ -192,7 +197,9 @@ class RotationModule(LightningModule):
         self._frozen_roles = tuple(frozen.weights)
         dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
         if self.objective == "pruned_mass":
-            self.mass_scale = identity_scale(self.frozen, layout, self.spec, k)
+            scale = identity_scale(self.frozen, layout, self.spec, k)
+            weights = dm.role_weights or {}
+            self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
 
     @property
     def frozen(self) -> FrozenLayer:

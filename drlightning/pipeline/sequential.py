@@ -21,6 +21,7 @@ from ..layer.capture import (
     run_layer,
 )
 from ..layer.prune import PruneSpec
+from ..layer.role_weights import measured_role_weights
 from ..layer.step import merge_and_prune, prune_candidates
 from ..lightning.layer_data import LayerDataModule
 from ..lightning.rotation_module import RotationModule
@@ -62,16 +63,20 @@ def fit_rotation(index: int, layer: nn.Module, inputs: LayerInputs, loop: LayerL
     """Train one norm-folded layer's rotations; returns (Q, R2, report with ``fit_seconds``)."""
     start = time.perf_counter()
     template = loop.template
+    weights, measured = None, {}
+    if template.hparams.get("role_weights", "equal") == "measured":
+        weights, errors = measured_role_weights(layer, inputs, spec)
+        measured = {"role_weights": weights, "group_errors": errors}
     stats = template.needed_stats()
     hessians = collect_hessians(layer, spec.adapter, inputs, stats) if stats else None
     dm = LayerDataModule(index, layer, spec.adapter, spec.layout, inputs, hessians,
-                         template.hparams.steps)
+                         template.hparams.steps, weights)
     module = template.fresh()
     loop.make_trainer(index, module).fit(module, datamodule=dm)
     if loop.on_fit is not None:
         loop.on_fit(index, module)
     q, r = module.best_rotations()
-    return q, r, {**module.report(), "fit_seconds": time.perf_counter() - start}
+    return q, r, {**module.report(), **measured, "fit_seconds": time.perf_counter() - start}
 
 
 def rotate_and_prune_layer(index: int, layer: nn.Module, inputs: LayerInputs,

@@ -16,7 +16,7 @@ from .parallel import SCHEDULES
 
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
                   "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer",
-                  "layers_per_step": None}
+                  "layers_per_step": None, "role_weights": "equal"}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour."""
 
 
@@ -34,6 +34,11 @@ def check_options(opts: RunOptions, module) -> None:
     if module.hparams.get("r1", "per_layer") == "shared" and opts.launch.mode != "sequential":
         raise ValueError("model.r1='shared' learns one rotation for all layers at once, which "
                          "run.launch.mode='parallel' does not split; use run.launch.mode='sequential'")
+    if module.hparams.get("role_weights", "equal") != "equal" and (
+            opts.launch.mode != "sequential" or module.hparams.get("r1", "per_layer") != "per_layer"):
+        raise ValueError("model.role_weights='measured' measures each layer in the sequential loop "
+                         "with a per-layer R1; use run.launch.mode='sequential' and model.r1="
+                         "'per_layer', or model.role_weights='equal'")
     if opts.monitor.picture_role not in ROLES:
         raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
                          f"{', '.join(ROLES)}")

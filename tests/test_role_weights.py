@@ -1,0 +1,95 @@
+"""model.role_weights: the pruned-mass objective weighted by the layer error each group causes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from lightning import Trainer
+
+from drlightning.cli import DRLightningCLI
+from drlightning.layer.capture import collect_hessians, run_layer
+from drlightning.layer.prune import GROUPS, PruneSpec, prune_layer
+from drlightning.layer.role_weights import group_errors, measured_role_weights, weights_from_errors
+from drlightning.layer.step import relative_error
+from drlightning.lightning.layer_data import LayerDataModule
+from drlightning.lightning.rotation_module import RotationModule
+from drlightning.models import ROLES
+from drlightning.rotation import fold_norms
+
+from .tiny import fit_args, save_tiny_dir, tiny_first_layer
+
+
+def test_weights_are_squared_group_errors_with_mean_one():
+    w = weights_from_errors({"q,k,v": 0.1, "o": 0.1, "gate,up": 0.2, "down": 0.2})
+    assert sum(w.values()) / len(w) == pytest.approx(1.0)
+    assert w["q"] == w["k"] == w["v"] == w["o"] == pytest.approx(7 * 0.01 / 0.16)
+    assert w["gate"] == w["up"] == w["down"] == pytest.approx(4 * w["o"])
+    zero = dict.fromkeys(("q,k,v", "o", "gate,up", "down"), 0.0)
+    assert weights_from_errors(zero) == dict.fromkeys(ROLES, 1.0)
+
+
+def test_group_errors_match_a_slow_reference():
+    _, adapter, layout, inputs, layer = tiny_first_layer()
+    spec = PruneSpec(adapter, layout, "sparsegpt", "2:4")
+    errors = group_errors(layer, inputs, spec)
+    pruned, _ = prune_layer(copy.deepcopy(layer), inputs, spec)
+    dense = run_layer(layer, inputs)
+    for group in GROUPS:  # one layer per group, built by hand from the pruned weights
+        mixed = copy.deepcopy(layer)
+        for role in group:
+            setattr(getattr(mixed, "self_attn" if role in ("q", "k", "v", "o") else "mlp"),
+                    f"{role}_proj", copy.deepcopy(adapter.linear(pruned, role)))
+        expected = relative_error(run_layer(mixed, inputs), dense, inputs)
+        assert errors[",".join(group)] == pytest.approx(expected, rel=1e-12) and expected > 0
+    assert group_errors(layer, inputs, PruneSpec(adapter, layout, "wanda", "none")) == dict.fromkeys(
+        errors, 0.0)
+
+
+def _fit(layer, adapter, layout, inputs, weights):
+    module = RotationModule(method="wanda", pattern="2:4", steps=3, objective="pruned_mass")
+    hessians = collect_hessians(layer, adapter, inputs, module.needed_stats())
+    dm = LayerDataModule(0, layer, adapter, layout, inputs, hessians, 3, weights)
+    Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", **module.trainer_clipping()).fit(module, dm)
+    return module
+
+
+def test_unit_weights_are_the_unweighted_objective_and_weights_divide_the_scale():
+    _, adapter, layout, inputs, layer = tiny_first_layer()
+    fold_norms(layer, adapter)
+    plain = _fit(copy.deepcopy(layer), adapter, layout, inputs, None)
+    unit = _fit(copy.deepcopy(layer), adapter, layout, inputs, dict.fromkeys(ROLES, 1.0))
+    assert unit.mass_scale == plain.mass_scale and unit.best_loss == plain.best_loss
+    for a, b in zip(plain.best_rotations(), unit.best_rotations(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    weights, _ = measured_role_weights(layer, inputs, PruneSpec(adapter, layout, "wanda", "2:4"))
+    weighted = _fit(copy.deepcopy(layer), adapter, layout, inputs, weights)
+    for role in ROLES:
+        assert weighted.mass_scale[role] == pytest.approx(plain.mass_scale[role] / weights[role])
+
+
+def test_bad_role_weights_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"role_weights='heavy'; allowed: equal, measured"):
+        RotationModule(role_weights="heavy")
+    with pytest.raises(ValueError, match="role_weights='measured' weights the linears of the pruned-mass"):
+        RotationModule(objective="entropy", role_weights="measured")
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    with pytest.raises(ValueError, match="run.launch.mode='sequential' and model.r1='per_layer'"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=2, extra=(
+            "--model.role_weights", "measured", "--model.r1", "shared")))
+
+
+def test_measured_weights_reach_results(tmp_path):
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, steps=2, extra=("--model.role_weights", "measured")))
+    res = json.loads((run / "results.json").read_text())
+    for layer in res["layers"]:
+        assert set(layer["role_weights"]) == set(ROLES)
+        assert sum(layer["role_weights"].values()) / 7 == pytest.approx(1.0)
+        assert set(layer["group_errors"]) == {",".join(g) for g in GROUPS}
+    fingerprint = json.loads((run / "state" / "fingerprint.json").read_text())
+    assert fingerprint["model"]["role_weights"] == "measured"
