@@ -11,7 +11,8 @@ index of the q/k/v input, mean_j diag(QᵀHQ)_j · diag(Qᵀ(H+λI)⁻¹Q)_j —
 uncorrelated, larger the more SparseGPT's compensation has to work with.
 
 Variants: ``plain`` (no rotation), ``entropy:<score>``, ``pruned_mass[:<score>]`` (score defaults to
-the pruner's), ``released`` (reference_quirks), and research objectives that were tried and not
+the pruner's), ``weighted`` (pruned mass with ``role_weights: measured``), ``released``
+(reference_quirks), and research objectives that were tried and not
 adopted (defined here, not in the package): ``share`` (pruned mass normalised per row),
 ``group_share`` (normalised per group of M), ``obs`` (SparseGPT 2:4 only: Σ min over the pruned
 pairs of w_Pᵀ (K_PP)⁻¹ w_P with K the rotated inverse Hessian's 4 × 4 blocks, each linear relative
@@ -33,6 +34,7 @@ from lightning import Trainer
 
 from drlightning.layer.capture import OBJECTIVE_STATS, capture_layer_inputs, collect_hessians, run_layer
 from drlightning.layer.prune import PruneSpec
+from drlightning.layer.role_weights import measured_role_weights
 from drlightning.layer.step import merge_layer, prune_candidates
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.layer_data import LayerDataModule
@@ -160,6 +162,7 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
     layer = copy.deepcopy(layer)
     fold_norms(layer, spec.adapter)
     base = dict(method=method, pattern=pattern, steps=steps, permute=False, guard=False)
+    weights = None
     hs = collect_hessians(layer, spec.adapter, inputs, (*OBJECTIVE_STATS, "down"))
     if name == "entropy":
         module = RotationModule(**base, objective="entropy", rotation_score=arg or "pruner")
@@ -167,6 +170,9 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
         module = RotationModule(**base, objective="pruned_mass", rotation_score=arg or "pruner")
     elif name == "released":
         module = RotationModule(**base, objective="entropy", reference_quirks=True)
+    elif name == "weighted":
+        module = RotationModule(**base, objective="pruned_mass", role_weights="measured")
+        weights = measured_role_weights(layer, inputs, spec)[0]
     else:
         hinv = None
         if name == "obs":
@@ -176,7 +182,7 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
             hinv["o_blocks"] = hinv["o"].reshape(nh, hd, nh, hd)[idx, :, idx, :]
         module = Research(name, hinv, **base, objective="pruned_mass")
     dm = LayerDataModule(0, layer, spec.adapter, spec.layout, inputs,
-                         {k: hs[k] for k in module.needed_stats() or ()} or None, steps)
+                         {k: hs[k] for k in module.needed_stats() or ()} or None, steps, weights)
     Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, accelerator="cpu",
             **module.trainer_clipping()).fit(module, datamodule=dm)
