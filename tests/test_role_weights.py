@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -46,6 +47,9 @@ def test_group_errors_match_a_slow_reference():
         assert errors[",".join(group)] == pytest.approx(expected, rel=1e-12) and expected > 0
     assert group_errors(layer, inputs, PruneSpec(adapter, layout, "wanda", "none")) == dict.fromkeys(
         errors, 0.0)
+    # with permutations on, the plain pruner's weights are measured (a permuted layer's weights
+    # would not line up with the unpruned copy)
+    assert group_errors(layer, inputs, replace(spec, permute=True)) == errors
 
 
 def _fit(layer, adapter, layout, inputs, weights):

@@ -11,6 +11,7 @@ of group g by e_g² (relative to the mean: errors of independent groups add in s
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 from torch import nn
 
@@ -32,9 +33,11 @@ def first_batches(inputs: LayerInputs, n: int | None) -> LayerInputs:
 
 def group_errors(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> dict[str, float]:
     """The layer's error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ with each group of linears
-    pruned alone (the others unpruned), after pruning a copy of ``layer`` as the pipeline does."""
+    pruned alone (the others unpruned), after pruning a copy of ``layer`` with ``spec``'s method
+    and pattern. Always without channel permutations: a permuted layer's weights are no longer in
+    the order of the unpruned copy they are put into."""
     dense_out = run_layer(layer, inputs)
-    pruned, _ = prune_layer(copy.deepcopy(layer), inputs, spec)
+    pruned, _ = prune_layer(copy.deepcopy(layer), inputs, replace(spec, permute=False))
     errors = {}
     for group in GROUPS:
         alone = copy.deepcopy(layer)
