@@ -79,17 +79,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     if config_text is not None:
         atomic_write_text(run_dir / "config.yaml", config_text)
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
-    monitor = RunMonitor(run_dir, opts.monitor.tensorboard, opts.monitor.picture_layers,
-                         opts.monitor.picture_role,
-                         0.5 if hp["pattern"] == NO_PRUNING else parse_pattern(hp["pattern"]).sparsity)
-
-    def layer_done(report: dict) -> None:
-        monitor.layer_done(report)
-        clock.save()
-
-    loop = LayerLoop(module, make_trainer or default_trainer_factory(opts, run_dir),
-                     data.hparams.batch_size, opts.monitor.progress, opts.launch.offload_activations,
-                     opts.monitor.unrotated_error, monitor.fit_done, layer_done)
+    loop, monitor = layer_loop(module, make_trainer or default_trainer_factory(opts, run_dir),
+                               data.hparams.batch_size, opts, run_dir, clock)
     with quiet_lightning():
         layer_step = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
         if not schedule.is_main:  # a rank > 0: its layers are trained and saved
@@ -114,16 +105,43 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
         "options": asdict(opts),
         "layers": layer_reports,
     }
+    write_outputs(results, run_dir, monitor, opts.monitor.baseline_run)
+    schedule.stop()
+    return results
+
+
+def layer_loop(module: RotationModule, make_trainer: Callable[[int, RotationModule], Trainer],
+               batch_size: int, opts: RunOptions, run_dir: Path,
+               clock: RunClock) -> tuple[LayerLoop, RunMonitor]:
+    """The layer loop's shared settings, with monitoring (TensorBoard, pictures) and the run's
+    clock saved after every finished layer; returns (loop, monitor)."""
+    pattern = module.hparams.pattern
+    monitor = RunMonitor(run_dir, opts.monitor.tensorboard, opts.monitor.picture_layers,
+                         opts.monitor.picture_role,
+                         0.5 if pattern == NO_PRUNING else parse_pattern(pattern).sparsity)
+
+    def layer_done(report: dict) -> None:
+        monitor.layer_done(report)
+        clock.save()
+
+    loop = LayerLoop(module, make_trainer, batch_size, opts.monitor.progress,
+                     opts.launch.offload_activations, opts.monitor.unrotated_error,
+                     monitor.fit_done, layer_done)
+    return loop, monitor
+
+
+def write_outputs(results: dict, run_dir: Path, monitor: RunMonitor,
+                  baseline_run: str | None) -> None:
+    """results.json, the saved model's card, report.md (with the plots), and the table printed."""
     plot = monitor.model_done(results)
     monitor.close()
     write_json(run_dir / "results.json", results)
+    export = results["export"]
     if export.get("path"):
         atomic_write_text(Path(export["path"]) / "README.md", model_card(results, export["path"]))
-    baseline = load_run(opts.monitor.baseline_run) if opts.monitor.baseline_run else None
+    baseline = load_run(baseline_run) if baseline_run else None
     atomic_write_text(run_dir / "report.md", report_markdown(results, baseline, plot))
     print(format_table(results))
-    schedule.stop()
-    return results
 
 
 def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
