@@ -211,7 +211,8 @@ def report(out: Path, json_out: Path) -> None:
                          f"{r['minutes']:.0f} |")
         lines.append("")
     lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over seeds):", ""]
-    lines += layer_table("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard", "shared"])
+    lines += layer_table("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard",
+                                            "shared"])
     write_block(out, "quality", "Quality (default model, seeded)", "\n".join(lines))
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
