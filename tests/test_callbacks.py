@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from lightning import Trainer
 
 from drlightning.callbacks import MergeRotations, PruneLayer
 from drlightning.layer.capture import collect_hessians, run_layer
@@ -18,7 +17,7 @@ from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
 from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.rotation import RotatedLayer, fold_norms
 
-from .tiny import tiny_first_layer
+from .tiny import rotation_trainer, tiny_first_layer
 
 STEPS = 4
 
@@ -42,9 +41,7 @@ def test_callbacks_on_a_hand_built_trainer_match_the_layer_loop(method, tmp_path
     hessians = collect_hessians(folded, adapter, inputs, template.needed_stats())
     dm = LayerDataModule(0, folded, adapter, layout, inputs, hessians, STEPS)
     module, merge, prune = template.fresh(), MergeRotations(), PruneLayer()
-    Trainer(max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", callbacks=[merge, prune],
-            **module.trainer_clipping()).fit(module, datamodule=dm)
+    rotation_trainer(module, [merge, prune]).fit(module, datamodule=dm)
 
     assert isinstance(merge.layer, RotatedLayer) and prune.layer is merge.layer
     assert merge.report["invariance_error"] < 1e-4
@@ -61,9 +58,7 @@ def test_prune_layer_alone_prunes_the_datamodule_layer_unrotated(tmp_path):
     dm = LayerDataModule(0, layer, adapter, layout, inputs, None, 1)
     module = RotationModule(method="magnitude", pattern="2:4", steps=1, permute=False)
     prune = PruneLayer()
-    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", callbacks=[prune],
-            **module.trainer_clipping()).fit(module, datamodule=dm)
+    rotation_trainer(module, [prune]).fit(module, datamodule=dm)
     assert prune.layer is layer and not isinstance(prune.layer, RotatedLayer)
     for role in ROLES:
         w = adapter.linear(layer, role).weight

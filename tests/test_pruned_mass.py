@@ -129,18 +129,15 @@ def test_reference_quirks_reproduce_the_released_objective():
 
 def test_rotation_score_is_independent_of_the_pruner():
     """method=sparsegpt with rotation_score=magnitude optimises the magnitude entropy."""
-    from lightning import Trainer
 
     from .test_rotation_module import layer_datamodule
+    from .tiny import rotation_trainer
 
     module = RotationModule(method="sparsegpt", pattern="2:4", steps=3, rotation_score="magnitude",
                             objective="entropy")
     assert module.score == "magnitude" and module.needed_stats() == ()
-    trainer = Trainer(max_steps=3, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      **module.trainer_clipping())
     dm = layer_datamodule("sparsegpt", 3)
-    trainer.fit(module, datamodule=dm)
+    rotation_trainer(module).fit(module, datamodule=dm)
     q, r = module.best_rotations()
     again = layer_entropy(q, r, frozen_layer(dm.frozen_weights(), None, "magnitude", dm.layout),
                           dm.layout, "magnitude")[0]

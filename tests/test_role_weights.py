@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from lightning import Trainer
 
 from drlightning.cli import DRLightningCLI
 from drlightning.layer.capture import collect_hessians, run_layer
@@ -20,7 +19,7 @@ from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import ROLES
 from drlightning.rotation import fold_norms
 
-from .tiny import fit_args, save_tiny_dir, tiny_first_layer
+from .tiny import fit_args, rotation_trainer, save_tiny_dir, tiny_first_layer
 
 
 def test_weights_are_squared_group_errors_with_mean_one():
@@ -56,8 +55,7 @@ def _fit(layer, adapter, layout, inputs, weights):
     module = RotationModule(method="wanda", pattern="2:4", steps=3, objective="pruned_mass")
     hessians = collect_hessians(layer, adapter, inputs, module.needed_stats())
     dm = LayerDataModule(0, layer, adapter, layout, inputs, hessians, 3, weights)
-    Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", **module.trainer_clipping()).fit(module, dm)
+    rotation_trainer(module).fit(module, dm)
     return module
 
 

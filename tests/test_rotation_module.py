@@ -12,7 +12,7 @@ from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.rotation import frozen_layer, layer_entropy, orthogonality_error
 
-from .tiny import tiny_model
+from .tiny import rotation_trainer, tiny_model
 
 
 def layer_datamodule(method: str, steps: int) -> LayerDataModule:
@@ -32,10 +32,7 @@ def layer_datamodule(method: str, steps: int) -> LayerDataModule:
 
 def fit(method: str, steps: int, **kw) -> RotationModule:
     module = RotationModule(method=method, pattern="2:4", steps=steps, **kw)
-    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      **module.trainer_clipping())
-    trainer.fit(module, datamodule=layer_datamodule(method, steps))
+    rotation_trainer(module).fit(module, datamodule=layer_datamodule(method, steps))
     return module
 
 
@@ -64,10 +61,7 @@ def test_best_iterate_is_kept_when_steps_overshoot():
             return loss
 
     module = Recording(method="magnitude", pattern="2:4", steps=25, lr=5.0, objective="entropy")
-    trainer = Trainer(max_steps=25, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      **module.trainer_clipping())
-    trainer.fit(module, datamodule=layer_datamodule("magnitude", 25))
+    rotation_trainer(module).fit(module, datamodule=layer_datamodule("magnitude", 25))
     q, r = module.best_rotations()
     seen = module.seen + [module.loss()[0].item()]
     assert len(module.seen) == 25
@@ -164,10 +158,8 @@ def test_factory_trainer_clips_the_gradient_norm_at_grad_clip(tmp_path):
 
 def test_bf16_mixed_precision_trains_with_float32_loss():
     module = RotationModule(method="sparsegpt", pattern="2:4", steps=5)
-    trainer = Trainer(max_steps=5, logger=False, enable_checkpointing=False, precision="bf16-mixed",
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      **module.trainer_clipping())
-    trainer.fit(module, datamodule=layer_datamodule("sparsegpt", 5))
+    rotation_trainer(module, precision="bf16-mixed").fit(
+        module, datamodule=layer_datamodule("sparsegpt", 5))
     assert module.A.dtype == torch.float32
     report = module.report()
     assert report["best_loss"] < report["initial_loss"]

@@ -119,3 +119,13 @@ def fit_args(model_dir, out_dir, *, method: str = "sparsegpt", pattern: str = "2
             "--run.monitor.progress", "false", "--run.monitor.tensorboard", "false",
             "--run.eval.max_windows", "2",
             *extra]
+
+
+def rotation_trainer(module, callbacks=(), **kwargs):
+    """A quiet CPU Trainer that fits ``module`` (a RotationModule) for its own number of steps, with
+    the gradient clipping it asks for; no logger, checkpoints, bars or summary."""
+    from lightning import Trainer
+
+    return Trainer(max_steps=module.hparams.steps, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                   callbacks=list(callbacks), **module.trainer_clipping(), **kwargs)
