@@ -30,17 +30,15 @@ def pruned_run(tmp_path_factory):
     return root / "run"
 
 
-def _data(module: LoRAModule, **kw) -> TextDataModule:
-    data = TextDataModule(seqlen=32, batch_size=2, val_windows=2, max_train_windows=8, **kw)
-    data.tokenizer = module.tokenizer
-    return data
+def _data(**kw) -> TextDataModule:
+    return TextDataModule(seqlen=32, batch_size=2, val_windows=2, max_train_windows=8, **kw)
 
 
 def _train(module: LoRAModule, steps: int) -> None:
     trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False,
                       limit_val_batches=0)
-    trainer.fit(module, datamodule=_data(module))
+    trainer.fit(module, datamodule=_data())
 
 
 def _check_2of4(weight: torch.Tensor, name: str) -> None:
@@ -183,9 +181,8 @@ def test_bad_lora_input_is_refused_early(pruned_run, tmp_path):
         LoRAModule(str(pruned_run), dropout=1.5)
     module = LoRAModule(str(pruned_run))
     data = TextDataModule(seqlen=32, val_windows=10**6)
-    data.tokenizer = module.tokenizer
     with pytest.raises(ValueError, match="val_windows=1000000"):
-        data.setup("fit")
+        data.split(module.tokenizer)
 
 
 def test_validation_that_would_never_run_is_refused_before_loading(tmp_path, capsys):

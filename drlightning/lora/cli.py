@@ -83,7 +83,3 @@ class LoRACLI(FriendlyParsing, LightningCLI):
         stage = self.config[self.subcommand].get("stage")
         if stage != "lora":
             raise ValueError(f"stage={stage!r}; the LoRA CLI runs configs with stage: lora")
-        self.datamodule.tokenizer = self.model.tokenizer
-
-    def before_validate(self) -> None:
-        self.datamodule.tokenizer = self.model.tokenizer

@@ -36,15 +36,14 @@ class TextDataModule(LightningDataModule):
         if max_train_windows is not None and max_train_windows < 1:
             raise ValueError(f"max_train_windows={max_train_windows!r} must be ≥ 1 or null (all)")
         self.save_hyperparameters()
-        self.tokenizer = None
         self.train: torch.Tensor | None = None
         self.val: torch.Tensor | None = None
 
-    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val) non-overlapping (n, seqlen) windows of the calibration part."""
         hp = self.hparams
         text = "\n\n".join(load_documents(hp.source, "calibration", text_field=hp.text_field))
-        ids = tokenize_text(self.tokenizer, text)[0]
+        ids = tokenize_text(tokenizer, text)[0]
         n = ids.numel() // hp.seqlen
         if n < hp.val_windows + 1:
             raise ValueError(f"{hp.source!r} has {ids.numel()} tokens: {n} windows of seqlen="
@@ -57,10 +56,14 @@ class TextDataModule(LightningDataModule):
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            raise RuntimeError("TextDataModule needs a tokenizer (the LoRA CLI sets the model's)")
+        """Tokenise with the tokenizer of the Trainer's LightningModule (LoRAModule has one)."""
         if self.train is None:
-            self.train, self.val = self.split()
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            tokenizer = getattr(module, "tokenizer", None)
+            if tokenizer is None:
+                raise RuntimeError("TextDataModule tokenises with the `tokenizer` of the Trainer's "
+                                   f"LightningModule; {type(module).__name__} has none")
+            self.train, self.val = self.split(tokenizer)
 
     def protocol(self) -> dict:
         """What the adapters were trained on (for results.json)."""
