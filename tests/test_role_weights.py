@@ -74,20 +74,30 @@ def test_unit_weights_are_the_unweighted_objective_and_weights_divide_the_scale(
 
 
 def test_bad_role_weights_settings_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"role_weights='heavy'; allowed: equal, measured"):
+    with pytest.raises(ValueError, match=r"role_weights='heavy'; allowed: auto, equal, measured"):
         RotationModule(role_weights="heavy")
     with pytest.raises(ValueError, match="role_weights='measured' weights the linears of the pruned-mass"):
         RotationModule(objective="entropy", role_weights="measured")
     src = save_tiny_dir(tmp_path / "tiny", "llama")
-    with pytest.raises(ValueError, match="run.launch.mode='sequential' and model.r1='per_layer'"):
+    with pytest.raises(ValueError, match="use model.r1='per_layer', or model.role_weights='equal'"):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=2, extra=(
             "--model.role_weights", "measured", "--model.r1", "shared")))
 
 
-def test_measured_weights_reach_results(tmp_path):
+def test_auto_measures_where_the_weights_apply():
+    assert RotationModule(role_weights="auto").role_weights == "measured"
+    for off in ({"objective": "entropy"}, {"steps": 0}, {"r1": "shared"}, {"pattern": "none"}):
+        module = RotationModule(role_weights="auto", **off)
+        assert module.role_weights == "equal", off
+        assert module.effective_settings()["role_weights"] == "equal"
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_measured_weights_reach_results(tmp_path, mode):
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     run = tmp_path / "run"
-    DRLightningCLI(args=fit_args(src, run, steps=2, extra=("--model.role_weights", "measured")))
+    DRLightningCLI(args=fit_args(src, run, steps=2, extra=(
+        "--model.role_weights", "auto", "--run.launch.mode", mode)))
     res = json.loads((run / "results.json").read_text())
     for layer in res["layers"]:
         assert set(layer["role_weights"]) == set(ROLES)

@@ -61,6 +61,12 @@ class LayerDataModule(LightningDataModule):
         return {r: self.adapter.linear(self.layer, r).weight.detach().to(torch.float32, copy=True)
                 for r in ROLES}
 
+    def take_hessians(self) -> dict[str, torch.Tensor] | None:
+        """The layer's Hessians, handed over once: the datamodule lets go of them, so the
+        objective's reduced copies (M, M_o blocks) are all that stays in memory."""
+        hessians, self.hessians = self.hessians, None
+        return hessians
+
     def tokens_per_sequence(self) -> int:
         """Tokens per calibration window (the authors' Hessians are averaged per window)."""
         return int(self.inputs.hidden[0].shape[1]) if self.inputs.hidden else 1

@@ -66,9 +66,10 @@ class RotationModule(LightningModule):
             subset each step, for models whose layers' frozen tensors do not fit at once);
             None = every layer in every step.
         role_weights: pruned_mass only: "equal" (every linear counts by its relative
-            improvement) or "measured" (each linear weighted by the squared layer error its group
-            causes when pruned alone, measured on the unrotated layer before fitting; per-layer R1,
-            sequential mode; costs about one more pruning per layer).
+            improvement), "measured" (each linear weighted by the squared layer error its group
+            causes when pruned alone, measured on the unrotated layer before fitting; per-layer R1
+            only; costs about one more pruning per layer) or "auto" ("measured" where it applies:
+            pruned-mass objective, steps > 0, per-layer R1; "equal" otherwise).
     """
 
     def __init__(
@@ -117,6 +118,16 @@ class RotationModule(LightningModule):
         return objective
 
     @property
+    def role_weights(self) -> str:
+        """How the pruned-mass objective weights the linears (``auto`` resolved)."""
+        value = self.hparams.get("role_weights", "equal")
+        if value == "auto":
+            applies = (self.objective == "pruned_mass" and self.hparams.steps > 0
+                       and self.hparams.get("r1", "per_layer") == "per_layer")
+            return "measured" if applies else "equal"
+        return value
+
+    @property
     def spec(self) -> ObjectiveSpec:
         """The objective, its score and (for pruned_mass) the pattern, as one value."""
         mass = self.objective == "pruned_mass"
@@ -130,7 +141,7 @@ class RotationModule(LightningModule):
         hp = self.settings()
         prunes = hp["pattern"] != NO_PRUNING
         nm = prunes and parse_pattern(hp["pattern"]).is_nm
-        return {**hp, "objective": self.objective,
+        return {**hp, "objective": self.objective, "role_weights": self.role_weights,
                 "permute": bool(hp.get("permute", False) and nm),
                 "guard": bool(hp.get("guard", False) and prunes and hp["steps"] > 0)}
 
@@ -188,14 +199,13 @@ class RotationModule(LightningModule):
         self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
                               torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
-        frozen = frozen_layer(dm.frozen_weights(), dm.hessians, self.score, layout,
+        frozen = frozen_layer(dm.frozen_weights(), dm.take_hessians(), self.score, layout,
                               self.hparams.reference_quirks, dm.tokens_per_sequence())
         for role, weight in frozen.weights.items():
             self.register_buffer(f"frozen_{role}", weight, persistent=False)
         for name in FROZEN_MATRICES:
             self.register_buffer(f"frozen_{name}", getattr(frozen, name), persistent=False)
         self._frozen_roles = tuple(frozen.weights)
-        dm.hessians = None  # the objective keeps what it needs (M, M_o blocks); free the rest
         if self.objective == "pruned_mass":
             scale = identity_scale(self.frozen, layout, self.spec, k)
             weights = dm.role_weights or {}

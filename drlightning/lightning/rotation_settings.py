@@ -9,8 +9,9 @@ from ..rotation.objective import OBJECTIVES
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""
 
-ROLE_WEIGHTS = ("equal", "measured")
-"""How the pruned-mass objective weights the linears: equally, or by the layer error they cause."""
+ROLE_WEIGHTS = ("auto", "equal", "measured")
+"""How the pruned-mass objective weights the linears: equally, or by the layer error they cause
+("auto": measured wherever it applies — pruned mass, rotation steps, per-layer R1)."""
 
 R1_MODES = ("per_layer", "shared")
 """Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
@@ -53,7 +54,7 @@ def check_settings(s: dict) -> None:
         raise ValueError(f"layers_per_step={k!r} must be an integer ≥ 1, or null for every layer")
     _choice("rotation_score", s["rotation_score"], SCORES)
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
-    if s["role_weights"] != "equal" and (s["objective"] == "entropy" or s["pattern"] == NO_PRUNING):
+    if s["role_weights"] == "measured" and (s["objective"] == "entropy" or s["pattern"] == NO_PRUNING):
         raise ValueError(f"role_weights={s['role_weights']!r} weights the linears of the pruned-mass "
                          f"objective; objective={s['objective']!r} with pattern={s['pattern']!r} "
                          "does not use it: set role_weights='equal'")

@@ -64,7 +64,7 @@ def fit_rotation(index: int, layer: nn.Module, inputs: LayerInputs, loop: LayerL
     start = time.perf_counter()
     template = loop.template
     weights, measured = None, {}
-    if template.hparams.get("role_weights", "equal") == "measured":
+    if template.role_weights == "measured":
         weights, errors = measured_role_weights(layer, inputs, spec)
         measured = {"role_weights": weights, "group_errors": errors}
     stats = template.needed_stats()
