@@ -26,6 +26,11 @@ def test_config_parses(path):
     cli = DRLightningCLI(args=["--config", str(path)], run=False)
     assert cli.model.hparams.method in path.stem
     assert cli.trainer.max_steps == cli.model.hparams.steps
+    settings = cli.model.effective_settings()
+    assert (settings["objective"], settings["guard"]) == ("pruned_mass", True)
+    # the best measured combination (docs/benchmarks.md, quality table)
+    assert settings["role_weights"] == ("measured" if "sparsegpt-2of4" in path.name else "equal")
+    assert settings["permute"] == ("sparsegpt" not in path.name and "50pct" not in path.name)
 
 
 def test_lora_config_parses_with_paper_defaults(tmp_path):

@@ -88,7 +88,7 @@ class RotationModule(LightningModule):
         guard: bool = True,
         r1: str = "per_layer",
         layers_per_step: int | None = None,
-        role_weights: str = "equal",
+        role_weights: str = "auto",
     ) -> None:
         super().__init__()
         check_settings(dict(locals()))
