@@ -243,9 +243,10 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         inputs = dense_out
     variants = args.variants
+    named = f" --name {args.name}" if args.name else ""
     lines = [f"`python benchmarks/layer_objectives.py --pruner {args.pruner} --layers "
              f"{' '.join(map(str, args.layers))} --variants {' '.join(variants)} --steps {args.steps} "
-             f"--seed {args.seed}` (dense inputs per layer, 32 × 512 embedded calibration tokens, "
+             f"--seed {args.seed}{named}` (dense inputs per layer, 32 × 512 embedded calibration tokens, "
              f"{time.perf_counter() - start:.0f} s). Cells: layer pruning error (entropy of the "
              "pruner's score at the rotation; decorrelation index of the q/k/v input).", "",
              "| layer | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
