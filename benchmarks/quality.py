@@ -59,17 +59,13 @@ PRUNERS = {"sparsegpt-2of4": ("sparsegpt", "2:4"), "wanda-2of4": ("wanda", "2:4"
            "magnitude-2of4": ("magnitude", "2:4")}
 PLAN = [
     # (pruner, settings, seeds), in the order the workers take them: the headline rows first
-    ("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard"], [0, 1, 2]),
-    ("wanda-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard"], [0, 1, 2]),
+    ("wanda-2of4", ["plain", "dr", "pm+perm+guard", "pm-rw+guard"], [0, 1, 2]),
     ("sparsegpt-2of4", ["plain+perm", "dr+guard", "dr+perm"], [0, 1, 2]),
     ("wanda-2of4", ["plain+perm", "dr-released", "dr+guard", "dr+perm"], [0, 1, 2]),
-    ("sparsegpt-4of8", ["plain", "pm+perm+guard"], [0, 1, 2]),
-    ("sparsegpt-50pct", ["plain", "pm+guard"], [0, 1, 2]),
+    ("sparsegpt-4of8", ["plain", "pm+perm+guard", "pm-rw+guard"], [0, 1, 2]),
+    ("sparsegpt-50pct", ["plain", "pm+guard", "pm-rw+guard"], [0, 1, 2]),
     ("magnitude-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
-    ("sparsegpt-2of4", ["pm-rw+guard"], [0, 1, 2]),
-    ("wanda-2of4", ["pm-rw+guard"], [0, 1, 2]),
-    ("sparsegpt-2of4", ["pm", "pm+guard"], [0, 1, 2]),
-    ("wanda-2of4", ["pm", "pm+guard"], [0, 1, 2]),
     ("sparsegpt-2of4", ["shared"], [0, 1, 2]),
     ("wanda-2of4", ["shared"], [0, 1, 2]),
     ("sparsegpt-50pct", ["shared"], [0, 1, 2]),

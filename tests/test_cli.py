@@ -29,8 +29,8 @@ def test_config_parses(path):
     settings = cli.model.effective_settings()
     assert (settings["objective"], settings["guard"]) == ("pruned_mass", True)
     # the best measured combination (docs/benchmarks.md, quality table)
-    assert settings["role_weights"] == ("measured" if "sparsegpt-2of4" in path.name else "equal")
-    assert settings["permute"] == ("sparsegpt" not in path.name and "50pct" not in path.name)
+    assert settings["role_weights"] == ("equal" if "magnitude" in path.name else "measured")
+    assert settings["permute"] == (path.stem in ("magnitude-2of4", "magnitude-4of8", "wanda-4of8"))
 
 
 def test_lora_config_parses_with_paper_defaults(tmp_path):
