@@ -59,8 +59,12 @@ def test_changed_settings_are_refused_naming_the_difference(tmp_path):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=4))
     with pytest.raises(ValueError, match=r"data\.nsamples: 8 → 4"):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, nsamples=4))
-    with pytest.raises(ValueError, match=r"model\.r1_blocks: '<unset>' → 2"):
+    # a setting added later shows the value older runs had (what to pass to resume them)
+    with pytest.raises(ValueError, match=r"model\.r1_blocks: 1 → 2"):
         DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, extra=("--model.r1_blocks", "2")))
+    with pytest.raises(ValueError, match=r"model\.role_weights: 'measured' → 'equal'"):
+        DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3,
+                                     extra=("--model.role_weights", "equal")))
     # settings that do not shape the layers (evaluation, progress) may change
     DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3,
                                  extra=("--run.eval.max_windows", "1")))

@@ -13,11 +13,7 @@ from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import rotation_storage_dtype
 from .options import RunOptions
 from .parallel import SCHEDULES
-
-LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
-                  "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer",
-                  "layers_per_step": None, "role_weights": "equal"}
-"""RotationModule settings added later, with the value that reproduces the earlier behaviour."""
+from .state import LATER_DEFAULTS
 
 
 def check_options(opts: RunOptions, module) -> None:

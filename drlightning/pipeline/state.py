@@ -37,12 +37,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 CONFIG_KEY = {"run.mode": "run.launch.mode"}
 """Fingerprint keys kept from before the run options were grouped → the config key a user sets."""
 
+LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
+                  "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer",
+                  "layers_per_step": None, "role_weights": "equal"}
+"""RotationModule settings added later, with the value that reproduces the earlier behaviour: a
+fingerprint leaves them out while at that value, so older run directories still resume."""
+
 
 def describe_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable ``key: old → new`` lines (config keys) for every setting that differs."""
+    """Human-readable ``key: old → new`` lines (config keys) for every setting that differs; a
+    rotation setting left out of a fingerprint shows its earlier default (what to pass to resume)."""
     a, b = _flatten(old), _flatten(new)
-    return [f"{CONFIG_KEY.get(k, k)}: {a.get(k, '<unset>')!r} → {b.get(k, '<unset>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    later = {f"model.{k}": v for k, v in LATER_DEFAULTS.items()}
+    before = {k: a.get(k, later.get(k, "<unset>")) for k in set(a) | set(b)}
+    after = {k: b.get(k, later.get(k, "<unset>")) for k in before}
+    return [f"{CONFIG_KEY.get(k, k)}: {before[k]!r} → {after[k]!r}"
+            for k in sorted(before) if before[k] != after[k]]
 
 
 def atomic_save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
