@@ -25,8 +25,9 @@ STEPS = 4
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_callbacks_on_a_hand_built_trainer_match_the_layer_loop(method, tmp_path):
     _, adapter, layout, inputs, layer = tiny_first_layer()
+    # equal weights: measured ones are the layer loop's (fit_rotation) to pass to the datamodule
     template = RotationModule(method=method, pattern="2:4", steps=STEPS, objective="pruned_mass",
-                              permute=False, guard=False)
+                              permute=False, guard=False, role_weights="equal")
 
     # the layer loop's own step (core functions, no callbacks)
     opts = RunOptions(output_dir=str(tmp_path), monitor=MonitorOptions(tensorboard=False, progress=False))

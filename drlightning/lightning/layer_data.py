@@ -53,8 +53,7 @@ class LayerDataModule(LightningDataModule):
         self.hessians = hessians
         self.steps = steps
         self.role_weights = role_weights
-        """Per-role weights of the pruned-mass objective (None: the RotationModule measures them
-        itself when its role_weights resolves to measured, else every linear counts the same)."""
+        """Per-role weights of the pruned-mass objective (None: every linear counts the same)."""
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Float32 copies of the seven linear weights (after norm folding); copies, so merging and

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..layer.capture import OBJECTIVE_STATS
 from ..layer.prune import PruneSpec
-from ..layer.role_weights import measured_role_weights
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
@@ -209,10 +208,7 @@ class RotationModule(LightningModule):
         self._frozen_roles = tuple(frozen.weights)
         if self.objective == "pruned_mass":
             scale = identity_scale(self.frozen, layout, self.spec, k)
-            weights = dm.role_weights
-            if weights is None and self.role_weights == "measured":  # a datamodule built by hand
-                weights, _ = measured_role_weights(dm.layer, dm.inputs, self.prune_spec(dm.adapter, layout))
-            weights = weights or {}
+            weights = dm.role_weights or {}
             self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
 
     @property
