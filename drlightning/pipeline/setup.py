@@ -30,11 +30,6 @@ def check_options(opts: RunOptions, module) -> None:
     if module.hparams.get("r1", "per_layer") == "shared" and opts.launch.mode != "sequential":
         raise ValueError("model.r1='shared' learns one rotation for all layers at once, which "
                          "run.launch.mode='parallel' does not split; use run.launch.mode='sequential'")
-    if module.hparams.get("role_weights", "equal") == "measured" and (
-            module.hparams.get("r1", "per_layer") != "per_layer"):
-        raise ValueError("model.role_weights='measured' measures each layer before its own "
-                         "rotation is fitted; model.r1='shared' fits one rotation for all layers: "
-                         "use model.r1='per_layer', or model.role_weights='equal' (or 'auto')")
     if opts.monitor.picture_role not in ROLES:
         raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
                          f"{', '.join(ROLES)}")
