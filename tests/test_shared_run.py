@@ -101,6 +101,9 @@ def test_every_saved_model_has_a_model_card(tmp_path):
     assert f"| perplexity, embedded | {results['dense_ppl']['embedded']:.3f} | " \
            f"{results['ppl']['embedded']:.3f} |" in card
     assert "trust_remote_code=True" in card and "R1 per layer" in card
+    rotation = results["rotation"]
+    assert ("weighted by their measured pruning error" in card) == (rotation["role_weights"] == "measured")
+    assert ("identity was kept wherever it pruned better" in card) == rotation["guard"]
 
 
 def test_crash_while_pruning_resumes_without_redoing_finished_work(tmp_path, monkeypatch):

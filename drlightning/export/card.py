@@ -42,12 +42,22 @@ def _loading(path: str, standard: bool) -> list[str]:
             f"model = drlightning.load_pretrained({path!r})", "```"]
 
 
+def _recipe(rotation: dict, objective: str, steps: int) -> str:
+    """The rotation settings in words: objective, role weights, R1 placement, guard."""
+    where = "shared by all layers and absorbed into the weights" if rotation.get("r1") == "shared" \
+        else "per layer"
+    weights = ("; linears weighted by their measured pruning error"
+               if rotation.get("role_weights") == "measured" else "")
+    guard = ("; per layer, the identity was kept wherever it pruned better"
+             if rotation.get("guard") else "")
+    return f"DenoiseRotator rotations ({objective} objective, {steps} steps{weights}; R1 {where}{guard})"
+
+
 def model_card(results: dict, path: str) -> str:
     """Front matter (base model, library, tags) and what the model is, how good, how to load it."""
     rotation = results.get("rotation") or {}
     export = results.get("export") or {}
     standard = not any(k.startswith("drl_") for k in export)
-    r1 = rotation.get("r1", "per_layer")
     pattern = str(results.get("pattern"))
     meta = {"library_name": "transformers", "pipeline_tag": "text-generation",
             "tags": ["drlightning", "denoiserotator", "pruned", f"sparsity-{pattern}"]}
@@ -57,9 +67,9 @@ def model_card(results: dict, path: str) -> str:
     objective = rotation.get("objective", "entropy")
     if objective == "auto":
         objective = "entropy" if pattern == "none" else "pruned_mass"
-    where = "shared by all layers and absorbed into the weights" if r1 == "shared" else "per layer"
-    how = ("the plain pruner (no rotation)" if not steps else
-           f"DenoiseRotator rotations ({objective} objective, {steps} steps; R1 {where})")
+    how = "the plain pruner (no rotation)" if not steps else _recipe(rotation, objective, steps)
+    if rotation.get("permute"):
+        how += ", with N:M channel permutations"
     notes = []
     if export.get("untied_embeddings"):
         notes.append("The input embeddings and lm_head are untied (they differ after the rotation).")
