@@ -17,7 +17,8 @@ adopted (defined here, not in the package): ``share`` (pruned mass normalised pe
 ``group_share`` (normalised per group of M), ``obs`` (SparseGPT 2:4 only: Σ min over the pruned
 pairs of w_Pᵀ (K_PP)⁻¹ w_P with K the rotated inverse Hessian's 4 × 4 blocks, each linear relative
 to the identity), ``warm`` (magnitude entropy for half the steps, then pruned mass), ``mix``
-(entropy/entropy₀ + pruned mass). ``@N`` sets the steps (default ``--steps``).
+(entropy/entropy₀ + pruned mass). ``@N`` sets the steps (default ``--steps``), ``/LR`` Adam's
+learning rate (default 0.01), e.g. ``weighted/0.03@50``.
 """
 
 from __future__ import annotations
@@ -156,12 +157,13 @@ def decorrelation(h: torch.Tensor, q: torch.Tensor) -> float:
     return float((d1 * d2).mean())
 
 
-def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str, pattern: str):
+def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str, pattern: str,
+           lr: float = 0.01):
     """(rotated layer or None, Q) for one variant on a norm-folded copy of ``layer``."""
     name, _, arg = variant.partition(":")
     layer = copy.deepcopy(layer)
     fold_norms(layer, spec.adapter)
-    base = dict(method=method, pattern=pattern, steps=steps, permute=False, guard=False)
+    base = dict(method=method, pattern=pattern, steps=steps, lr=lr, permute=False, guard=False)
     weights = None
     hs = collect_hessians(layer, spec.adapter, inputs, (*OBJECTIVE_STATS, "down"))
     if name == "entropy":
@@ -219,12 +221,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 name, _, steps = variant.partition("@")
                 steps = int(steps) if steps else args.steps
+                name, _, lr = name.partition("/")
                 row = {"layer": index, "variant": variant}
                 if name == "plain":
                     kept = copy.deepcopy(layers[index])
                 else:
                     kept, q, h_attn, module = rotate(name, layers[index], inputs, spec, steps,
-                                                     method, pattern)
+                                                     method, pattern, float(lr or 0.01))
                     folded = copy.deepcopy(layers[index])
                     fold_norms(folded, adapter)
                     pruner_scores = frozen_layer(
