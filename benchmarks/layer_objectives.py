@@ -11,7 +11,8 @@ index of the q/k/v input, mean_j diag(QᵀHQ)_j · diag(Qᵀ(H+λI)⁻¹Q)_j —
 uncorrelated, larger the more SparseGPT's compensation has to work with.
 
 Variants: ``plain`` (no rotation), ``entropy:<score>``, ``pruned_mass[:<score>]`` (score defaults to
-the pruner's), ``weighted`` (pruned mass with ``role_weights: measured``), ``released``
+the pruner's), ``weighted`` (pruned mass with ``role_weights: measured``), ``reweighted`` (the same, refitted
+from the identity with the weights measured on the ``weighted`` rotation's layer), ``released``
 (reference_quirks), and research objectives that were tried and not
 adopted (defined here, not in the package): ``share`` (pruned mass normalised per row),
 ``group_share`` (normalised per group of M), ``obs`` (SparseGPT 2:4 only: Σ min over the pruned
@@ -161,7 +162,7 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
            lr: float = 0.01):
     """(rotated layer or None, Q) for one variant on a norm-folded copy of ``layer``."""
     name, _, arg = variant.partition(":")
-    layer = copy.deepcopy(layer)
+    original, layer = layer, copy.deepcopy(layer)
     fold_norms(layer, spec.adapter)
     base = dict(method=method, pattern=pattern, steps=steps, lr=lr, permute=False, guard=False)
     weights = None
@@ -175,6 +176,10 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
     elif name == "weighted":
         module = RotationModule(**base, objective="pruned_mass", role_weights="measured")
         weights = measured_role_weights(layer, inputs, spec)[0]
+    elif name == "reweighted":
+        first = rotate("weighted", original, inputs, spec, steps, method, pattern, lr)[0]
+        module = RotationModule(**base, objective="pruned_mass", role_weights="measured")
+        weights = measured_role_weights(first, inputs, spec)[0]
     else:
         hinv = None
         if name == "obs":
