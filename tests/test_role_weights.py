@@ -59,6 +59,18 @@ def _fit(layer, adapter, layout, inputs, weights):
     return module
 
 
+def test_explicit_measured_weights_need_them_in_a_hand_built_datamodule():
+    _, adapter, layout, inputs, layer = tiny_first_layer()
+    fold_norms(layer, adapter)
+    module = RotationModule(method="wanda", pattern="2:4", steps=2, objective="pruned_mass",
+                            role_weights="measured")
+    dm = LayerDataModule(0, layer, adapter, layout, inputs,
+                         collect_hessians(layer, adapter, inputs, module.needed_stats()), 2)
+    with pytest.raises(ValueError, match=r"layer 0: role_weights='measured' but the LayerDataModule "
+                                         r"carries no role weights; pass role_weights=measured_role"):
+        rotation_trainer(module).fit(module, dm)
+
+
 def test_unit_weights_are_the_unweighted_objective_and_weights_divide_the_scale():
     _, adapter, layout, inputs, layer = tiny_first_layer()
     fold_norms(layer, adapter)

@@ -69,7 +69,9 @@ class RotationModule(LightningModule):
             improvement), "measured" (each linear weighted by the squared layer error its group
             causes when pruned alone, measured on the unrotated layer before fitting; per-layer R1
             only; costs about one more pruning per layer) or "auto" ("measured" where it applies:
-            pruned-mass objective, steps > 0, per-layer R1; "equal" otherwise).
+            pruned-mass objective, steps > 0, per-layer R1; "equal" otherwise). The layer loop
+            measures the weights and hands them over in the ``LayerDataModule``; on a hand-built
+            datamodule without weights "auto" fits equal weights and "measured" is refused.
     """
 
     def __init__(
@@ -208,6 +210,12 @@ class RotationModule(LightningModule):
         self._frozen_roles = tuple(frozen.weights)
         if self.objective == "pruned_mass":
             scale = identity_scale(self.frozen, layout, self.spec, k)
+            if dm.role_weights is None and self.hparams.get("role_weights") == "measured":
+                raise ValueError(
+                    f"layer {dm.index}: role_weights='measured' but the LayerDataModule carries no "
+                    "role weights; pass role_weights=measured_role_weights(layer, inputs, spec)[0] "
+                    "(drlightning.layer.role_weights) to it, or use role_weights='equal' or 'auto' "
+                    "(equal weights when the datamodule has none)")
             weights = dm.role_weights or {}
             self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
 
