@@ -40,6 +40,7 @@ def run_label(run: dict) -> str:
                 + f", seed {run['calibration']['seed']}")
     objective = rot.get("objective", "entropy")
     parts = [f"DR {objective}" + (" as released" if rot.get("reference_quirks") else ""),
+             *(["measured role weights"] if rot.get("role_weights") == "measured" else []),
              *(["permutation"] if rot.get("permute") else []), *(["guard"] if rot.get("guard") else [])]
     return f"{head}, {' + '.join(parts)}, {run['steps']} steps, seed {run['calibration']['seed']}"
 
