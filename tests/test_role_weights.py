@@ -69,6 +69,7 @@ def test_explicit_measured_weights_need_them_in_a_hand_built_datamodule():
     with pytest.raises(ValueError, match=r"layer 0: role_weights='measured' but the LayerDataModule "
                                          r"carries no role weights; pass role_weights=measured_role"):
         rotation_trainer(module).fit(module, dm)
+    assert dm.hessians is not None and module.A is None  # refused before anything was taken or built
 
 
 def test_unit_weights_are_the_unweighted_objective_and_weights_divide_the_scale():

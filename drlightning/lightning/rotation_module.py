@@ -194,6 +194,12 @@ class RotationModule(LightningModule):
         if self.A is not None:
             return
         dm = self.trainer.datamodule
+        if dm.role_weights is None and self.hparams.get("role_weights") == "measured":
+            raise ValueError(
+                f"layer {dm.index}: role_weights='measured' but the LayerDataModule carries no "
+                "role weights; pass role_weights=measured_role_weights(layer, inputs, spec)[0] "
+                "(drlightning.layer.role_weights) to it, or use role_weights='equal' or 'auto' "
+                "(equal weights when the datamodule has none)")
         layout = dm.layout
         self.layout = layout
         k = self.hparams.get("r1_blocks", 1)
@@ -210,12 +216,6 @@ class RotationModule(LightningModule):
         self._frozen_roles = tuple(frozen.weights)
         if self.objective == "pruned_mass":
             scale = identity_scale(self.frozen, layout, self.spec, k)
-            if dm.role_weights is None and self.hparams.get("role_weights") == "measured":
-                raise ValueError(
-                    f"layer {dm.index}: role_weights='measured' but the LayerDataModule carries no "
-                    "role weights; pass role_weights=measured_role_weights(layer, inputs, spec)[0] "
-                    "(drlightning.layer.role_weights) to it, or use role_weights='equal' or 'auto' "
-                    "(equal weights when the datamodule has none)")
             weights = dm.role_weights or {}
             self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
 
