@@ -12,6 +12,11 @@ resumes, so the command can be re-run at any time. ``report`` compares each sett
 pruner of the same seed: gap closed = (plain − ppl) / (plain − dense), then mean ± standard
 deviation over the seeds, beside the mean layer pruning error ‖pruned(X) − dense(X)‖ /
 ‖dense(X) − X‖ (averaged over layers). Perplexity: the whole embedded evaluation split.
+
+``report`` also keeps one record per finished (pruner, setting, seed) in
+``benchmarks/results/quality.json`` and reads them back next time, so runs made on other machines or
+in earlier sessions still count after their run directories are gone; a run found under the runs
+directory replaces the archived record of the same seed.
 """
 
 from __future__ import annotations
@@ -118,11 +123,47 @@ def run(worker: int, workers: int, only: list[str] | None = None) -> None:
                           round((time.perf_counter() - start) / 60, 1)}), flush=True)
 
 
-def load(pruner: str, setting: str) -> dict[int, dict]:
-    found = {}
-    for path in sorted((RUNS / pruner / setting).glob("s*/results.json")):
-        found[int(path.parent.name[1:])] = json.loads(path.read_text())
-    return found
+Record = dict
+"""One finished (pruner, setting, seed): ppl, dense_ppl, layer_errors (per layer, or None when only
+the mean was archived), layer_error, rotated_kept, perms_kept (None when not applicable), minutes,
+device."""
+
+
+def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
+    """The record of one run's ``results.json``."""
+    layers = r["layers"]
+    errors = [layer["pruning_error"] for layer in layers]
+    guarded = any("guard" in layer for layer in layers)
+    permuted = any(layer.get("permutation") for layer in layers)
+    return {"pruner": pruner, "setting": setting, "seed": seed, "ppl": r["ppl"]["embedded"],
+            "dense_ppl": r["dense_ppl"]["embedded"], "layer_errors": errors,
+            "layer_error": statistics.fmean(errors),
+            "rotated_kept": sum(layer.get("guard") == "rotated" for layer in layers) if guarded else None,
+            "perms_kept": sum(space.get("kept", False) for layer in layers
+                              for space in (layer.get("permutation") or {}).values()) if permuted else None,
+            "minutes": r["seconds"] / 60, "device": r["device"]}
+
+
+def load_archive(path: Path) -> tuple[dict[tuple, Record], dict[str, dict]]:
+    """The per-seed records and archived per-layer means kept in the results JSON (empty if none)."""
+    if not path.is_file():
+        return {}, {}
+    data = json.loads(path.read_text())
+    records = {(r["pruner"], r["setting"], r["seed"]): r for r in data.get("records", [])}
+    return records, data.get("layer_means", {})
+
+
+def collect(archive: dict[tuple, Record]) -> dict[tuple, Record]:
+    """Archived records, overridden by every finished run under ``RUNS``: runs made in different
+    places or sessions add up instead of replacing each other."""
+    records = dict(archive)
+    for pruner in PRUNERS:
+        for setting in SETTINGS:
+            for path in sorted((RUNS / pruner / setting).glob("s*/results.json")):
+                seed = int(path.parent.name[1:])
+                records[(pruner, setting, seed)] = from_run(pruner, setting, seed,
+                                                            json.loads(path.read_text()))
+    return records
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -133,53 +174,64 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def summary_rows(pruner: str) -> list[dict]:
-    plain = load(pruner, "plain")
+def select(records: dict[tuple, Record], pruner: str, setting: str) -> dict[int, Record]:
+    return {k[2]: r for k, r in sorted(records.items()) if k[0] == pruner and k[1] == setting}
+
+
+def summary_rows(records: dict[tuple, Record], pruner: str) -> list[dict]:
+    plain = select(records, pruner, "plain")
     rows = []
     for setting, (label, _) in SETTINGS.items():
-        found = load(pruner, setting)
+        found = select(records, pruner, setting)
         if not found:
             continue
-        ppl = {s: r["ppl"]["embedded"] for s, r in found.items()}
-        dense = {s: r["dense_ppl"]["embedded"] for s, r in found.items()}
-        closed = [(plain[s]["ppl"]["embedded"] - ppl[s])
-                  / (plain[s]["ppl"]["embedded"] - dense[s]) for s in found if s in plain]
-        err = [statistics.fmean(layer["pruning_error"] for layer in r["layers"])
-               for r in found.values()]
-        kept = [sum(layer.get("guard") == "rotated" for layer in r["layers"])
-                for r in found.values() if any("guard" in layer for layer in r["layers"])]
-        perms = [sum(space.get("kept", False) for layer in r["layers"]
-                     for space in (layer.get("permutation") or {}).values())
-                 for r in found.values() if any(layer.get("permutation") for layer in r["layers"])]
+        closed = [(plain[s]["ppl"] - r["ppl"]) / (plain[s]["ppl"] - r["dense_ppl"])
+                  for s, r in found.items() if s in plain]
         rows.append({"pruner": pruner, "setting": setting, "label": label, "seeds": sorted(found),
-                     "ppl": list(ppl.values()), "gap_closed": closed, "layer_error": err,
-                     "rotated_layers_kept": kept, "permutations_kept": perms,
-                     "minutes": statistics.fmean(r["seconds"] for r in found.values()) / 60,
+                     "ppl": [r["ppl"] for r in found.values()], "gap_closed": closed,
+                     "layer_error": [r["layer_error"] for r in found.values()],
+                     "rotated_layers_kept": [r["rotated_kept"] for r in found.values()
+                                             if r["rotated_kept"] is not None],
+                     "permutations_kept": [r["perms_kept"] for r in found.values()
+                                           if r["perms_kept"] is not None],
+                     "minutes": statistics.fmean(r["minutes"] for r in found.values()),
                      "device": next(iter(found.values()))["device"]})
     return rows
 
 
-def layer_table(pruner: str, settings: list[str]) -> list[str]:
-    data = {s: load(pruner, s) for s in settings}
-    data = {s: d for s, d in data.items() if d}
-    if not data:
+def layer_means(records: dict[tuple, Record], archived: dict[str, dict], pruner: str,
+                setting: str) -> dict | None:
+    """Per-layer error averaged over the seeds: from the records when all of them carry it, else the
+    archived means if they cover exactly the same seeds, else None (column left out)."""
+    found = select(records, pruner, setting)
+    if not found:
+        return None
+    if all(r["layer_errors"] for r in found.values()):
+        per_layer = zip(*(r["layer_errors"] for r in found.values()), strict=True)
+        return {"seeds": sorted(found), "mean": [statistics.fmean(v) for v in per_layer]}
+    old = archived.get(f"{pruner}/{setting}")
+    return old if old and old["seeds"] == sorted(found) else None
+
+
+def layer_table(means: dict[str, dict]) -> list[str]:
+    if not means:
         return []
-    n_layers = len(next(iter(next(iter(data.values())).values()))["layers"])
-    lines = ["| layer | " + " | ".join(SETTINGS[s][0] for s in data) + " |",
-             "|---" * (len(data) + 1) + "|"]
+    n_layers = len(next(iter(means.values()))["mean"])
+    lines = ["| layer | " + " | ".join(SETTINGS[s][0] for s in means) + " |",
+             "|---" * (len(means) + 1) + "|"]
     for i in range(n_layers):
-        cells = [f"{statistics.fmean(r['layers'][i]['pruning_error'] for r in d.values()):.4f}"
-                 for d in data.values()]
-        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+        lines.append(f"| {i} | " + " | ".join(f"{m['mean'][i]:.4f}" for m in means.values()) + " |")
     return lines
 
 
 def report(out: Path, json_out: Path) -> None:
-    rows = [row for pruner in PRUNERS for row in summary_rows(pruner)]
+    archive, archived_means = load_archive(json_out)
+    records = collect(archive)
+    rows = [row for pruner in PRUNERS for row in summary_rows(records, pruner)]
     if not rows:
-        raise SystemExit("no finished runs under runs/quality; run `python benchmarks/quality.py run` first")
-    dense = load(rows[0]["pruner"], rows[0]["setting"])
-    dense_ppl = next(iter(dense.values()))["dense_ppl"]["embedded"]
+        raise SystemExit(f"no finished runs under {RUNS} and no records in {json_out}; "
+                         "run `python benchmarks/quality.py run` first")
+    dense_ppl = next(iter(records.values()))["dense_ppl"]
     lines = [f"SmolLM2-135M-Instruct (embedded, float32), calibration 32 × 512 embedded tokens, "
              f"seeds as listed (mean ± standard deviation over them), 50 rotation steps per layer, "
              f"perplexity on the whole embedded evaluation split (dense {dense_ppl:.3f}). "
@@ -207,11 +259,15 @@ def report(out: Path, json_out: Path) -> None:
                          f"{r['minutes']:.0f} |")
         lines.append("")
     lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over seeds):", ""]
-    lines += layer_table("sparsegpt-2of4", ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard",
-                                            "shared"])
+    means = {s: layer_means(records, archived_means, "sparsegpt-2of4", s)
+             for s in ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard", "shared"]}
+    means = {s: m for s, m in means.items() if m}
+    lines += layer_table(means)
     write_block(out, "quality", "Quality (default model, seeded)", "\n".join(lines))
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    kept_means = {**archived_means, **{f"sparsegpt-2of4/{s}": m for s, m in means.items()}}
+    json_out.write_text(json.dumps({"rows": rows, "records": list(records.values()),
+                                    "layer_means": kept_means}, indent=1) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
