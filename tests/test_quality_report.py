@@ -1,0 +1,63 @@
+"""benchmarks/quality.py report: archived per-seed records and new runs add up; a new run replaces
+the archived record of its seed; gap closed uses the plain pruner of the same seed."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+DENSE = 10.0
+
+
+def fake_results(ppl: float, errors: list[float], guard: list[str] | None = None) -> dict:
+    layers = [{"pruning_error": e, **({"guard": g} if guard else {})}
+              for e, g in zip(errors, guard or [None] * len(errors), strict=True)]
+    return {"ppl": {"embedded": ppl}, "dense_ppl": {"embedded": DENSE}, "layers": layers,
+            "seconds": 600.0, "device": "cpu (test)"}
+
+
+def write_run(runs: Path, pruner: str, setting: str, seed: int, results: dict) -> None:
+    path = runs / pruner / setting / f"s{seed}" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+
+
+def test_report_merges_archive_and_runs(tmp_path, monkeypatch):
+    runs, doc, out = tmp_path / "runs", tmp_path / "bench.md", tmp_path / "quality.json"
+    monkeypatch.setattr(quality, "RUNS", runs)
+    p = "sparsegpt-2of4"
+    # first session: plain and dr+guard, seeds 0-1
+    for seed, (plain, dr) in enumerate([(20.0, 16.0), (22.0, 18.0)]):
+        write_run(runs, p, "plain", seed, fake_results(plain, [0.3, 0.4]))
+        write_run(runs, p, "dr+guard", seed, fake_results(dr, [0.2, 0.3], ["rotated", "identity"]))
+    quality.report(doc, out)
+    # second session: the old run directories are gone; seed 2 runs, and seed 1 of dr+guard again
+    runs = tmp_path / "runs2"
+    monkeypatch.setattr(quality, "RUNS", runs)
+    write_run(runs, p, "plain", 2, fake_results(30.0, [0.5, 0.5]))
+    write_run(runs, p, "dr+guard", 2, fake_results(20.0, [0.25, 0.35], ["rotated", "rotated"]))
+    write_run(runs, p, "dr+guard", 1, fake_results(14.0, [0.1, 0.1], ["rotated", "rotated"]))
+    quality.report(doc, out)
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["plain"]["seeds"] == [0, 1, 2] and rows["dr+guard"]["seeds"] == [0, 1, 2]
+    closed = rows["dr+guard"]["gap_closed"]
+    assert closed == pytest.approx([(20 - 16) / (20 - DENSE), (22 - 14) / (22 - DENSE),
+                                    (30 - 20) / (30 - DENSE)])
+    assert rows["dr+guard"]["rotated_layers_kept"] == [1, 2, 2]
+    text = doc.read_text()
+    assert f"{statistics.fmean(closed) * 100:.1f} ± {statistics.stdev(closed) * 100:.1f}" in text
+    # per-layer table: plain's three seeds all carry their per-layer errors
+    assert "| 0 | 0.3667 |" in text
+
+
+def test_report_without_runs_or_archive_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "RUNS", tmp_path / "none")
+    with pytest.raises(SystemExit, match="no finished runs"):
+        quality.report(tmp_path / "bench.md", tmp_path / "quality.json")
