@@ -32,6 +32,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docblock import write_block  # noqa: E402
+from quality_records import (  # noqa: E402
+    Record,
+    from_run,
+    key,
+    label,
+    load_archive,
+    machine_note,
+    machines,
+    plain_for,
+    select,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("DRL_QUALITY_RUNS", ROOT / "runs" / "quality"))
@@ -97,8 +108,8 @@ def command(pruner: str, setting: str, seed: int) -> list[str]:
             "--data.seed", str(seed), "--run.output_dir", str(run_dir(pruner, setting, seed)),
             "--run.eval.zero_shot", "[]", "--run.monitor.tensorboard", "false",
             "--run.monitor.progress", "false"]
-    for key, value in overrides.items():
-        args += [f"--model.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    for option, value in overrides.items():
+        args += [f"--model.{option}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args
 
 
@@ -123,46 +134,17 @@ def run(worker: int, workers: int, only: list[str] | None = None) -> None:
                           round((time.perf_counter() - start) / 60, 1)}), flush=True)
 
 
-Record = dict
-"""One finished (pruner, setting, seed): ppl, dense_ppl, layer_errors (per layer, or None when only
-the mean was archived), layer_error, rotated_kept, perms_kept (None when not applicable), minutes,
-device."""
-
-
-def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
-    """The record of one run's ``results.json``."""
-    layers = r["layers"]
-    errors = [layer["pruning_error"] for layer in layers]
-    guarded = any("guard" in layer for layer in layers)
-    permuted = any(layer.get("permutation") for layer in layers)
-    return {"pruner": pruner, "setting": setting, "seed": seed, "ppl": r["ppl"]["embedded"],
-            "dense_ppl": r["dense_ppl"]["embedded"], "layer_errors": errors,
-            "layer_error": statistics.fmean(errors),
-            "rotated_kept": sum(layer.get("guard") == "rotated" for layer in layers) if guarded else None,
-            "perms_kept": sum(space.get("kept", False) for layer in layers
-                              for space in (layer.get("permutation") or {}).values()) if permuted else None,
-            "minutes": r["seconds"] / 60, "device": r["device"]}
-
-
-def load_archive(path: Path) -> tuple[dict[tuple, Record], dict[str, dict]]:
-    """The per-seed records and archived per-layer means kept in the results JSON (empty if none)."""
-    if not path.is_file():
-        return {}, {}
-    data = json.loads(path.read_text())
-    records = {(r["pruner"], r["setting"], r["seed"]): r for r in data.get("records", [])}
-    return records, data.get("layer_means", {})
-
-
 def collect(archive: dict[tuple, Record]) -> dict[tuple, Record]:
     """Archived records, overridden by every finished run under ``RUNS``: runs made in different
-    places or sessions add up instead of replacing each other."""
+    places or sessions add up instead of replacing each other (a run replaces the record of the same
+    seed made with the same arithmetic)."""
     records = dict(archive)
     for pruner in PRUNERS:
         for setting in SETTINGS:
             for path in sorted((RUNS / pruner / setting).glob("s*/results.json")):
                 seed = int(path.parent.name[1:])
-                records[(pruner, setting, seed)] = from_run(pruner, setting, seed,
-                                                            json.loads(path.read_text()))
+                r = from_run(pruner, setting, seed, json.loads(path.read_text()))
+                records[key(r)] = r
     return records
 
 
@@ -174,20 +156,18 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def select(records: dict[tuple, Record], pruner: str, setting: str) -> dict[int, Record]:
-    return {k[2]: r for k, r in sorted(records.items()) if k[0] == pruner and k[1] == setting}
-
-
 def summary_rows(records: dict[tuple, Record], pruner: str) -> list[dict]:
+    arith = machines(records)
     plain = select(records, pruner, "plain")
     rows = []
-    for setting, (label, _) in SETTINGS.items():
+    for setting, (name, _) in SETTINGS.items():
         found = select(records, pruner, setting)
         if not found:
             continue
-        closed = [(plain[s]["ppl"] - r["ppl"]) / (plain[s]["ppl"] - r["dense_ppl"])
-                  for s, r in found.items() if s in plain]
-        rows.append({"pruner": pruner, "setting": setting, "label": label, "seeds": sorted(found),
+        pairs = [(r, plain_for(plain, r)) for r in found.values()]
+        closed = [(p["ppl"] - r["ppl"]) / (p["ppl"] - r["dense_ppl"]) for r, p in pairs if p]
+        rows.append({"pruner": pruner, "setting": setting, "label": name,
+                     "seeds": [label(r, arith) for r in found.values()],
                      "ppl": [r["ppl"] for r in found.values()], "gap_closed": closed,
                      "layer_error": [r["layer_error"] for r in found.values()],
                      "rotated_layers_kept": [r["rotated_kept"] for r in found.values()
@@ -206,11 +186,12 @@ def layer_means(records: dict[tuple, Record], archived: dict[str, dict], pruner:
     found = select(records, pruner, setting)
     if not found:
         return None
+    seeds = [label(r, machines(records)) for r in found.values()]
     if all(r["layer_errors"] for r in found.values()):
         per_layer = zip(*(r["layer_errors"] for r in found.values()), strict=True)
-        return {"seeds": sorted(found), "mean": [statistics.fmean(v) for v in per_layer]}
+        return {"seeds": seeds, "mean": [statistics.fmean(v) for v in per_layer]}
     old = archived.get(f"{pruner}/{setting}")
-    return old if old and old["seeds"] == sorted(found) else None
+    return old if old and [str(s) for s in old["seeds"]] == seeds else None
 
 
 def layer_table(means: dict[str, dict]) -> list[str]:
@@ -238,7 +219,8 @@ def report(out: Path, json_out: Path) -> None:
              f"{rows[0]['device']}. Command: `python benchmarks/quality.py run` (two workers), then "
              "`python benchmarks/quality.py report`. Gap closed = (plain − ppl) / (plain − dense) "
              "against the plain pruner of the same seed; layer error = ‖pruned(X) − dense(X)‖ / "
-             "‖dense(X) − X‖ on the calibration inputs, averaged over the 30 layers.", ""]
+             "‖dense(X) − X‖ on the calibration inputs, averaged over the 30 layers." + machine_note(records),
+             ""]
     for pruner in PRUNERS:
         sub = [r for r in rows if r["pruner"] == pruner]
         if not sub:
@@ -254,7 +236,7 @@ def report(out: Path, json_out: Path) -> None:
             perms = r["permutations_kept"]
             perms = f"{statistics.fmean(perms):.1f} / 90" if perms else "-"
             closed = "-" if r["setting"] == "plain" else mean_std(r["gap_closed"], 100, 1)
-            lines.append(f"| {r['label']} | {','.join(map(str, r['seeds']))} | {mean_std(r['ppl'])} | "
+            lines.append(f"| {r['label']} | {','.join(r['seeds'])} | {mean_std(r['ppl'])} | "
                          f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {perms} | "
                          f"{r['minutes']:.0f} |")
         lines.append("")

@@ -16,10 +16,11 @@ _spec.loader.exec_module(quality)
 DENSE = 10.0
 
 
-def fake_results(ppl: float, errors: list[float], guard: list[str] | None = None) -> dict:
+def fake_results(ppl: float, errors: list[float], guard: list[str] | None = None,
+                 dense: float = DENSE) -> dict:
     layers = [{"pruning_error": e, **({"guard": g} if guard else {})}
               for e, g in zip(errors, guard or [None] * len(errors), strict=True)]
-    return {"ppl": {"embedded": ppl}, "dense_ppl": {"embedded": DENSE}, "layers": layers,
+    return {"ppl": {"embedded": ppl}, "dense_ppl": {"embedded": dense}, "layers": layers,
             "seconds": 600.0, "device": "cpu (test)"}
 
 
@@ -46,7 +47,7 @@ def test_report_merges_archive_and_runs(tmp_path, monkeypatch):
     write_run(runs, p, "dr+guard", 1, fake_results(14.0, [0.1, 0.1], ["rotated", "rotated"]))
     quality.report(doc, out)
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["plain"]["seeds"] == [0, 1, 2] and rows["dr+guard"]["seeds"] == [0, 1, 2]
+    assert rows["plain"]["seeds"] == ["0", "1", "2"] and rows["dr+guard"]["seeds"] == ["0", "1", "2"]
     closed = rows["dr+guard"]["gap_closed"]
     assert closed == pytest.approx([(20 - 16) / (20 - DENSE), (22 - 14) / (22 - DENSE),
                                     (30 - 20) / (30 - DENSE)])
@@ -61,3 +62,25 @@ def test_report_without_runs_or_archive_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "RUNS", tmp_path / "none")
     with pytest.raises(SystemExit, match="no finished runs"):
         quality.report(tmp_path / "bench.md", tmp_path / "quality.json")
+
+
+def test_runs_from_another_arithmetic_pair_with_their_own_plain_run(tmp_path, monkeypatch):
+    """A machine whose rounding differs (other dense perplexity) keeps its own records; its runs
+    are compared with its own plain run of the seed when there is one, else with the first one's."""
+    runs, doc, out = tmp_path / "runs", tmp_path / "bench.md", tmp_path / "quality.json"
+    monkeypatch.setattr(quality, "RUNS", runs)
+    p = "wanda-2of4"
+    write_run(runs, p, "plain", 1, fake_results(20.0, [0.3]))
+    quality.report(doc, out)
+    runs = tmp_path / "runs2"
+    monkeypatch.setattr(quality, "RUNS", runs)
+    other = DENSE + 1e-4
+    write_run(runs, p, "plain", 1, fake_results(24.0, [0.3], dense=other))
+    write_run(runs, p, "dr", 1, fake_results(18.0, [0.2], dense=other))
+    write_run(runs, p, "dr", 2, fake_results(18.0, [0.2], dense=other))  # no plain of seed 2
+    quality.report(doc, out)
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["plain"]["seeds"] == ["1", "1b"] and rows["plain"]["ppl"] == [20.0, 24.0]
+    assert rows["dr"]["seeds"] == ["1b", "2b"]
+    assert rows["dr"]["gap_closed"] == pytest.approx([(24 - 18) / (24 - other)])
+    assert "'b' 10.00010" in doc.read_text()
