@@ -181,9 +181,11 @@ def summary_rows(records: dict[tuple, Record], pruner: str) -> list[dict]:
 
 def layer_means(records: dict[tuple, Record], archived: dict[str, dict], pruner: str,
                 setting: str) -> dict | None:
-    """Per-layer error averaged over the seeds: from the records when all of them carry it, else the
-    archived means if they cover exactly the same seeds, else None (column left out)."""
-    found = select(records, pruner, setting)
+    """Per-layer error averaged over the seeds run on the first machine: from the records when all
+    of them carry it, else the archived means if they cover exactly the same seeds, else None
+    (column left out)."""
+    first = machines(records)[0]  # one machine for every column, so the columns compare
+    found = {k: r for k, r in select(records, pruner, setting).items() if k[1] == first}
     if not found:
         return None
     seeds = [label(r, machines(records)) for r in found.values()]
@@ -240,7 +242,7 @@ def report(out: Path, json_out: Path) -> None:
                          f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {perms} | "
                          f"{r['minutes']:.0f} |")
         lines.append("")
-    lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over seeds):", ""]
+    lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over the unmarked seeds):", ""]
     means = {s: layer_means(records, archived_means, "sparsegpt-2of4", s)
              for s in ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard", "shared"]}
     means = {s: m for s, m in means.items() if m}
