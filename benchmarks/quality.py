@@ -184,11 +184,12 @@ def layer_means(records: dict[tuple, Record], archived: dict[str, dict], pruner:
     """Per-layer error averaged over the seeds run on the first machine: from the records when all
     of them carry it, else the archived means if they cover exactly the same seeds, else None
     (column left out)."""
-    first = machines(records)[0]  # one machine for every column, so the columns compare
+    arith = machines(records)
+    first = arith[0]  # one machine for every column, so the columns compare
     found = {k: r for k, r in select(records, pruner, setting).items() if k[1] == first}
     if not found:
         return None
-    seeds = [label(r, machines(records)) for r in found.values()]
+    seeds = [label(r, arith) for r in found.values()]
     if all(r["layer_errors"] for r in found.values()):
         per_layer = zip(*(r["layer_errors"] for r in found.values()), strict=True)
         return {"seeds": seeds, "mean": [statistics.fmean(v) for v in per_layer]}

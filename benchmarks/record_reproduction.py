@@ -37,6 +37,18 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def recording(run: Path) -> dict:
+    """What the test compares, from one finished run directory: per-layer best loss and pruning
+    error, perplexity (as exact float hex) and the saved tensors' digest."""
+    res = json.loads((run / "results.json").read_text())
+    # the entropy was called best_entropy before the objective became a choice
+    loss = [float(r.get("best_loss", r.get("best_entropy"))).hex() for r in res["layers"]]
+    return {"best_loss": loss,
+            "pruning_error": [float(r["pruning_error"]).hex() for r in res["layers"]],
+            "ppl": float(res["ppl"]["embedded"]).hex(),
+            "tensors": digest(run / "model" / "model.safetensors")}
+
+
 def main() -> None:
     sys.path.insert(0, str(Path.cwd()))  # the checkout being recorded, with its own tests/tiny.py
     from drlightning.cli import DRLightningCLI
@@ -50,13 +62,7 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):  # stdout: the recording only
             DRLightningCLI(args=fit_args(src, tmp / "run", method=method, pattern=pattern,
                                          steps=20, extra=tuple(sys.argv[1:])))
-        res = json.loads((tmp / "run" / "results.json").read_text())
-        # the entropy was called best_entropy before the objective became a choice
-        loss = [float(r.get("best_loss", r.get("best_entropy"))).hex() for r in res["layers"]]
-        out[arch] = {"best_loss": loss,
-                     "pruning_error": [float(r["pruning_error"]).hex() for r in res["layers"]],
-                     "ppl": float(res["ppl"]["embedded"]).hex(),
-                     "tensors": digest(tmp / "run" / "model" / "model.safetensors")}
+        out[arch] = recording(tmp / "run")
     print(json.dumps(out, indent=1))
 
 

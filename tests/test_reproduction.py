@@ -11,16 +11,20 @@ every number and every saved bit.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from drlightning.cli import DRLightningCLI
 
 from .tiny import fit_args, save_tiny_dir
+
+_spec = importlib.util.spec_from_file_location(
+    "record_reproduction", Path(__file__).resolve().parents[1] / "benchmarks" / "record_reproduction.py")
+record_reproduction = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record_reproduction)
 
 RECORDED = {
     "llama": {
@@ -73,16 +77,6 @@ PAPER_METHOD = ("--model.objective", "entropy", "--model.rotation_score", "prune
                 "--model.permute", "false", "--model.guard", "false")
 
 
-def tensor_digest(path) -> str:
-    """sha256 over every tensor's name and bytes, in name order (independent of file metadata)."""
-    tensors = load_file(str(path))
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        digest.update(key.encode())
-        digest.update(tensors[key].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.parametrize("arch", sorted(RECORDED))
 def test_paper_method_reproduces_the_recorded_run_bit_for_bit(arch, tmp_path):
     rec = RECORDED[arch]
@@ -94,11 +88,7 @@ def test_paper_method_reproduces_the_recorded_run_bit_for_bit(arch, tmp_path):
                                      pattern=rec["pattern"], steps=20, extra=PAPER_METHOD))
     finally:
         torch.set_num_threads(threads)
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
-    got = {"best_loss": [float(r["best_loss"]).hex() for r in res["layers"]],
-           "pruning_error": [float(r["pruning_error"]).hex() for r in res["layers"]],
-           "ppl": float(res["ppl"]["embedded"]).hex(),
-           "tensors": tensor_digest(tmp_path / "run" / "model" / "model.safetensors")}
+    got = record_reproduction.recording(tmp_path / "run")
     wanted = {name: {k: rec[k] for k in got} for name, rec in
               ((name, recording[arch]) for name, recording in RECORDINGS.items())}
     assert got in wanted.values(), (
