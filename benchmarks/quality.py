@@ -69,6 +69,13 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "shared": ("DR with one shared R1 (standard checkpoint), pruned mass + permutation + guard",
                {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True, "guard": True,
                 "r1": "shared"}),
+    "shared-rw": ("DR with one shared R1, pruned mass weighted by the measured role errors of every "
+                  "layer + permutation + guard",
+                  {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True, "guard": True,
+                   "r1": "shared", "role_weights": "measured"}),
+    "shared-200": ("DR with one shared R1 as `shared`, 200 steps",
+                   {**PAPER, "steps": 200, "objective": "pruned_mass", "permute": True,
+                    "guard": True, "r1": "shared"}),
 }
 PRUNERS = {"sparsegpt-2of4": ("sparsegpt", "2:4"), "wanda-2of4": ("wanda", "2:4"),
            "sparsegpt-4of8": ("sparsegpt", "4:8"), "sparsegpt-50pct": ("sparsegpt", "50%"),

@@ -91,10 +91,8 @@ def test_bad_role_weights_settings_are_refused(tmp_path):
         RotationModule(role_weights="heavy")
     with pytest.raises(ValueError, match="role_weights='measured' weights the linears of the pruned-mass"):
         RotationModule(objective="entropy", role_weights="measured")
-    src = save_tiny_dir(tmp_path / "tiny", "llama")
-    with pytest.raises(ValueError, match="use model.r1='per_layer', or model.role_weights='equal'"):
-        DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=2, extra=(
-            "--model.role_weights", "measured", "--model.r1", "shared")))
+    with pytest.raises(ValueError, match="pattern='none' does not use it"):
+        RotationModule(objective="pruned_mass", pattern="none", steps=0, role_weights="measured")
 
 
 def test_auto_measures_where_the_weights_apply():

@@ -55,6 +55,16 @@ def weights_from_errors(errors: dict[str, float]) -> dict[str, float]:
     return {role: (v / mean if mean > 0 else 1.0) for role, v in raw.items()}
 
 
+def weights_across_layers(errors: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Shared R1: w_{layer,role} = e_g² of its layer and group divided by the mean over every
+    layer and role, so a layer whose pruning costs more counts more in the summed objective (one
+    Q serves all layers; per layer, :func:`weights_from_errors` normalises each layer alone)."""
+    raw = [{role: e[GROUP_OF[role]] ** 2 for role in ROLES} for e in errors]
+    total = sum(sum(r.values()) for r in raw)
+    mean = total / max(1, len(raw) * len(ROLES))
+    return [{role: (v / mean if mean > 0 else 1.0) for role, v in r.items()} for r in raw]
+
+
 def measured_role_weights(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec,
                           batches: int | None = 1) -> tuple[dict[str, float], dict[str, float]]:
     """(weights per role, group errors) of ``layer``, pruned and measured on its first

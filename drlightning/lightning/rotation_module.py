@@ -67,8 +67,9 @@ class RotationModule(LightningModule):
             None = every layer in every step.
         role_weights: pruned_mass only: "equal" (every linear counts by its relative
             improvement), "measured" (each linear weighted by the squared layer error its group
-            causes when pruned alone, measured on the unrotated layer before fitting; per-layer R1
-            only; costs about one more pruning per layer) or "auto" ("measured" where it applies:
+            causes when pruned alone, measured on the unrotated layer before fitting; with shared
+            R1 the weights are normalised over all layers, so costlier layers count more; costs
+            about one more pruning per layer) or "auto" ("measured" where it applies:
             pruned-mass objective, steps > 0, per-layer R1; "equal" otherwise). The layer loop
             measures the weights and hands them over in the ``LayerDataModule``; on a hand-built
             datamodule without weights "auto" fits equal weights and "measured" is refused.

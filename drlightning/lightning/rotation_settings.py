@@ -58,10 +58,6 @@ def check_settings(s: dict) -> None:
         raise ValueError(f"role_weights={s['role_weights']!r} weights the linears of the pruned-mass "
                          f"objective; objective={s['objective']!r} with pattern={s['pattern']!r} "
                          "does not use it: set role_weights='equal'")
-    if s["role_weights"] == "measured" and s["r1"] != "per_layer":
-        raise ValueError("role_weights='measured' measures each layer before its own rotation is "
-                         f"fitted; r1={s['r1']!r} fits one rotation for all layers: use "
-                         "model.r1='per_layer', or model.role_weights='equal' (or 'auto')")
     if s["objective"] == "pruned_mass" and s["pattern"] == NO_PRUNING and s["steps"] > 0:
         raise ValueError("objective='pruned_mass' measures what the pattern removes and "
                          "pattern='none' prunes nothing: rotate-only runs need objective='entropy'")

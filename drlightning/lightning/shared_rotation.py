@@ -24,11 +24,13 @@ from ..rotation.objective import FrozenLayer, ObjectiveSpec, identity_scale, lay
 
 @dataclass
 class LayerItem:
-    """One layer as a training example: its index, frozen tensors and pruned-mass divisors."""
+    """One layer as a training example: its index, frozen tensors, pruned-mass divisors (divided
+    by the measured role weights where they apply) and those measured group errors."""
 
     index: int
     frozen: FrozenLayer
     scale: dict[str, float] | None = None
+    group_errors: dict[str, float] | None = None
 
 
 def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec) -> LayerItem:

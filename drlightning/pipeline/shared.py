@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..layer.capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
 from ..layer.prune import PruneSpec
+from ..layer.role_weights import first_batches, group_errors, weights_across_layers
 from ..layer.step import merge_layer, prune_candidates
 from ..lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
 from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
@@ -43,14 +44,20 @@ STORE = "shared_rotation.safetensors"
 def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
                 loop: LayerLoop, layerwise=None) -> list:
     """Every layer's frozen objective tensors, from one pass through the dense model (with
-    ``layerwise``, each layer is loaded from the shards, folded and released again)."""
+    ``layerwise``, each layer is loaded from the shards, folded and released again). With
+    ``role_weights: measured`` each layer's group errors are measured on the way and every
+    item's pruned-mass divisors are divided by its weights (normalised over all layers)."""
     template, layout = loop.template, HeadLayout.from_config(model.config)
     inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
-    stats, items = template.needed_stats(), []
+    stats, items, errors = template.needed_stats(), [], []
+    measure = template.role_weights == "measured"
+    spec = template.prune_spec(adapter, layout) if measure else None
     layers = adapter.decoder_layers(model)
     for i in tqdm(range(len(layers)), desc="dense pass (shared R1)", disable=not loop.progress):
         layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
         fold_norms(layer, adapter)
+        if measure:
+            errors.append(group_errors(layer, first_batches(inputs, 1), spec))
         hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
         weights = {r: adapter.linear(layer, r).weight.detach().float().cpu() for r in ROLES}
         hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
@@ -63,7 +70,11 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
             layerwise.release(i)
         del layer, hessians
         gc.collect()
-    return items
+    if not measure:
+        return items
+    return [replace(item, scale={role: v / weights[role] for role, v in item.scale.items()},
+                    group_errors=e)
+            for item, e, weights in zip(items, errors, weights_across_layers(errors), strict=True)]
 
 
 def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
@@ -79,7 +90,10 @@ def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Te
     loop.make_trainer("shared", template).fit(module, datamodule=data)
     q, r = module.best_rotations()
     report = {**module.report(), "layers": len(items), "layers_per_step": data.layers_per_step
-              or len(items), "fit_seconds": time.perf_counter() - start}
+              or len(items), "role_weights": template.role_weights,
+              "fit_seconds": time.perf_counter() - start}
+    if template.role_weights == "measured":
+        report["group_errors"] = [item.group_errors for item in items]
     return q.detach().cpu(), r.detach().cpu(), report
 
 
