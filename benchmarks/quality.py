@@ -43,6 +43,7 @@ from quality_records import (  # noqa: E402
     plain_for,
     select,
 )
+from quality_tables import mean_std, side_by_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("DRL_QUALITY_RUNS", ROOT / "runs" / "quality"))
@@ -155,14 +156,6 @@ def collect(archive: dict[tuple, Record]) -> dict[tuple, Record]:
     return records
 
 
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not values:
-        return "-"
-    m = statistics.fmean(values) * scale
-    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
 def summary_rows(records: dict[tuple, Record], pruner: str) -> list[dict]:
     arith = machines(records)
     plain = select(records, pruner, "plain")
@@ -182,6 +175,10 @@ def summary_rows(records: dict[tuple, Record], pruner: str) -> list[dict]:
                      "permutations_kept": [r["perms_kept"] for r in found.values()
                                            if r["perms_kept"] is not None],
                      "minutes": statistics.fmean(r["minutes"] for r in found.values()),
+                     "rotation_seconds": [r["rotation_seconds"] for r in found.values()
+                                          if r.get("rotation_seconds") is not None],
+                     "peak_rss_mib": [r["peak_rss_mib"] for r in found.values()
+                                      if r.get("peak_rss_mib") is not None],
                      "device": next(iter(found.values()))["device"]})
     return rows
 
@@ -250,6 +247,13 @@ def report(out: Path, json_out: Path) -> None:
                          f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {perms} | "
                          f"{r['minutes']:.0f} |")
         lines.append("")
+    side = side_by_side(rows)
+    if side:
+        lines += ["Per-layer vs shared R1 (standard checkpoint): share of per-layer = the shared "
+                  "setting's mean gap closed over the per-layer default's; rotation phase = the "
+                  "per-layer fits summed, or the shared phase (dense pass, fit, model-wide guard); "
+                  "peak RSS of the whole run (mean over the runs that recorded them, n of them; "
+                  "1 thread beside one other single-thread job):", "", *side, ""]
     lines += ["Per-layer pruning error, SparseGPT 2:4 (mean over the unmarked seeds):", ""]
     means = {s: layer_means(records, archived_means, "sparsegpt-2of4", s)
              for s in ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard", "shared"]}

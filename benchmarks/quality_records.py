@@ -11,7 +11,8 @@ from pathlib import Path
 Record = dict
 """One finished (pruner, setting, seed): ppl, dense_ppl, layer_errors (per layer, or None when only
 the mean was archived), layer_error, rotated_kept, perms_kept (None when not applicable), minutes,
-device."""
+device, rotation_seconds and peak_rss_mib of the whole run (absent from records archived before
+they were kept)."""
 
 
 def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
@@ -26,7 +27,20 @@ def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
             "rotated_kept": sum(layer.get("guard") == "rotated" for layer in layers) if guarded else None,
             "perms_kept": sum(space.get("kept", False) for layer in layers
                               for space in (layer.get("permutation") or {}).values()) if permuted else None,
-            "minutes": r["seconds"] / 60, "device": r["device"]}
+            "minutes": r["seconds"] / 60, "device": r["device"],
+            "rotation_seconds": rotation_seconds(r),
+            "peak_rss_mib": r.get("memory", {}).get("peak_rss_mib")}
+
+
+def rotation_seconds(r: dict) -> float | None:
+    """Seconds of the rotation phase: the per-layer fits summed (each with its Hessians and role
+    weights), or the shared phase (dense pass, role weights, full-batch fit and the model-wide
+    guard's pass, where recorded); None for runs that rotate nothing."""
+    shared = r.get("export", {}).get("shared_rotation")
+    if shared is not None:
+        return shared["fit_seconds"] + shared.get("model_guard", {}).get("seconds", 0.0)
+    fits = [layer["fit_seconds"] for layer in r["layers"] if "fit_seconds" in layer]
+    return sum(fits) if fits else None
 
 
 def load_archive(path: Path) -> tuple[dict[tuple, Record], dict[str, dict]]:

@@ -84,3 +84,26 @@ def test_runs_from_another_arithmetic_pair_with_their_own_plain_run(tmp_path, mo
     assert rows["dr"]["seeds"] == ["1b", "2b"]
     assert rows["dr"]["gap_closed"] == pytest.approx([(24 - 18) / (24 - other)])
     assert "'b' 10.00010" in doc.read_text()
+
+
+def test_side_by_side_compares_shared_with_the_per_layer_default(tmp_path, monkeypatch):
+    runs, doc, out = tmp_path / "runs", tmp_path / "bench.md", tmp_path / "quality.json"
+    monkeypatch.setattr(quality, "RUNS", runs)
+    p = "wanda-2of4"
+    for seed in (0, 1):
+        write_run(runs, p, "plain", seed, {**fake_results(30.0, [0.5]), "memory": {"peak_rss_mib": 100}})
+        per_layer = fake_results(14.0, [0.2])  # closes 80% of the gap
+        per_layer["layers"][0]["fit_seconds"] = 40.0 + seed
+        write_run(runs, p, "pm-rw+guard", seed, {**per_layer, "memory": {"peak_rss_mib": 200}})
+        shared = fake_results(22.0, [0.3])  # closes 40%
+        shared["export"] = {"shared_rotation": {"fit_seconds": 10.0,
+                                                "model_guard": {"kept": "shared", "seconds": 5.0}}}
+        write_run(runs, p, "shared", seed, {**shared, "memory": {"peak_rss_mib": 300}})
+    quality.report(doc, out)
+    table = doc.read_text()
+    assert "| wanda-2of4 | per layer (default) | 0,1 | 14.00 ± 0.00 | 80.0 ± 0.0 | - | 40 (n=2) " \
+           "| 200 (n=2) |" in table  # 40.5 s rounds to 40
+    assert "| wanda-2of4 | shared | 0,1 | 22.00 ± 0.00 | 40.0 ± 0.0 | 0.50 | 15 (n=2) | 300 (n=2) |" in table
+    assert "| wanda-2of4 | none (plain pruner) | 0,1 | 30.00 ± 0.00 | - | - | - | 100 (n=2) |" in table
+    records = json.loads(out.read_text())["records"]
+    assert sorted(r["rotation_seconds"] or 0 for r in records) == [0, 0, 15.0, 15.0, 40.0, 41.0]

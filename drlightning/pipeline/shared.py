@@ -186,7 +186,9 @@ class Shared:
         else:
             q, r, report = fit_shared(model, adapter, windows, loop, layerwise)
             if loop.template.effective_settings()["guard"]:
-                report["model_guard"] = model_guard(model, adapter, windows, loop, q, r, layerwise)
+                start = time.perf_counter()
+                guard = model_guard(model, adapter, windows, loop, q, r, layerwise)
+                report["model_guard"] = {**guard, "seconds": time.perf_counter() - start}
             save_rotations(path, q, r, report)
         self.fit_report = report
         if report.get("model_guard", {}).get("kept") == "identity":
