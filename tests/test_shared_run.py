@@ -42,6 +42,7 @@ def test_rotate_only_shared_run_is_a_standard_checkpoint_matching_dense(arch, tm
     shared = results["export"]["shared_rotation"]
     assert shared["best_loss"] < shared["initial_loss"] and results["export"]["r1"] == "shared"
     assert results["export"]["untied_embeddings"] == (arch == "llama")
+    assert ("saved untied" in (run / "report.md").read_text()) == (arch == "llama")
     card = (run / "model" / "README.md").read_text()
     assert "no remote code" in card and "trust_remote_code" not in card
     assert ("untied" in card) == (arch == "llama")
@@ -80,6 +81,8 @@ def test_pruned_shared_run_keeps_the_pattern_and_resumes(tmp_path):
     assert all("residual" not in r.get("permutation", {}) for r in first["layers"])
     report = (run / "report.md").read_text()
     assert "| R2 = identity (shared Q) | rotated |" in report
+    assert "## Output" in report and "loads it without remote code" in report
+    assert "Model-wide guard: summed pruning error" in report and "untied" not in report  # qwen2
     row = next(line for line in report.splitlines() if line.startswith("| 0 |"))
     assert f"| {first['layers'][0]['pruning_error_r2_identity']:.3f} |" in row
     assert "auto_map" not in json.loads((run / "model" / "config.json").read_text())
@@ -185,6 +188,8 @@ def test_model_wide_guard_drops_a_harmful_shared_rotation(tmp_path, monkeypatch)
     for name, w in load_file(src / "model.safetensors").items():
         assert torch.equal(saved[name], w), name  # the plain pruner removed only zeros
     assert all(r["pruning_error"] < 1e-6 for r in res["layers"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "kept: identity" in report and "rotation was absorbed" not in report
 
 
 def test_random_layer_subsets_are_used_and_reported(tmp_path):
@@ -194,6 +199,8 @@ def test_random_layer_subsets_are_used_and_reported(tmp_path):
     shared = res["export"]["shared_rotation"]
     assert shared["layers_per_step"] == 1 and shared["layers"] == 2
     assert shared["best_loss"] is None  # subset losses are not comparable: the last iterate
+    assert "last iterate of random layer subsets, over 2 layers (1 per step)" in (
+        tmp_path / "run" / "report.md").read_text()
     dense, got = _logits(src), _logits(tmp_path / "run" / "model")
     assert ((got - dense).norm() / dense.norm()).item() <= 1e-4
     with pytest.raises(ValueError, match="layers_per_step=0 must be an integer ≥ 1"):

@@ -60,6 +60,44 @@ def layer_section(layers: list[dict], plot: str | None = None) -> list[str]:
     return [*lines, "", f"Mean layer pruning error: {mean:.4f}.", ""]
 
 
+def output_section(export: dict | None) -> list[str]:
+    """What kind of checkpoint the run saved and how to load it; for shared R1 also its rotation
+    phase (objective, model-wide guard) and whether the embeddings were untied."""
+    if not export or "path" not in export:
+        return []
+    lines = ["## Output", ""]
+    if export.get("r1") == "shared":
+        lines.append(f"Standard checkpoint in `{export['path']}` (the input's own architecture, no "
+                     "extra tensors): `AutoModelForCausalLM.from_pretrained(dir)` loads it without "
+                     "remote code.")
+        if "standard_merge_error" in export:
+            lines.append("One residual rotation was absorbed into the embeddings, every layer and "
+                         f"lm_head (logits moved by {export['standard_merge_error']:.1e} relative on "
+                         "a calibration probe).")
+        if export.get("untied_embeddings"):
+            lines.append("The input embeddings and lm_head were tied in the input and are saved "
+                         "untied (they differ after the rotation).")
+        fit = export.get("shared_rotation") or {}
+        if "fit_seconds" in fit:
+            start, best = fit.get("initial_loss"), fit.get("best_loss")
+            fell = (f"{start:.1f} → {best:.1f} summed" if None not in (start, best) else
+                    "last iterate of random layer subsets,")
+            lines.append(f"Shared rotation phase: objective {fit.get('objective')}, {fell} over "
+                         f"{fit.get('layers')} layers ({fit.get('layers_per_step')} per step), "
+                         f"role weights {fit.get('role_weights', 'equal')}, "
+                         f"{fit['fit_seconds']:.0f} s.")
+        guard = fit.get("model_guard")
+        if guard:
+            lines.append(f"Model-wide guard: summed pruning error {guard['shared']:.3f} with the "
+                         f"shared rotation, {guard['identity']:.3f} without; kept: {guard['kept']}.")
+    elif "drl_boundaries" in export:
+        lines.append(f"Checkpoint with per-layer rotations in `{export['path']}`: load it with "
+                     "`trust_remote_code=True` or `drlightning.load_pretrained(dir)`.")
+    else:
+        lines.append(f"Standard checkpoint in `{export['path']}` (no rotation was kept).")
+    return [*lines, ""]
+
+
 def report_markdown(res: dict, baseline: dict | None = None, plot: str | None = None) -> str:
     """The ``report.md`` of a run: dense vs pruned (vs baseline), the layers and the protocol."""
     title = f"# {res['model']} — {res['method']} {res['pattern']}, {res['steps']} rotation steps\n"
@@ -77,6 +115,7 @@ def report_markdown(res: dict, baseline: dict | None = None, plot: str | None = 
         lines.append(row)
     lines += ["", "Accuracies in %, perplexities lower-is-better. "
               + (f"Baseline: {baseline.get('run_dir', 'given run')}. " if baseline else ""), ""]
+    lines += output_section(res.get("export"))
     lines += layer_section(res.get("layers") or [], plot)
     lines += ["## Protocol", "", "```json",
               json.dumps({"calibration": res.get("calibration"), "eval": res.get("eval"),
