@@ -67,10 +67,14 @@ def machines(records: dict[tuple, Record]) -> list[str]:
     return list(dict.fromkeys(arithmetic(r) for r in records.values()))
 
 
+MACHINE_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+"""The letter of the i-th arithmetic (index 0, the first machine's, stays unmarked)."""
+
+
 def label(r: Record, arith: list[str]) -> str:
     """The seed, with a letter (b, c, …) when the run had the second, third, … arithmetic."""
     i = arith.index(arithmetic(r))
-    return f"{r['seed']}" + ("" if i == 0 else "abcdefgh"[i])
+    return f"{r['seed']}" + ("" if i == 0 else MACHINE_LETTERS[i])
 
 
 def select(records: dict[tuple, Record], pruner: str, setting: str) -> dict[tuple, Record]:
@@ -88,7 +92,7 @@ def machine_note(records: dict[tuple, Record]) -> str:
     arith = machines(records)
     if len(arith) < 2:
         return ""
-    others = ", ".join(f"'{'abcdefgh'[i]}' {a}" for i, a in enumerate(arith) if i)
+    others = ", ".join(f"'{MACHINE_LETTERS[i]}' {a}" for i, a in enumerate(arith) if i)
     return (f" A seed with a letter ran on another machine of the same kind whose float rounding "
             f"differs (dense perplexity {arith[0]} unmarked; {others}); its gap closed is taken "
             "against the plain pruner of the same seed on the same machine where there is one, "
