@@ -105,11 +105,17 @@ class LayersDataModule(LightningDataModule):
 class SharedRotationModule(LightningModule):
     """Q (hidden × hidden) shared by all layers and R2 (n_kv_heads × hd × hd) per layer."""
 
-    def __init__(self, layout: HeadLayout, n_layers: int, spec: ObjectiveSpec, lr: float = 0.01) -> None:
+    def __init__(self, layout: HeadLayout, n_layers: int, spec: ObjectiveSpec, lr: float = 0.01,
+                 q_init: torch.Tensor | None = None) -> None:
+        """``q_init``: an orthogonal starting point for Q (the identity when None)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["layout", "spec"])
+        self.save_hyperparameters(ignore=["layout", "spec", "q_init"])
         self.layout, self.spec = layout, spec
-        self.A = nn.Parameter(torch.eye(layout.hidden))
+        start = torch.eye(layout.hidden) if q_init is None else q_init.detach().float().clone()
+        if start.shape != (layout.hidden, layout.hidden) or orthogonality_error(start) > 1e-4:
+            raise ValueError(f"q_init must be an orthogonal {layout.hidden} × {layout.hidden} "
+                             f"matrix; got shape {tuple(start.shape)}")
+        self.A = nn.Parameter(start)
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(n_layers, layout.n_kv_heads, 1, 1))
         self.best_loss, self.best_step = float("inf"), -1
         self.initial_loss: float | None = None
