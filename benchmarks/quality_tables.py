@@ -8,8 +8,9 @@ SIDE_BY_SIDE_PRUNERS = ("sparsegpt-2of4", "wanda-2of4", "sparsegpt-50pct")
 PER_LAYER = "pm-rw+guard"
 """The per-layer default every shared row is compared with."""
 SIDE_BY_SIDE_SETTINGS = {"plain": "none (plain pruner)", PER_LAYER: "per layer (default)",
-                         "shared": "shared", "shared-rw": "shared, measured role weights",
-                         "shared-200": "shared, 200 steps"}
+                         "shared": "shared, equal role weights",
+                         "shared-rw": "shared, measured role weights (shared default)",
+                         "shared-200": "shared, equal role weights, 200 steps"}
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:

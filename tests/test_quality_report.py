@@ -103,7 +103,8 @@ def test_side_by_side_compares_shared_with_the_per_layer_default(tmp_path, monke
     table = doc.read_text()
     assert "| wanda-2of4 | per layer (default) | 0,1 | 14.00 ± 0.00 | 80.0 ± 0.0 | - | 40 (n=2) " \
            "| 200 (n=2) |" in table  # 40.5 s rounds to 40
-    assert "| wanda-2of4 | shared | 0,1 | 22.00 ± 0.00 | 40.0 ± 0.0 | 0.50 | 15 (n=2) | 300 (n=2) |" in table
+    assert "| wanda-2of4 | shared, equal role weights | 0,1 | 22.00 ± 0.00 | 40.0 ± 0.0 | 0.50 " \
+           "| 15 (n=2) | 300 (n=2) |" in table
     assert "| wanda-2of4 | none (plain pruner) | 0,1 | 30.00 ± 0.00 | - | - | - | 100 (n=2) |" in table
     records = json.loads(out.read_text())["records"]
     assert sorted(r["rotation_seconds"] or 0 for r in records) == [0, 0, 15.0, 15.0, 40.0, 41.0]

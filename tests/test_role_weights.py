@@ -97,7 +97,8 @@ def test_bad_role_weights_settings_are_refused(tmp_path):
 
 def test_auto_measures_where_the_weights_apply():
     assert RotationModule(role_weights="auto").role_weights == "measured"
-    for off in ({"objective": "entropy"}, {"steps": 0}, {"r1": "shared"}, {"pattern": "none"}):
+    assert RotationModule(role_weights="auto", r1="shared").role_weights == "measured"
+    for off in ({"objective": "entropy"}, {"steps": 0}, {"pattern": "none"}):
         module = RotationModule(role_weights="auto", **off)
         assert module.role_weights == "equal", off
         assert module.effective_settings()["role_weights"] == "equal"

@@ -70,7 +70,7 @@ class RotationModule(LightningModule):
             causes when pruned alone, measured on the unrotated layer before fitting; with shared
             R1 the weights are normalised over all layers, so costlier layers count more; costs
             about one more pruning per layer) or "auto" ("measured" where it applies:
-            pruned-mass objective, steps > 0, per-layer R1; "equal" otherwise). The layer loop
+            pruned-mass objective, steps > 0; "equal" otherwise). The layer loop
             measures the weights and hands them over in the ``LayerDataModule``; on a hand-built
             datamodule without weights "auto" fits equal weights and "measured" is refused.
     """
@@ -125,8 +125,7 @@ class RotationModule(LightningModule):
         """How the pruned-mass objective weights the linears (``auto`` resolved)."""
         value = self.hparams.get("role_weights", "equal")
         if value == "auto":
-            applies = (self.objective == "pruned_mass" and self.hparams.steps > 0
-                       and self.hparams.get("r1", "per_layer") == "per_layer")
+            applies = self.objective == "pruned_mass" and self.hparams.steps > 0
             return "measured" if applies else "equal"
         return value
 

@@ -11,7 +11,7 @@ SCORES = ("pruner", *METHODS)
 
 ROLE_WEIGHTS = ("auto", "equal", "measured")
 """How the pruned-mass objective weights the linears: equally, or by the layer error they cause
-("auto": measured wherever it applies — pruned mass, rotation steps, per-layer R1)."""
+("auto": measured wherever it applies — pruned mass, rotation steps; per-layer or shared R1)."""
 
 R1_MODES = ("per_layer", "shared")
 """Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
