@@ -84,6 +84,20 @@ def train(items, layout, template, loop: LayerLoop, per_step: int | None) -> dic
             "seconds": seconds, "peak_rss_growth_mib": peak / 1024}
 
 
+def setup(run_name: str, nsamples: int = 32, seqlen: int = 512, **settings):
+    """The default model, its calibration windows (seed 0) and a quiet layer loop around a
+    shared-R1 ``RotationModule(**settings)``: (model, adapter, layout, windows, template, loop)."""
+    torch.manual_seed(0)
+    model, tok = load_model()
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    windows = CalibrationDataModule(nsamples=nsamples, seqlen=seqlen, seed=0).calibration(tok)
+    template = RotationModule(r1="shared", **settings)
+    opts = RunOptions(output_dir=f"runs/bench/{run_name}",
+                      monitor=MonitorOptions(tensorboard=False, progress=False, picture_layers=[]))
+    loop = LayerLoop(template, default_trainer_factory(opts, Path(opts.output_dir)), progress=False)
+    return model, adapter, layout, windows, template, loop
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--method", default="sparsegpt")
@@ -96,15 +110,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "shared_rotation.json")
     args = p.parse_args()
-    torch.manual_seed(0)
-    model, tok = load_model()
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
-    windows = CalibrationDataModule(nsamples=args.nsamples, seqlen=args.seqlen, seed=0).calibration(tok)
-    template = RotationModule(method=args.method, pattern=args.pattern, steps=args.steps,
-                              r1="shared")
-    opts = RunOptions(output_dir="runs/bench/shared_rotation",
-                      monitor=MonitorOptions(tensorboard=False, progress=False, picture_layers=[]))
-    loop = LayerLoop(template, default_trainer_factory(opts, Path(opts.output_dir)), progress=False)
+    model, adapter, layout, windows, template, loop = setup(
+        "shared_rotation", args.nsamples, args.seqlen, method=args.method, pattern=args.pattern,
+        steps=args.steps, role_weights="equal")  # as recorded (before auto measured them)
     start, before = time.perf_counter(), rss_kib("VmRSS")
     with quiet_lightning():
         items = dense_items(model, adapter, windows, loop)
@@ -117,7 +125,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     threads = torch.get_num_threads()
     lines = [f"SmolLM2-135M-Instruct ({len(items)} layers), {args.method} {args.pattern}, objective "
-             f"{template.spec.objective}, {args.steps} steps from the identity, lr "
+             f"{template.spec.objective} (equal role weights), {args.steps} steps from the identity, lr "
              f"{template.hparams.lr}; {args.nsamples} × {args.seqlen} embedded calibration tokens; "
              f"{device_name(torch.device('cpu'))}, {threads} thread(s) "
              f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Dense pass that "

@@ -24,22 +24,16 @@ from pathlib import Path
 
 import torch
 
-from drlightning.lightning.calibration import CalibrationDataModule
-from drlightning.lightning.rotation_module import RotationModule
 from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotationModule, summed_objective
-from drlightning.models import load_model
-from drlightning.models.adapters import HeadLayout, adapter_for
 from drlightning.pipeline.job import quiet_lightning
-from drlightning.pipeline.options import MonitorOptions, RunOptions
-from drlightning.pipeline.sequential import LayerLoop
 from drlightning.pipeline.shared import dense_items, model_guard
-from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.pruning import parse_pattern
 from drlightning.reporting.results import device_name, versions
 from drlightning.rotation.pca_start import input_covariance, pca_start
 
 sys.path.insert(0, str(Path(__file__).parent))
 from docblock import write_block  # noqa: E402
+from shared_rotation import setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,16 +55,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "shared_start.json")
     args = p.parse_args()
-    torch.manual_seed(0)
-    model, tok = load_model()
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
-    windows = CalibrationDataModule(nsamples=32, seqlen=512, seed=0).calibration(tok)
-    template = RotationModule(method=args.method, pattern=args.pattern, steps=args.steps,
-                              r1="shared", objective="pruned_mass", permute=True, guard=True,
-                              rotation_score="pruner")
-    opts = RunOptions(output_dir="runs/bench/shared_start",
-                      monitor=MonitorOptions(tensorboard=False, progress=False, picture_layers=[]))
-    loop = LayerLoop(template, default_trainer_factory(opts, Path(opts.output_dir)), progress=False)
+    model, adapter, layout, windows, template, loop = setup(
+        "shared_start", method=args.method, pattern=args.pattern, steps=args.steps,
+        objective="pruned_mass", permute=True, guard=True, rotation_score="pruner",
+        role_weights="equal")
     with quiet_lightning():
         items = dense_items(model, adapter, windows, loop)
     cov = input_covariance(hessians_of(items, args.method))
