@@ -98,6 +98,22 @@ def setup(run_name: str, nsamples: int = 32, seqlen: int = 512, **settings):
     return model, adapter, layout, windows, template, loop
 
 
+def machine() -> str:
+    """'cpu (…), N thread(s) (OMP_NUM_THREADS=…)' for the tables' first line."""
+    return (f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} thread(s) "
+            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+
+
+def publish(args, block: str, heading: str, text: str, **numbers) -> None:
+    """Print the table, write it into docs/benchmarks.md and the numbers to ``args.json``."""
+    print(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                     "threads": torch.get_num_threads(), **numbers,
+                                     "versions": versions()}, indent=2) + "\n")
+    write_block(args.out, block, heading, text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--method", default="sparsegpt")
@@ -123,12 +139,10 @@ def main() -> None:
             row = train(items, layout, template, loop, per_step or None)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    threads = torch.get_num_threads()
     lines = [f"SmolLM2-135M-Instruct ({len(items)} layers), {args.method} {args.pattern}, objective "
              f"{template.spec.objective} (equal role weights), {args.steps} steps from the identity, lr "
              f"{template.hparams.lr}; {args.nsamples} × {args.seqlen} embedded calibration tokens; "
-             f"{device_name(torch.device('cpu'))}, {threads} thread(s) "
-             f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Dense pass that "
+             f"{machine()}. Dense pass that "
              f"builds the layer items: {pass_seconds:.0f} s, resident set +{items_mib:.0f} MiB. "
              "Objective = the sum over all layers at the returned rotations (subset runs return "
              "the last iterate; full batch the best). Command: `python benchmarks/shared_rotation.py"
@@ -139,14 +153,8 @@ def main() -> None:
         lines.append(f"| {row['layers_per_step']} | {row['initial']:.1f} → {row['final']:.1f} | "
                      f"{100 * row['reduction']:.1f}% | {row['seconds']:.0f} | "
                      f"{row['peak_rss_growth_mib']:.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                     "dense_pass_seconds": pass_seconds, "items_mib": items_mib,
-                                     "threads": threads, "rows": rows, "versions": versions()},
-                                    indent=2) + "\n")
-    write_block(args.out, "sharedrot", "Shared R1: all layers per step vs a subset", text)
+    publish(args, "sharedrot", "Shared R1: all layers per step vs a subset", "\n".join(lines),
+            dense_pass_seconds=pass_seconds, items_mib=items_mib, rows=rows)
 
 
 if __name__ == "__main__":

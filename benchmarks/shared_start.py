@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,12 +27,10 @@ from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotati
 from drlightning.pipeline.job import quiet_lightning
 from drlightning.pipeline.shared import dense_items, model_guard
 from drlightning.pruning import parse_pattern
-from drlightning.reporting.results import device_name, versions
 from drlightning.rotation.pca_start import input_covariance, pca_start
 
 sys.path.insert(0, str(Path(__file__).parent))
-from docblock import write_block  # noqa: E402
-from shared_rotation import setup  # noqa: E402
+from shared_rotation import machine, publish, setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,11 +84,9 @@ def main() -> None:
                "fit_seconds": fit_s}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    threads = torch.get_num_threads()
     lines = [f"SmolLM2-135M-Instruct ({len(items)} layers), {args.method} {args.pattern}, shared R1, "
              f"objective pruned_mass, {args.steps} steps, lr {template.hparams.lr}; 32 × 512 embedded "
-             f"calibration tokens (seed 0); {device_name(torch.device('cpu'))}, {threads} thread(s) "
-             f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Pruning error = the "
+             f"calibration tokens (seed 0); {machine()}. Pruning error = the "
              "layers' relative output errors summed over the model, each layer pruned on the dense "
              "model's inputs (the model-wide guard's pass; R2 = identity at the start). Command: "
              f"`python benchmarks/shared_start.py {' '.join(sys.argv[1:])}`.", "",
@@ -102,13 +97,7 @@ def main() -> None:
                      f"{row['objective_trained']:.1f} ({row['best_step']}) | "
                      f"{row['error_identity']:.3f} | {row['error_start']:.3f} | "
                      f"{row['error_trained']:.3f} | {row['fit_seconds']:.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                     "threads": threads, "rows": rows, "versions": versions()},
-                                    indent=2) + "\n")
-    write_block(args.out, "sharedstart", "Shared R1: where the rotation starts", text)
+    publish(args, "sharedstart", "Shared R1: where the rotation starts", "\n".join(lines), rows=rows)
 
 
 if __name__ == "__main__":
