@@ -50,9 +50,7 @@ def group_errors(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> dict
 def weights_from_errors(errors: dict[str, float]) -> dict[str, float]:
     """w_role = e_g² of its group, divided by the mean over the seven roles (all 1 if every
     group's error is 0)."""
-    raw = {role: errors[GROUP_OF[role]] ** 2 for role in ROLES}
-    mean = sum(raw.values()) / len(raw)
-    return {role: (v / mean if mean > 0 else 1.0) for role, v in raw.items()}
+    return weights_across_layers([errors])[0]
 
 
 def weights_across_layers(errors: list[dict[str, float]]) -> list[dict[str, float]]:

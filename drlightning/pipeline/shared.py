@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..layer.capture import LayerInputs, capture_layer_inputs, collect_hessians, run_layer
 from ..layer.prune import PruneSpec
-from ..layer.role_weights import first_batches, group_errors, weights_across_layers
+from ..layer.role_weights import measured_role_weights, weights_across_layers
 from ..layer.step import merge_layer, prune_candidates
 from ..lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
 from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
@@ -57,7 +57,7 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
         fold_norms(layer, adapter)
         if measure:
-            errors.append(group_errors(layer, first_batches(inputs, 1), spec))
+            errors.append(measured_role_weights(layer, inputs, spec)[1])
         hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
         weights = {r: adapter.linear(layer, r).weight.detach().float().cpu() for r in ROLES}
         hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
