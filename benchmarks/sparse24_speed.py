@@ -1,15 +1,18 @@
-"""2:4 inference speed of one decoder layer (paper Table 4): dense vs 2:4 vs 2:4 + rotations.
+"""2:4 inference speed (paper Table 4): one decoder layer, and whole-model decode tokens/s.
 
-    python benchmarks/sparse24_speed.py                 # GPU: LLaMA-3-8B layer, 32 × 2048 tokens, bf16
+    python benchmarks/sparse24_speed.py                 # GPU: LLaMA-3-8B layer + default model decode
     python benchmarks/sparse24_speed.py --smoke         # CPU: harness check on a small layer
 
 Variants: dense; 2:4 (every linear ``torch.sparse.to_sparse_semi_structured``; also what a
 ``model.r1: shared`` output runs: its rotations live inside the weights); 2:4 + rotations as
 two d×d matmuls per layer (entry Q, exit Qᵀ — the unmerged form); 2:4 + our merged boundary (one
-d×d matmul per layer, ``Q_{l+1}ᵀ Q_l``). Forward only, ``torch.inference_mode``, CUDA-event timed,
+d×d matmul per layer, ``Q_{l+1}ᵀ Q_l``, in the model's dtype and in float32 — the saved
+default). Forward only, ``torch.inference_mode``, CUDA-event timed,
 median of ``--iters``. Without CUDA the benchmark skips with a message (``--smoke`` runs the same
 harness on CPU with masked dense weights, to check the code, and writes nothing).
-Writes between ``<!-- sparse24:begin -->`` and ``<!-- sparse24:end -->`` in docs/benchmarks.md.
+Then whole-model decode tokens/s of ``--model`` (``benchmarks/decode_speed.py``; ``--no-decode``
+skips it). Writes between ``<!-- sparse24:begin -->`` and ``<!-- sparse24:end -->`` in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -43,15 +46,19 @@ def make_layer(hidden: int, inter: int, heads: int, kv: int, dtype: torch.dtype,
     return layer, LlamaRotaryEmbedding(cfg).to(device)
 
 
-def sparsify(layer: torch.nn.Module, semi_structured: bool) -> None:
-    """Magnitude 2:4 masks on every linear; on CUDA store them as semi-structured tensors."""
+def sparse_weight(w: torch.Tensor, semi_structured: bool) -> torch.Tensor:
+    """``w`` with magnitude 2:4 masks; stored as a semi-structured sparse tensor if asked (CUDA)."""
     from torch.sparse import to_sparse_semi_structured
 
+    w = w.masked_fill(nm_mask(w.abs().float(), 2, 4), 0)
+    return to_sparse_semi_structured(w) if semi_structured else w
+
+
+def sparsify(layer: torch.nn.Module, semi_structured: bool) -> None:
+    """Magnitude 2:4 masks on every linear of ``layer``."""
     for module in list(layer.modules()):
         if isinstance(module, torch.nn.Linear):
-            w = module.weight.detach()
-            w = w.masked_fill(nm_mask(w.abs().float(), 2, 4), 0)
-            module.weight = torch.nn.Parameter(to_sparse_semi_structured(w) if semi_structured else w,
+            module.weight = torch.nn.Parameter(sparse_weight(module.weight.detach(), semi_structured),
                                                requires_grad=False)
 
 
@@ -81,6 +88,11 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="small CPU run of the harness only")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="model whose config the decode benchmark uses (default: the embedded one)")
+    p.add_argument("--decode-batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--no-decode", action="store_true", help="time the single layer only")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args()
     if args.smoke:
@@ -102,12 +114,13 @@ def main() -> None:
     q_in, q_out = (random_orthogonal(hidden, generator=torch.Generator().manual_seed(i))
                    .to(device, dtype) for i in (1, 2))
     boundary = q_out.T @ q_in
+    boundary32 = boundary.float()
     x = torch.randn(args.batch, args.seqlen, hidden, device=device, dtype=dtype)
     pos = rope(x, torch.arange(args.seqlen, device=device)[None])
 
     def run(layer, pre=None, post=None):
         def fn():
-            h = x @ pre if pre is not None else x
+            h = (x.to(pre.dtype) @ pre).to(x.dtype) if pre is not None else x
             out = layer(h, position_embeddings=pos)
             out = out[0] if isinstance(out, tuple) else out
             return out @ post if post is not None else out
@@ -119,7 +132,10 @@ def main() -> None:
                  timed(run(sparse), args.iters, device)),
                 ("2:4 + rotations (entry Q, exit Qᵀ)", timed(run(sparse, q_in, q_in.T), args.iters,
                                                               device)),
-                ("2:4 + merged boundary (one d×d)", timed(run(sparse, boundary), args.iters, device))]
+                ("2:4 + merged boundary (one d×d)", timed(run(sparse, boundary), args.iters, device)),
+                ("2:4 + merged boundary in float32 (saved default)",
+                 timed(run(sparse, boundary32), args.iters, device))]
+    del dense, sparse
     base = rows[0][1]
     lines = [f"One LLaMA decoder layer (d {dims[0]}, I {dims[1]}, {dims[2]}/{dims[3]} heads), "
              f"{args.batch} × {args.seqlen} tokens, {str(dtype).removeprefix('torch.')}, forward "
@@ -127,6 +143,12 @@ def main() -> None:
              "Command: `python benchmarks/sparse24_speed.py`.", "",
              "| variant | ms | speed-up vs dense |", "|---|---|---|"]
     lines += [f"| {name} | {1000 * t:.2f} | {base / t:.2f}× |" for name, t in rows]
+    if not args.no_decode:
+        from decode_speed import decode_table
+
+        batches, new, repeats = (([1], 4, 1) if args.smoke else
+                                 (args.decode_batches, args.new_tokens, 3))
+        lines += ["", decode_table(args.model, device, dtype, semi, batches, 32, new, repeats)]
     text = "\n".join(lines)
     print(text)
     if args.smoke:
