@@ -15,7 +15,8 @@ the sparsity pattern, not on the weights' values, so no checkpoint needs to be r
 
 Each variant runs ``generate`` (greedy, exactly ``new_tokens`` new tokens after a random
 ``prompt``-token prompt, default dynamic KV cache) and reports tokens/s = batch × new tokens / s,
-median of ``repeats`` after one warm-up.
+median of ``repeats`` after one warm-up (fewer for a variant slower than 30 s per variant and
+batch size; the warm-up alone when even that is over).
 """
 
 from __future__ import annotations
@@ -105,9 +106,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _one_token_seconds(model: nn.Module, ids: torch.Tensor, device: torch.device) -> float:
+    """Seconds of one forward pass over one token per sequence (no cache), after one warm-up."""
+    for _ in range(2):
+        _sync(device)
+        start = time.perf_counter()
+        model(ids[:, :1])
+        _sync(device)
+    return time.perf_counter() - start
+
+
 def tokens_per_second(model: nn.Module, batch: int, prompt: int, new_tokens: int, repeats: int,
-                      device: torch.device) -> float:
-    """Median decode tokens/s of greedy ``generate`` with exactly ``new_tokens`` new tokens."""
+                      device: torch.device, budget_s: float = 30.0) -> float:
+    """Median decode tokens/s of greedy ``generate`` with exactly ``new_tokens`` new tokens; stops
+    repeating once ``budget_s`` seconds are spent (then the warm-up run may be the only one)."""
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
@@ -115,17 +127,22 @@ def tokens_per_second(model: nn.Module, batch: int, prompt: int, new_tokens: int
                   attention_mask=torch.ones_like(ids), pad_token_id=0)
     times = []
     with torch.inference_mode():
-        for i in range(repeats + 1):
+        probe = _one_token_seconds(model, ids, device)
+        if probe * new_tokens > budget_s:
+            raise RuntimeError(f"too slow to time: one decode-sized forward took {probe:.2f} s")
+        for _ in range(repeats + 1):
             _sync(device)
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
             _sync(device)
-            if i:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
+            if sum(times) > budget_s:  # a very slow variant: stop at what was measured
+                break
             if out.shape[1] != prompt + new_tokens:
                 raise RuntimeError(f"generate returned {out.shape[1] - prompt} new tokens, "
                                    f"expected {new_tokens}")
-    return batch * new_tokens / statistics.median(times)
+    timed = times[1:] or times  # drop the warm-up unless it is all there is
+    return batch * new_tokens / statistics.median(timed)
 
 
 def decode_table(source: str, device: torch.device, dtype: torch.dtype, semi_structured: bool,

@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="model whose config the decode benchmark uses (default: the embedded one)")
     p.add_argument("--decode-batches", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--no-decode", action="store_true", help="time the single layer only")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args()
@@ -135,25 +135,28 @@ def main() -> None:
                 ("2:4 + merged boundary (one d×d)", timed(run(sparse, boundary), args.iters, device)),
                 ("2:4 + merged boundary in float32 (saved default)",
                  timed(run(sparse, boundary32), args.iters, device))]
+    backend = type(sparse.self_attn.q_proj.weight).__name__ if semi else "masked dense tensors"
     del dense, sparse
     base = rows[0][1]
     lines = [f"One LLaMA decoder layer (d {dims[0]}, I {dims[1]}, {dims[2]}/{dims[3]} heads), "
              f"{args.batch} × {args.seqlen} tokens, {str(dtype).removeprefix('torch.')}, forward "
-             f"only, median of {args.iters}; {device_name(device)}, torch {torch.__version__}. "
-             "Command: `python benchmarks/sparse24_speed.py`.", "",
+             f"only, median of {args.iters}; {device_name(device)}, torch {torch.__version__}, 2:4 "
+             f"weights as {backend}. Command: `python benchmarks/sparse24_speed.py`.", "",
              "| variant | ms | speed-up vs dense |", "|---|---|---|"]
     lines += [f"| {name} | {1000 * t:.2f} | {base / t:.2f}× |" for name, t in rows]
-    if not args.no_decode:
-        from decode_speed import decode_table
-
-        batches, new, repeats = (([1], 4, 1) if args.smoke else
-                                 (args.decode_batches, args.new_tokens, 3))
-        lines += ["", decode_table(args.model, device, dtype, semi, batches, 32, new, repeats)]
-    text = "\n".join(lines)
-    print(text)
-    if args.smoke:
+    print("\n".join(lines), flush=True)
+    if not args.smoke:  # the layer table is kept even if the decode part fails or runs too long
+        write_block(args.out, "sparse24", "2:4 inference speed (GPU)", "\n".join(lines))
+    if args.no_decode:
         return
-    write_block(args.out, "sparse24", "2:4 inference speed (GPU)", text)
+    from decode_speed import decode_table
+
+    batches, new, repeats = (([1], 4, 1) if args.smoke else
+                             (args.decode_batches, args.new_tokens, 3))
+    lines += ["", decode_table(args.model, device, dtype, semi, batches, 32, new, repeats)]
+    print(lines[-1])
+    if not args.smoke:
+        write_block(args.out, "sparse24", "2:4 inference speed (GPU)", "\n".join(lines))
 
 
 if __name__ == "__main__":
