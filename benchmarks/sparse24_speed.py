@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--decode-batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--no-decode", action="store_true", help="time the single layer only")
+    p.add_argument("--sparse-backend", choices=["auto", "cutlass"], default="auto",
+                   help="auto: torch's choice (cuSPARSELt when available); cutlass: force CUTLASS")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args()
     if args.smoke:
@@ -105,6 +107,7 @@ def main() -> None:
         return
     else:
         device, dtype, dims, semi = torch.device("cuda"), torch.bfloat16, (4096, 14336, 32, 8), True
+    torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = args.sparse_backend == "cutlass"
     hidden = dims[0]
     torch.manual_seed(0)
     dense, rope = make_layer(*dims, dtype, device)
@@ -141,7 +144,8 @@ def main() -> None:
     lines = [f"One LLaMA decoder layer (d {dims[0]}, I {dims[1]}, {dims[2]}/{dims[3]} heads), "
              f"{args.batch} × {args.seqlen} tokens, {str(dtype).removeprefix('torch.')}, forward "
              f"only, median of {args.iters}; {device_name(device)}, torch {torch.__version__}, 2:4 "
-             f"weights as {backend}. Command: `python benchmarks/sparse24_speed.py`.", "",
+             f"weights as {backend}. Command: `python benchmarks/sparse24_speed.py"
+             f"{' --sparse-backend cutlass' if args.sparse_backend == 'cutlass' else ''}`.", "",
              "| variant | ms | speed-up vs dense |", "|---|---|---|"]
     lines += [f"| {name} | {1000 * t:.2f} | {base / t:.2f}× |" for name, t in rows]
     print("\n".join(lines), flush=True)
