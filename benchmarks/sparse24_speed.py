@@ -46,19 +46,16 @@ def make_layer(hidden: int, inter: int, heads: int, kv: int, dtype: torch.dtype,
     return layer, LlamaRotaryEmbedding(cfg).to(device)
 
 
-def sparse_weight(w: torch.Tensor, semi_structured: bool) -> torch.Tensor:
-    """``w`` with magnitude 2:4 masks; stored as a semi-structured sparse tensor if asked (CUDA)."""
+def sparsify(layer: torch.nn.Module, semi_structured: bool) -> None:
+    """Magnitude 2:4 masks on every linear inside ``layer``; on CUDA store them as semi-structured
+    tensors."""
     from torch.sparse import to_sparse_semi_structured
 
-    w = w.masked_fill(nm_mask(w.abs().float(), 2, 4), 0)
-    return to_sparse_semi_structured(w) if semi_structured else w
-
-
-def sparsify(layer: torch.nn.Module, semi_structured: bool) -> None:
-    """Magnitude 2:4 masks on every linear of ``layer``."""
     for module in list(layer.modules()):
         if isinstance(module, torch.nn.Linear):
-            module.weight = torch.nn.Parameter(sparse_weight(module.weight.detach(), semi_structured),
+            w = module.weight.detach()
+            w = w.masked_fill(nm_mask(w.abs().float(), 2, 4), 0)
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(w) if semi_structured else w,
                                                requires_grad=False)
 
 
