@@ -6,7 +6,7 @@
 One step = QR of the parameters, the summed entropy loss, backward and an Adam update, on a
 synthetic layer (random weights, random SPD Hessians) of the named size. Both implementations run
 interleaved in the same process, so the ratio holds on a noisy machine; the reference
-(``drlightning/rotation/reference.py``) forms QᵀMQ per linear and block-diagonal R2 densely.
+(``tests/reference_entropy.py``) forms QᵀMQ per linear and block-diagonal R2 densely.
 Writes a table between ``<!-- rotstep-cpu:begin -->`` and ``<!-- rotstep-cpu:end -->`` (or -gpu) in
 docs/benchmarks.md and the raw numbers to benchmarks/results/rotation_step.json.
 """
@@ -27,12 +27,14 @@ from drlightning.models import HeadLayout
 from drlightning.reporting.results import device_name
 from drlightning.rotation import frozen_layer, layer_entropy, qr_orthogonal
 from drlightning.rotation.objective import damped_inverse
-from drlightning.rotation.reference import reference_entropy
-
-sys.path.insert(0, str(Path(__file__).parent))
-from docblock import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT))  # tests/reference_entropy.py: the paper-style reference stays with the tests
+from docblock import write_block  # noqa: E402
+
+from tests.reference_entropy import reference_entropy  # noqa: E402
+
 SIZES = {
     "smollm2": HeadLayout(hidden=576, n_heads=9, n_kv_heads=3, head_dim=64, intermediate=1536),
     "llama3-8b": HeadLayout(hidden=4096, n_heads=32, n_kv_heads=8, head_dim=128, intermediate=14336),

@@ -124,7 +124,8 @@ def test_unknown_method_is_rejected():
 def test_benchmark_reference_loss_matches_the_fast_loss(method):
     """The plain yardstick of benchmarks/rotation_step.py computes the same loss and gradient."""
     from drlightning.rotation.objective import damped_inverse
-    from drlightning.rotation.reference import reference_entropy
+
+    from .reference_entropy import reference_entropy
 
     weights, hessians = random_layer(seed=5)
     weights = {k: v.double() for k, v in weights.items()}

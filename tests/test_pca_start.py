@@ -1,6 +1,10 @@
-"""The principal-direction start of the shared rotation (drlightning.rotation.pca_start)."""
+"""The principal-direction start of the shared rotation (studies/pca_start.py, research code of the
+shared_start study) and the shared module's given start (``q_init``, in the package)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +13,14 @@ from drlightning.lightning.shared_rotation import SharedRotationModule
 from drlightning.models.adapters import HeadLayout
 from drlightning.rotation.objective import ObjectiveSpec
 from drlightning.rotation.orthogonal import orthogonality_error, random_orthogonal
-from drlightning.rotation.pca_start import band_interleave, input_covariance, pca_start
+
+_spec = importlib.util.spec_from_file_location(
+    "pca_start", Path(__file__).resolve().parents[1] / "studies" / "pca_start.py")
+pca_start_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pca_start_module)
+band_interleave = pca_start_module.band_interleave
+input_covariance = pca_start_module.input_covariance
+pca_start = pca_start_module.pca_start
 
 
 def test_band_interleave_puts_one_rank_band_in_each_group_slot():

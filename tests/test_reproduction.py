@@ -11,20 +11,13 @@ every number and every saved bit.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from drlightning.cli import DRLightningCLI
 
+from . import record_reproduction
 from .tiny import fit_args, save_tiny_dir
-
-_spec = importlib.util.spec_from_file_location(
-    "record_reproduction", Path(__file__).resolve().parents[1] / "benchmarks" / "record_reproduction.py")
-record_reproduction = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(record_reproduction)
 
 RECORDED = {
     "llama": {
@@ -94,4 +87,4 @@ def test_paper_method_reproduces_the_recorded_run_bit_for_bit(arch, tmp_path):
     assert got in wanted.values(), (
         f"{arch}: no recording matches bit for bit: got {got}, recorded {wanted}. On a machine whose "
         "float32 rounding differs from all recorded ones, record it with "
-        "benchmarks/record_reproduction.py run in a checkout of commit 60bbeaf (see its docstring).")
+        "tests/record_reproduction.py run in a checkout of commit 60bbeaf (see its docstring).")

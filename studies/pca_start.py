@@ -1,5 +1,8 @@
 """A data-driven starting point for the shared residual rotation: the principal directions of the
-layers' inputs, placed so every N:M group of input channels mixes strong and weak directions."""
+layers' inputs, placed so every N:M group of input channels mixes strong and weak directions.
+
+Research code of studies/shared_start.py (it starts worse than the identity, so the package does
+not ship it); tests/test_pca_start.py loads it from here."""
 
 from __future__ import annotations
 

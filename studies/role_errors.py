@@ -1,6 +1,6 @@
 """Where a layer's pruning error comes from: each group of linears pruned alone, plain vs rotated.
 
-    python benchmarks/role_errors.py --pruner sparsegpt:2:4 --layers 0 8 14 27
+    python studies/role_errors.py --pruner sparsegpt:2:4 --layers 0 8 14 27
 
 Each chosen decoder layer gets the *dense* model's calibration inputs (32 × 512 embedded tokens).
 Two candidates: the layer as it is, and the layer rotated as the shipped config rotates it (pruned
@@ -34,10 +34,9 @@ from drlightning.pipeline.sequential import LayerLoop, fit_rotation
 from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.rotation import fold_norms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docblock import write_block  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
+from docblock import write_block  # noqa: E402
 
 
 def errors_of(layer, inputs, dense_out, spec: PruneSpec) -> dict[str, float]:
@@ -80,7 +79,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         inputs = dense_out
     keys = ["all", *(",".join(g) for g in GROUPS)]
-    command = (f"python benchmarks/role_errors.py --pruner {args.pruner} --layers "
+    command = (f"python studies/role_errors.py --pruner {args.pruner} --layers "
                f"{' '.join(map(str, args.layers))} --steps {args.steps}")
     seconds = time.perf_counter() - start
     lines = [f"`{command}` (dense inputs per layer, 32 × 512 embedded calibration tokens, "

@@ -1,12 +1,12 @@
 """Run-to-run sensitivity: SparseGPT 2:4 + DR with two entropy implementations equal up to rounding.
 
-    python benchmarks/entropy_sensitivity.py --seeds 0 1        # ≈ 17 min per run on 1 CPU thread
+    python studies/entropy_sensitivity.py --seeds 0 1        # ≈ 17 min per run on 1 CPU thread
 
 ``fused`` is drlightning's objective (``entropy_over``: one s·log s pass for rows and columns);
 ``per-group`` sums :func:`group_entropy` per dimension, as before the fused version. Both are equal
 in float64 (tests/test_objective.py); in float32 they round differently. Prints one JSON line per
 run (final perplexity, mean layer pruning error, summed best entropy) and writes them to
-benchmarks/results/entropy_sensitivity.json.
+studies/results/entropy_sensitivity.json.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "entropy_sensitivity.json")
+    p.add_argument("--json", type=Path, default=ROOT / "studies" / "results" / "entropy_sensitivity.json")
     args = p.parse_args()
     model, tok = load_model()
     rows = []

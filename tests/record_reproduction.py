@@ -6,7 +6,7 @@ numbers are recorded per machine, from that commit:
 
     git worktree add ../drl-60bbeaf 60bbeaf && cd ../drl-60bbeaf
     ln -s ../callbacks drlightning/callbacks      # the package maps callbacks/ only when installed
-    PYTHONPATH=. OMP_NUM_THREADS=1 python <this checkout>/benchmarks/record_reproduction.py
+    PYTHONPATH=. OMP_NUM_THREADS=1 python <this checkout>/tests/record_reproduction.py
 
 and add the printed dictionary to ``RECORDINGS`` in the test. Run in today's checkout with
 ``--model.objective entropy --model.rotation_score pruner --model.permute false --model.guard

@@ -1,6 +1,6 @@
 """Logit error of the merged boundary rotations stored in float32 vs in the model dtype.
 
-    python benchmarks/boundary_dtype.py
+    python studies/boundary_dtype.py
 
 Random orthogonal R1/R2 (the worst case: learned rotations are closer to the identity) are merged
 into every layer of the embedded default model; the boundaries Q_{l+1}ᵀQ_l are then stored in each
@@ -25,10 +25,9 @@ from drlightning.models import HeadLayout, adapter_for, load_model
 from drlightning.reporting.results import device_name
 from drlightning.rotation import RotatedLayer, fold_norms, merge_rotations, random_orthogonal
 
-sys.path.insert(0, str(Path(__file__).parent))
-from docblock import write_block  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
+from docblock import write_block  # noqa: E402
 
 
 def rotate_randomly(model, seed: int = 0) -> None:
@@ -81,7 +80,7 @@ def main() -> None:
     table = [f"SmolLM2-135M-Instruct with random R1/R2 in every "
              f"layer, {args.windows}×{args.seqlen} embedded evaluation tokens, reference: dense "
              f"float32 logits; {device_name(torch.device('cpu'))}, {time.perf_counter() - start:.0f} s. "
-             "Command: `python benchmarks/boundary_dtype.py`.", "",
+             "Command: `python studies/boundary_dtype.py`.", "",
              "| model dtype | boundary dtype | plain model error | rotated model error |",
              "|---|---|---|---|"]
     table += [f"| {m} | {s} | {pe:.2e} | {re_:.2e} |" for m, s, pe, re_ in rows]

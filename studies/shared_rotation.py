@@ -1,8 +1,8 @@
 """Shared R1 (``model.r1: shared``): the rotation phase on the default model, all layers per step
 (full batch) vs a random subset of layers per step (``model.layers_per_step``).
 
-    python benchmarks/shared_rotation.py                           # 50 steps; 5, 10, all layers
-    python benchmarks/shared_rotation.py --steps 100 --layers-per-step 10 0
+    python studies/shared_rotation.py                           # 50 steps; 5, 10, all layers
+    python studies/shared_rotation.py --steps 100 --layers-per-step 10 0
 
 Loads SmolLM2-135M-Instruct once, makes the dense calibration pass that turns every layer into an
 item of the "layers" dataset once (32 × 512 embedded windows, seed 0), then trains the shared
@@ -11,7 +11,7 @@ objective over *all* layers at the returned rotations (so subset runs are judged
 number as full-batch ones), the training time and the growth of the resident set during training
 (peak RSS reset before each setting through /proc/self/clear_refs). Writes the table between
 ``<!-- sharedrot:begin -->`` and ``<!-- sharedrot:end -->`` in docs/benchmarks.md and the numbers
-to benchmarks/results/shared_rotation.json.
+to studies/results/shared_rotation.json.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ from drlightning.pipeline.shared import dense_items
 from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.reporting.results import device_name, versions
 
-sys.path.insert(0, str(Path(__file__).parent))
-from docblock import write_block  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
+from docblock import write_block  # noqa: E402
 
 
 def rss_kib(field: str) -> int:
@@ -124,7 +123,7 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "shared_rotation.json")
+    p.add_argument("--json", type=Path, default=ROOT / "studies" / "results" / "shared_rotation.json")
     args = p.parse_args()
     model, adapter, layout, windows, template, loop = setup(
         "shared_rotation", args.nsamples, args.seqlen, method=args.method, pattern=args.pattern,
@@ -145,7 +144,7 @@ def main() -> None:
              f"{machine()}. Dense pass that "
              f"builds the layer items: {pass_seconds:.0f} s, resident set +{items_mib:.0f} MiB. "
              "Objective = the sum over all layers at the returned rotations (subset runs return "
-             "the last iterate; full batch the best). Command: `python benchmarks/shared_rotation.py"
+             "the last iterate; full batch the best). Command: `python studies/shared_rotation.py"
              f" {' '.join(sys.argv[1:])}`.", "",
              "| layers per step | objective: identity → returned | reduction | training s | "
              "peak RSS growth MiB |", "|---|---|---|---|---|"]

@@ -1,11 +1,11 @@
 """Cost of the orthogonal map per step: QR (what drlightning uses) vs the Cayley transform.
 
-    python benchmarks/orthogonal_maps.py            # writes <!-- orthmaps --> in docs/benchmarks.md
+    python studies/orthogonal_maps.py            # writes <!-- orthmaps --> in docs/benchmarks.md
 
 Both maps are timed forward + backward on a d × d parameter near the identity (median of
 ``--repeats``), interleaved. The share is the QR time over drlightning's whole k = 1 step at that
-size (benchmarks/results/rotation_step.json, written by rotation_step.py); 1 / (1 − share) bounds
-the speed-up any cheaper map could give.
+size (benchmarks/results/rotation_step.json, written by benchmarks/rotation_step.py);
+1 / (1 − share) bounds the speed-up any cheaper map could give.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
 from docblock import write_block  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"smollm2": 576, "llama3-8b": 4096}
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         lines.append(f"| {size} | {d} | {q:.4f} | {c:.4f} | {step or float('nan'):.3f} | {share} | "
                      f"{bound} |")
     threads = torch.get_num_threads()
-    text = (f"`python benchmarks/orthogonal_maps.py` (CPU, {threads} thread(s), forward + backward, "
+    text = (f"`python studies/orthogonal_maps.py` (CPU, {threads} thread(s), forward + backward, "
             f"median of {args.repeats}; step time from the rotation step table).\n\n" +
             "\n".join(lines))
     print(text)

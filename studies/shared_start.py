@@ -2,7 +2,7 @@
 layers' inputs (sorted by variance), or those directions interleaved over the N:M groups — judged
 by the summed objective and by the real summed pruning error of the layers on dense inputs.
 
-    OMP_NUM_THREADS=1 python benchmarks/shared_start.py            # sparsegpt 2:4, 50 steps
+    OMP_NUM_THREADS=1 python studies/shared_start.py            # sparsegpt 2:4, 50 steps
 
 One dense calibration pass makes the layer items (32 × 512 embedded windows, seed 0); the input
 covariance is Σ H/tr(H) over every layer's attention and MLP input Hessians (recovered from the
@@ -10,7 +10,7 @@ items). For each start the shared module is trained for ``--steps`` steps; the m
 pass then prunes every layer (dense inputs) with the start itself and with the trained rotations
 and sums the layer errors (the identity's sum is the plain pruner's). Writes the table between
 ``<!-- sharedstart:begin -->`` and ``<!-- sharedstart:end -->`` in docs/benchmarks.md and the
-numbers to benchmarks/results/shared_start.json.
+numbers to studies/results/shared_start.json.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotati
 from drlightning.pipeline.job import quiet_lightning
 from drlightning.pipeline.shared import dense_items, model_guard
 from drlightning.pruning import parse_pattern
-from drlightning.rotation.pca_start import input_covariance, pca_start
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pca_start import input_covariance, pca_start  # noqa: E402
 from shared_rotation import machine, publish, setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "shared_start.json")
+    p.add_argument("--json", type=Path, default=ROOT / "studies" / "results" / "shared_start.json")
     args = p.parse_args()
     model, adapter, layout, windows, template, loop = setup(
         "shared_start", method=args.method, pattern=args.pattern, steps=args.steps,
@@ -89,7 +89,7 @@ def main() -> None:
              f"calibration tokens (seed 0); {machine()}. Pruning error = the "
              "layers' relative output errors summed over the model, each layer pruned on the dense "
              "model's inputs (the model-wide guard's pass; R2 = identity at the start). Command: "
-             f"`python benchmarks/shared_start.py {' '.join(sys.argv[1:])}`.", "",
+             f"`python studies/shared_start.py {' '.join(sys.argv[1:])}`.", "",
              "| start | objective: start → trained (best step) | summed pruning error: plain | "
              "at the start | trained | fit s |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -1,6 +1,6 @@
 """Per-layer pruning error vs rotation steps on the embedded default model.
 
-    python benchmarks/layer_steps.py --layers 0 1 --steps 0 50 200 --method sparsegpt --pattern 2:4 \
+    python studies/layer_steps.py --layers 0 1 --steps 0 50 200 --method sparsegpt --pattern 2:4 \
         --lr 0.01 0.03
 
 For each chosen decoder layer (fed with the *dense* model's inputs), rotate for N steps with the
@@ -28,10 +28,9 @@ from drlightning.pipeline.options import MonitorOptions, RunOptions
 from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
 from drlightning.pipeline.trainers import default_trainer_factory
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docblock import write_block  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
+from docblock import write_block  # noqa: E402
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def main() -> None:
                              time.perf_counter() - t0))
                 print(rows[-1], flush=True)
         inputs = dense_out
-    lines = [f"`python benchmarks/layer_steps.py --layers {' '.join(map(str, args.layers))} --steps "
+    lines = [f"`python studies/layer_steps.py --layers {' '.join(map(str, args.layers))} --steps "
              f"{' '.join(map(str, args.steps))} --lr {' '.join(map(str, args.lr))} --method {args.method} "
              f"--pattern {args.pattern} --objective {args.objective} --nsamples {args.nsamples} "
              f"--seqlen {args.seqlen}` "

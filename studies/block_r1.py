@@ -1,12 +1,12 @@
 """Block-diagonal R1 (paper Appendix E) on the default model: quality and time per block count.
 
-    python benchmarks/block_r1.py                    # SparseGPT 2:4, 50 steps, k = 1 2 4 8
-    python benchmarks/block_r1.py --blocks 1 4 --steps 100
+    python studies/block_r1.py                    # SparseGPT 2:4, 50 steps, k = 1 2 4 8
+    python studies/block_r1.py --blocks 1 4 --steps 100
 
 Loads SmolLM2-135M-Instruct once; runs the plain pruner (steps 0) and DenoiseRotator with R1 as
 k diagonal blocks of hidden/k for each k (k = 1 is the paper's dense R1), all in this process with
 the same thread count. Writes the table between ``<!-- blockr1:begin -->`` and
-``<!-- blockr1:end -->`` in docs/benchmarks.md and the numbers to benchmarks/results/block_r1.json.
+``<!-- blockr1:end -->`` in docs/benchmarks.md and the numbers to studies/results/block_r1.json.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from drlightning.pipeline.job import run_job
 from drlightning.pipeline.options import EvalOptions, ExportOptions, MonitorOptions, RunOptions
 from drlightning.reporting.results import device_name, versions
 
-sys.path.insert(0, str(Path(__file__).parent))
-from docblock import write_block  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
+from docblock import write_block  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "block_r1.json")
+    p.add_argument("--json", type=Path, default=ROOT / "studies" / "results" / "block_r1.json")
     args = p.parse_args()
     start = time.perf_counter()
     model, tok = load_model()
@@ -68,7 +67,7 @@ def main() -> None:
              f"{args.nsamples} × {args.seqlen} embedded calibration tokens, dense perplexity {d:.3f}, "
              f"plain pruner {plain:.3f}; {device_name(torch.device('cpu'))}, "
              f"{time.perf_counter() - start:.0f} s in all. Layer time = rotation + merge + pruning "
-             f"of all layers. Command: `python benchmarks/block_r1.py {' '.join(sys.argv[1:])}`.",
+             f"of all layers. Command: `python studies/block_r1.py {' '.join(sys.argv[1:])}`.",
              "", "| R1 blocks k | block size | ppl | gap closed | layer time s |", "|---|---|---|---|---|"]
     hidden = model.config.hidden_size
     for row in rows[1:]:

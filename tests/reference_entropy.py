@@ -1,4 +1,5 @@
-"""A plain implementation of the paper's loss, the yardstick of the speed benchmarks.
+"""A plain implementation of the paper's loss: an independent slow reference for
+tests/test_objective.py and the yardstick of benchmarks/rotation_step.py.
 
 Per linear it forms the rotated matrix QᵀMQ in full (d³ work, no sharing between linears that
 read the same input), builds the block-diagonal R2 matrices densely and takes ``torch.linalg.qr``
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.adapters import HeadLayout
-from .entropy import group_entropy
-from .objective import FrozenLayer
+from drlightning.models.adapters import HeadLayout
+from drlightning.rotation.entropy import group_entropy
+from drlightning.rotation.objective import FrozenLayer
 
 
 def _factor(m: torch.Tensor | None, rot: torch.Tensor, method: str) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """Rotation objectives compared by the layer's real pruning error (dense inputs, a few layers).
 
-    python benchmarks/layer_objectives.py --pruner sparsegpt:2:4 --layers 0 8 14 27
-    python benchmarks/layer_objectives.py --pruner wanda:2:4 --variants plain entropy:wanda pruned_mass
+    python studies/layer_objectives.py --pruner sparsegpt:2:4 --layers 0 8 14 27
+    python studies/layer_objectives.py --pruner wanda:2:4 --variants plain entropy:wanda pruned_mass
 
 Each decoder layer is fed the *dense* model's calibration inputs (32 × 512 embedded tokens), rotated
 by the production ``RotationModule`` (one Lightning Trainer per variant and layer) with the
@@ -48,10 +48,10 @@ from drlightning.rotation import fold_norms, frozen_layer, layer_entropy
 from drlightning.rotation.objective import layer_pruned_mass, layer_scores
 from drlightning.rotation.pruned_mass import pruned_mass
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # docblock.py, shared with the benchmarks
 from docblock import write_block  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
 
@@ -252,7 +252,7 @@ def main() -> None:
         inputs = dense_out
     variants = args.variants
     named = f" --name {args.name}" if args.name else ""
-    lines = [f"`python benchmarks/layer_objectives.py --pruner {args.pruner} --layers "
+    lines = [f"`python studies/layer_objectives.py --pruner {args.pruner} --layers "
              f"{' '.join(map(str, args.layers))} --variants {' '.join(variants)} --steps {args.steps} "
              f"--seed {args.seed}{named}` (dense inputs per layer, 32 × 512 embedded calibration tokens, "
              f"{time.perf_counter() - start:.0f} s). Cells: layer pruning error (entropy of the "
