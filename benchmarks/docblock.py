@@ -16,3 +16,11 @@ def write_block(path: Path, name: str, heading: str, text: str) -> None:
     else:
         doc += f"\n## {heading}\n\n{block}\n"
     path.write_text(doc, encoding="utf-8")
+
+
+def read_block(path: Path, name: str) -> str | None:
+    """The text between the ``name`` block's markers in ``path`` (None if it has none)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = path.read_text(encoding="utf-8") if path.exists() else ""
+    found = re.search(re.escape(begin) + "\n(.*)\n" + re.escape(end), doc, flags=re.S)
+    return found.group(1) if found else None

@@ -2,7 +2,8 @@
 
     python benchmarks/quality.py run --worker 0/2 &     # two single-thread workers side by side
     python benchmarks/quality.py run --worker 1/2 &
-    python benchmarks/quality.py report                  # tables → docs/benchmarks.md
+    python benchmarks/quality.py report                  # tables → docs/benchmarks.md, README.md
+    python benchmarks/quality.py check                   # exit 1 if they show other numbers
 
 Every (pruner, setting, calibration seed) is one ``drlightning fit`` of the smollm2 config of that
 pruner, with every rotation setting given explicitly (so the table does not move when the configs'
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docblock import write_block  # noqa: E402
+from docblock import read_block, write_block  # noqa: E402
 from quality_records import (  # noqa: E402
     Record,
     from_run,
@@ -43,7 +44,7 @@ from quality_records import (  # noqa: E402
     plain_for,
     select,
 )
-from quality_tables import mean_std, side_by_side  # noqa: E402
+from quality_tables import layer_table, pruner_tables, readme_table, side_by_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("DRL_QUALITY_RUNS", ROOT / "runs" / "quality"))
@@ -202,23 +203,12 @@ def layer_means(records: dict[tuple, Record], archived: dict[str, dict], pruner:
     return old if old and [str(s) for s in old["seeds"]] == seeds else None
 
 
-def layer_table(means: dict[str, dict]) -> list[str]:
-    if not means:
-        return []
-    n_layers = len(next(iter(means.values()))["mean"])
-    lines = ["| layer | " + " | ".join(SETTINGS[s][0] for s in means) + " |",
-             "|---" * (len(means) + 1) + "|"]
-    for i in range(n_layers):
-        lines.append(f"| {i} | " + " | ".join(f"{m['mean'][i]:.4f}" for m in means.values()) + " |")
-    return lines
-
-
-def report(out: Path, json_out: Path) -> None:
-    archive, archived_means = load_archive(json_out)
-    records = collect(archive)
+def render(records: dict[tuple, Record], archived_means: dict[str, dict]) -> dict:
+    """Everything the report writes, from the records alone: the docs block (``docs``), the
+    README's table (``readme``), the summary ``rows`` and the per-layer ``means``."""
     rows = [row for pruner in PRUNERS for row in summary_rows(records, pruner)]
     if not rows:
-        raise SystemExit(f"no finished runs under {RUNS} and no records in {json_out}; "
+        raise SystemExit(f"no finished runs under {RUNS} and no records; "
                          "run `python benchmarks/quality.py run` first")
     dense_ppl = next(iter(records.values()))["dense_ppl"]
     lines = [f"SmolLM2-135M-Instruct (embedded, float32), calibration 32 × 512 embedded tokens, "
@@ -229,25 +219,7 @@ def report(out: Path, json_out: Path) -> None:
              "against the plain pruner of the same seed; layer error = ‖pruned(X) − dense(X)‖ / "
              "‖dense(X) − X‖ on the calibration inputs, averaged over the 30 layers." + machine_note(records),
              ""]
-    for pruner in PRUNERS:
-        sub = [r for r in rows if r["pruner"] == pruner]
-        if not sub:
-            continue
-        method, pattern = PRUNERS[pruner]
-        lines += [f"**{method} {pattern}**", "",
-                  "| setting | seeds | perplexity | gap closed % | mean layer error "
-                  "| rotated layers kept | permutations kept | min/run |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in sub:
-            kept = r["rotated_layers_kept"]
-            kept = f"{statistics.fmean(kept):.1f} / 30" if kept else "-"
-            perms = r["permutations_kept"]
-            perms = f"{statistics.fmean(perms):.1f} / 90" if perms else "-"
-            closed = "-" if r["setting"] == "plain" else mean_std(r["gap_closed"], 100, 1)
-            lines.append(f"| {r['label']} | {','.join(r['seeds'])} | {mean_std(r['ppl'])} | "
-                         f"{closed} | {mean_std(r['layer_error'], digits=4)} | {kept} | {perms} | "
-                         f"{r['minutes']:.0f} |")
-        lines.append("")
+    lines += pruner_tables(rows, PRUNERS)
     side = side_by_side(rows)
     if side:
         lines += ["Per-layer vs shared R1 (standard checkpoint): share of per-layer = the shared "
@@ -259,13 +231,36 @@ def report(out: Path, json_out: Path) -> None:
     means = {s: layer_means(records, archived_means, "sparsegpt-2of4", s)
              for s in ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard", "shared"]}
     means = {s: m for s, m in means.items() if m}
-    lines += layer_table(means)
-    write_block(out, "quality", "Quality (default model, seeded)", "\n".join(lines))
+    lines += layer_table({SETTINGS[s][0]: m for s, m in means.items()})
+    readme = readme_table(rows, PRUNERS, dense_ppl) + [machine_note(records).strip()]
+    return {"docs": "\n".join(lines), "readme": "\n".join(readme), "rows": rows, "means": means}
+
+
+def report(out: Path, json_out: Path, readme: Path) -> None:
+    """Write the tables (docs/benchmarks.md, README.md) and the records (``json_out``)."""
+    archive, archived_means = load_archive(json_out)
+    records = collect(archive)
+    made = render(records, archived_means)
+    write_block(out, "quality", "Quality (default model, seeded)", made["docs"])
+    write_block(readme, "quality-readme", "Results", made["readme"])
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    kept_means = {**archived_means, **{f"sparsegpt-2of4/{s}": m for s, m in means.items()}}
-    json_out.write_text(json.dumps({"rows": rows, "records": list(records.values()),
+    kept_means = {**archived_means, **{f"sparsegpt-2of4/{s}": m for s, m in made["means"].items()}}
+    json_out.write_text(json.dumps({"rows": made["rows"], "records": list(records.values()),
                                     "layer_means": kept_means}, indent=1) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    print(made["docs"])
+
+
+def drift(out: Path, json_out: Path, readme: Path) -> list[str]:
+    """The generated blocks that differ from what the records give now (README and docs must
+    show the numbers of ``json_out``, not hand-copied ones); [] when none."""
+    archive, archived_means = load_archive(json_out)
+    made = render(archive, archived_means)
+    found = []
+    for path, name, text in ((out, "quality", made["docs"]), (readme, "quality-readme", made["readme"])):
+        if read_block(path, name) != text:
+            found.append(f"{path.name}: block {name!r} differs from {json_out.name}; run "
+                         "`python benchmarks/quality.py report`")
+    return found
 
 
 def main() -> None:
@@ -276,9 +271,12 @@ def main() -> None:
     r.add_argument("--only", nargs="+", metavar="PRUNER:SETTING:SEED",
                    help="run these jobs (in this order) instead of the plan")
     sub.add_parser("list", help="print the jobs and whether they are finished")
-    rep = sub.add_parser("report", help="write the tables from the finished runs")
-    rep.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    rep.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    for name, text in (("report", "write the tables from the finished runs and the records"),
+                       ("check", "exit 1 if README or docs show other numbers than the records")):
+        rep = sub.add_parser(name, help=text)
+        rep.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+        rep.add_argument("--readme", type=Path, default=ROOT / "README.md")
+        rep.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
     args = p.parse_args()
     if args.cmd == "run":
         k, n = (int(x) for x in args.worker.split("/"))
@@ -287,8 +285,12 @@ def main() -> None:
         for job in jobs():
             done = (run_dir(*job) / "results.json").is_file()
             print(("done " if done else "todo ") + " ".join(map(str, job)))
+    elif args.cmd == "check":
+        problems = drift(args.out, args.json, args.readme)
+        print("\n".join(problems) or "README and docs match the records")
+        raise SystemExit(1 if problems else 0)
     else:
-        report(args.out, args.json)
+        report(args.out, args.json, args.readme)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from drlightning.eval.api import EvalPlan, evaluate_loaded, load_any
+from drlightning.eval.api import evaluate_loaded, load_any
+from drlightning.eval.plan import EvalPlan
 from drlightning.models import DEFAULT_MODEL
 from drlightning.reporting.report import load_run
 from drlightning.reporting.results import device_name
@@ -67,8 +68,8 @@ def main() -> None:
         (run_label(r), str(Path(path) / "model"), r) for path in args.runs for r in [load_run(path)]]
     for label, spec, run in targets:
         model, tok = load_any(spec, None, "float32", False)
-        res = evaluate_loaded(model, tok, EvalPlan(ppl=(), tasks=tuple(args.tasks),
-                                                   task_items=args.items, progress=False))
+        res = evaluate_loaded(model, tok, EvalPlan(data=[], zero_shot=list(args.tasks),
+                                                   task_items=args.items), progress=False)
         ppl = run["ppl"].get("embedded") if run else None
         rows.append({"label": label, "ppl": ppl, **res["zero_shot"]})
         print(label, {t: v["value"] for t, v in res["zero_shot"]["tasks"].items()}, flush=True)

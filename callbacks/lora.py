@@ -9,7 +9,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from drlightning.atomic import atomic_write_text, write_dir_atomically
-from drlightning.eval.api import EvalPlan, evaluate_loaded
+from drlightning.eval.api import evaluate_loaded
+from drlightning.eval.plan import EvalPlan
 from drlightning.lora.masked_merge import masked_merge, sparsity_masks, sparsity_summary
 from drlightning.lora.report import lora_report
 from drlightning.reporting.results import (
@@ -37,38 +38,24 @@ class LoRAExport(Callback):
         merge: fold the adapters into the weights as W ← M ⊙ (W + BA) and save ``model/``.
         save_adapter: save the unmerged adapters (peft format) in ``adapter/``.
         use_best: export the best checkpoint (lowest val/loss) rather than the last step.
-        eval_data: perplexity datasets ("embedded", "wikitext2", "c4", local paths).
-        eval_seqlen: perplexity window (default: the source run's, else 512).
-        eval_max_windows: evaluate only the first N windows.
-        eval_batch_size: windows per forward pass.
-        zero_shot: lm-eval tasks (e.g. [drl_continuation]); empty = perplexity only.
-        task_items: items of the generated drl_continuation task.
-        task_data_dir: folder of <task>.jsonl files for offline standard tasks.
-        task_limit: evaluate only the first N documents of each task.
+        eval: what to measure before and after (the evaluation plan of ``drlightning eval`` and
+            a fit's ``run.eval``; ``seqlen`` unset: the source run's, else 512).
         progress: progress bars during evaluation.
     """
 
     def __init__(self, output_dir: str = "runs/smollm2/lora", merge: bool = True,
-                 save_adapter: bool = True, use_best: bool = True,
-                 eval_data: list[str] | None = None, eval_seqlen: int | None = None,
-                 eval_max_windows: int | None = None, eval_batch_size: int = 4,
-                 zero_shot: list[str] | None = None, task_items: int = 200,
-                 task_data_dir: str | None = None, task_limit: int | None = None,
+                 save_adapter: bool = True, use_best: bool = True, eval: EvalPlan | None = None,
                  progress: bool = True) -> None:
         self.output_dir = Path(output_dir)
         self.merge, self.save_adapter, self.use_best = merge, save_adapter, use_best
-        self.eval_kwargs = {"ppl": ["embedded"] if eval_data is None else list(eval_data),
-                            "max_windows": eval_max_windows, "batch_size": eval_batch_size,
-                            "tasks": list(zero_shot or []), "task_items": task_items,
-                            "task_data_dir": task_data_dir, "task_limit": task_limit,
-                            "progress": progress}
-        self.eval_seqlen = eval_seqlen
+        self.plan = eval or EvalPlan()
+        self.progress = progress
         self.source: dict | None = None
         self.before: dict | None = None
         self.start = time.perf_counter()
 
     def _evaluate(self, model, tokenizer) -> dict:
-        return evaluate_loaded(model, tokenizer, EvalPlan(seqlen=self.eval_seqlen, **self.eval_kwargs))
+        return evaluate_loaded(model, tokenizer, self.plan, progress=self.progress)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         ensure_writable(self.output_dir)
@@ -76,16 +63,14 @@ class LoRAExport(Callback):
 
         run = Path(pl_module.hparams.model)
         self.source = load_run(run) if (run / "results.json").is_file() else None
-        if self.eval_seqlen is None:
-            self.eval_seqlen = ((self.source or {}).get("eval") or {}).get("seqlen") or 512
+        self.plan = self.plan.resolved(((self.source or {}).get("eval") or {}).get("seqlen"))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Evaluate the pruned model without adapters (cached in the run directory for resumes)."""
         if not trainer.is_global_zero:
             return
         cache = self.output_dir / "state" / "before_eval.json"
-        wanted = {"model": pl_module.hparams.model, "seqlen": self.eval_seqlen,
-                  **{k: v for k, v in self.eval_kwargs.items() if k != "progress"}}
+        wanted = {"model": pl_module.hparams.model, **self.plan.protocol()}
         if cache.is_file():
             import json
 
@@ -118,8 +103,7 @@ class LoRAExport(Callback):
                    "steps": trainer.global_step, "best_checkpoint": best,
                    "source_run": self.source, "before": self.before,
                    "after_adapter": after_adapter,
-                   "eval": {"seqlen": self.eval_seqlen, "protocol": EVAL_PROTOCOL,
-                            **{k: v for k, v in self.eval_kwargs.items() if k != "progress"}}}
+                   "eval": {**self.plan.protocol(), "protocol": EVAL_PROTOCOL}}
         if self.save_adapter:
             results["adapter_path"] = str(save_adapter_dir(peft_model, self.output_dir / "adapter"))
         if self.merge:

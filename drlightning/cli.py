@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from .cli_errors import USER_ERRORS, FriendlyParsing
+from .cli_errors import CLI_SETTINGS, USER_ERRORS, FriendlyParsing
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
 from .pipeline.job import quiet_lightning, run_job
@@ -20,17 +20,8 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
     calibration data, ``trainer`` = the template of each layer's Trainer, ``run`` = RunOptions."""
 
     def __init__(self, args=None, run: bool = True) -> None:
-        super().__init__(
-            RotationModule,
-            CalibrationDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_callback=None,
-            seed_everything_default=0,
-            args=args,
-            run=run,
-            auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
-        )
+        super().__init__(RotationModule, CalibrationDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                         save_config_callback=None, args=args, run=run, **CLI_SETTINGS)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
@@ -48,17 +39,26 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         opts = self.config_init["fit"]["run"]
         base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
                 if k not in ("callbacks", "max_steps", "logger")}
-        model.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
-        from drlightning.callbacks import MergeRotations, PruneLayer  # the layer loop does their work
-
-        user_callbacks = [c for c in self.config_init["fit"]["trainer"].get("callbacks") or []
-                          if not isinstance(c, MergeRotations | PruneLayer)]
-        make = default_trainer_factory(opts, Path(opts.output_dir), base, user_callbacks)
+        model.rotation.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
+        listed = self.config_init["fit"]["trainer"].get("callbacks") or []
+        make = default_trainer_factory(opts, Path(opts.output_dir), base, loop_callbacks(listed))
         text = self._parser("fit").dump(cfg, skip_none=False)
         settings = {"seed_everything": cfg.get("seed_everything"),
                     "trainer": {"precision": str(cfg.trainer.precision)}}
         self.results = run_job(model, datamodule, opts, make, config_text=text, settings=settings)
         return self.results
+
+
+def loop_callbacks(listed: list) -> list:
+    """The user's ``trainer.callbacks`` for every layer's Trainer. MergeRotations and PruneLayer
+    are part of every per-layer fit already: listed ones are said so and not added twice."""
+    from drlightning.callbacks import MergeRotations, PruneLayer
+
+    own = [type(c).__name__ for c in listed if isinstance(c, MergeRotations | PruneLayer)]
+    if own:
+        print(f"note: trainer.callbacks lists {', '.join(own)}: every per-layer fit merges and "
+              "prunes with them already; they are not added a second time", flush=True)
+    return [c for c in listed if not isinstance(c, MergeRotations | PruneLayer)]
 
 
 COMMANDS = {
@@ -99,13 +99,24 @@ def config_stage(argv: list[str]) -> str | None:
     return stages[-1] if stages else None
 
 
-def moved_run_keys(argv: list[str]) -> list[str]:
-    """Flat ``run.*`` keys of configs or flags written before the run options were grouped."""
-    moved = [m for data in _configs(argv) if isinstance(data.get("run"), dict)
-             for m in moved_keys(data["run"])]
-    flags = {arg.split("=", 1)[0].removeprefix("--run."): None for arg in argv
-             if arg.startswith("--run.")}
-    return moved + moved_keys(flags)
+def moved_options(argv: list[str], section: str) -> list[str]:
+    """Keys of ``section`` (in the ``--config`` files and as ``--<section>.<key>`` flags; the
+    top-level flags for ``section == ""``) written before they moved (:data:`MOVED`)."""
+    keys = [k for data in _configs(argv) if isinstance(data.get(section), dict) for k in data[section]]
+    flag = f"--{section}." if section else "--"
+    keys += [arg.split("=", 1)[0].removeprefix(flag) for arg in argv if arg.startswith(flag)]
+    return moved_keys(section, keys)
+
+
+def refuse_moved(argv: list[str], section: str, what: str) -> None:
+    """One line and exit 2 when ``argv`` uses keys of ``section`` that have moved."""
+    import sys
+
+    moved = moved_options(argv, section)
+    if moved:
+        print(f"error: {what}: {'; '.join(moved)} (rename them in the config or on the command "
+              "line)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -148,6 +159,7 @@ def dispatch(argv: list[str]) -> None:
 
         from .eval.api import evaluate
 
+        refuse_moved(argv[1:], "", "the evaluation options now live in one plan, --eval.*")
         CLI(evaluate, args=argv[1:])
     elif argv[:1] == ["compare"]:
         from .reporting.report import compare
@@ -160,13 +172,10 @@ def dispatch(argv: list[str]) -> None:
     elif argv[:1] == ["lora"] or (argv[:1] == ["fit"] and config_stage(argv) == "lora"):
         from .lora.cli import LoRACLI
 
+        refuse_moved(argv, "export", "the LoRA stage's evaluation options now live in one plan")
         LoRACLI(args=argv[1:] if argv[:1] == ["lora"] else argv)
     else:
-        moved = moved_run_keys(argv)
-        if moved:
-            print(f"error: run options now live in groups: {'; '.join(moved)} (rename them in the "
-                  "config or on the command line)", file=sys.stderr)
-            raise SystemExit(2)
+        refuse_moved(argv, "run", "run options now live in groups")
         with quiet_lightning():  # Lightning's tips and GPU/TPU lines; progress bars stay
             DRLightningCLI(args=argv)
 

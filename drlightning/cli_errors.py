@@ -34,6 +34,12 @@ def unknown_key_message(error: str, keys: list[str]) -> str:
     return error + ("; " + "; ".join(hints) if hints else "")
 
 
+CLI_SETTINGS = {"seed_everything_default": 0, "auto_configure_optimizers": False,
+                "parser_kwargs": {"exit_on_error": False}}
+"""LightningCLI arguments both of drlightning's CLIs share: seed 0 unless set, the modules' own
+optimisers, and parsing errors raised (so :class:`FriendlyParsing` can explain them)."""
+
+
 class FriendlyParsing:
     """LightningCLI mixin: parsing errors become :class:`UnknownKeyError` with suggestions
     (pass ``parser_kwargs={"exit_on_error": False}`` so that they are raised, not printed)."""

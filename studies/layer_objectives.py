@@ -131,10 +131,10 @@ class Research(RotationModule):
         if self.variant == "obs":
             total = self._obs(q, r)
         elif self.variant in ("share", "group_share"):
-            total = self._mass_share(layer_scores(q, r, self.frozen, self.layout, self.score),
+            total = self._mass_share(layer_scores(q, r, self.frozen, self.layout, self.rotation.score),
                                      self.variant == "group_share")
         else:  # warm / mix
-            pm, _ = layer_pruned_mass(q, r, self.frozen, self.layout, self.score, self._pattern(),
+            pm, _ = layer_pruned_mass(q, r, self.frozen, self.layout, self.rotation.score, self._pattern(),
                                       self.mass_scale)
             ent, _ = layer_entropy(q, r, self.magnitude, self.layout, "magnitude")
             if self.variant == "mix":
@@ -189,10 +189,10 @@ def rotate(variant: str, layer, inputs, spec: PruneSpec, steps: int, method: str
             hinv["o_blocks"] = hinv["o"].reshape(nh, hd, nh, hd)[idx, :, idx, :]
         module = Research(name, hinv, **base, objective="pruned_mass")
     dm = LayerDataModule(0, layer, spec.adapter, spec.layout, inputs,
-                         {k: hs[k] for k in module.needed_stats() or ()} or None, steps, weights)
+                         {k: hs[k] for k in module.rotation.needed_stats() or ()} or None, steps, weights)
     Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, accelerator="cpu",
-            **module.trainer_clipping()).fit(module, datamodule=dm)
+            **module.rotation.trainer_clipping()).fit(module, datamodule=dm)
     q, r = module.best_rotations()
     rotated, _ = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout)
     return rotated, q, hs["attn_in"], module

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from drlightning.layer.capture import capture_layer_inputs, run_layer
+from drlightning.layer.step import layer_step
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for, load_model
 from drlightning.pipeline.options import MonitorOptions, RunOptions
-from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
+from drlightning.pipeline.sequential import LayerLoop, fit_now
 from drlightning.pipeline.trainers import default_trainer_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +61,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 module = RotationModule(method=args.method, pattern=args.pattern, steps=steps, lr=lr,
                                         objective=args.objective, permute=False, guard=False)
-                spec = module.prune_spec(adapter, layout, False)
-                _, rep, _ = rotate_and_prune_layer(index, copy.deepcopy(layers[index]), inputs,
-                                                   dense_out, LayerLoop(module, make), spec)
+                spec = module.rotation.prune_spec(adapter, layout, False)
+                _, rep, _ = layer_step(index, copy.deepcopy(layers[index]), inputs, dense_out, spec,
+                                       fit_now(LayerLoop(module.rotation, make)))
                 entropy = (f"{rep['initial_loss']:.4g} → {rep['best_loss']:.4g}"
                            if steps else "")
                 err = rep["pruning_error"]

@@ -25,7 +25,7 @@ import torch
 from drlightning.layer.capture import capture_layer_inputs, run_layer
 from drlightning.layer.prune import GROUPS, PruneSpec, prune_layer
 from drlightning.layer.role_weights import group_errors
-from drlightning.layer.step import merge_layer, relative_error
+from drlightning.layer.step import LayerTask, merge_layer, relative_error
 from drlightning.lightning.calibration import CalibrationDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import HeadLayout, adapter_for, load_model
@@ -59,9 +59,9 @@ def main() -> None:
     adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
     template = RotationModule(method=method, pattern=pattern, steps=args.steps,
                               objective="pruned_mass", permute=False, guard=False)
-    spec = template.prune_spec(adapter, layout)
+    spec = template.rotation.prune_spec(adapter, layout)
     opts = RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False))
-    loop = LayerLoop(template, default_trainer_factory(opts, Path("runs/role_errors")))
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, Path("runs/role_errors")))
     windows = CalibrationDataModule(nsamples=32, seqlen=512).calibration(tok)
     inputs = capture_layer_inputs(model, adapter, windows, 8)
     layers = adapter.decoder_layers(model)
@@ -71,7 +71,7 @@ def main() -> None:
         if index in args.layers:
             folded = copy.deepcopy(layers[index])
             fold_norms(folded, adapter)
-            q, r, _ = fit_rotation(index, folded, inputs, loop, spec)
+            q, r, _ = fit_rotation(LayerTask(index, folded, inputs, spec), loop)
             rotated, _ = merge_layer(folded, q, r, inputs, adapter, layout, index)
             row = {"layer": index, "plain": errors_of(layers[index], inputs, dense_out, spec),
                    "rotated": errors_of(rotated, inputs, dense_out, spec)}

@@ -65,19 +65,19 @@ def reset_peak() -> None:
 
 def train(items, layout, template, loop: LayerLoop, per_step: int | None) -> dict:
     """One shared-rotation training from the identity; the row of the table."""
-    module = SharedRotationModule(layout, len(items), template.spec, template.hparams.lr)
+    module = SharedRotationModule(layout, len(items), template.rotation.spec, template.hparams.lr)
     data = LayersDataModule(items, per_step)
     reset_peak()
     before, start = rss_kib("VmRSS"), time.perf_counter()
-    loop.make_trainer(f"shared-{per_step or 'all'}", template).fit(module, datamodule=data)
+    loop.make_trainer(f"shared-{per_step or 'all'}", template.rotation).fit(module, datamodule=data)
     seconds = time.perf_counter() - start
     peak = rss_kib("VmHWM") - before
     q, r = module.best_rotations()
     eye_q = torch.eye(layout.hidden)
     eye_r = torch.eye(layout.head_dim).expand(len(items), layout.n_kv_heads, -1, -1)
     with torch.no_grad():
-        initial = summed_objective(items, eye_q, eye_r, layout, template.spec).item()
-        final = summed_objective(items, q, r, layout, template.spec).item()
+        initial = summed_objective(items, eye_q, eye_r, layout, template.rotation.spec).item()
+        final = summed_objective(items, q, r, layout, template.rotation.spec).item()
     return {"layers_per_step": per_step or len(items), "steps": template.hparams.steps,
             "initial": initial, "final": final, "reduction": 1 - final / initial,
             "seconds": seconds, "peak_rss_growth_mib": peak / 1024}
@@ -93,7 +93,7 @@ def setup(run_name: str, nsamples: int = 32, seqlen: int = 512, **settings):
     template = RotationModule(r1="shared", **settings)
     opts = RunOptions(output_dir=f"runs/bench/{run_name}",
                       monitor=MonitorOptions(tensorboard=False, progress=False, picture_layers=[]))
-    loop = LayerLoop(template, default_trainer_factory(opts, Path(opts.output_dir)), progress=False)
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, Path(opts.output_dir)), progress=False)
     return model, adapter, layout, windows, template, loop
 
 
@@ -139,7 +139,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     lines = [f"SmolLM2-135M-Instruct ({len(items)} layers), {args.method} {args.pattern}, objective "
-             f"{template.spec.objective} (equal role weights), {args.steps} steps from the identity, lr "
+             f"{template.rotation.spec.objective} (equal role weights), {args.steps} steps from the "
+             "identity, lr "
              f"{template.hparams.lr}; {args.nsamples} × {args.seqlen} embedded calibration tokens; "
              f"{machine()}. Dense pass that "
              f"builds the layer items: {pass_seconds:.0f} s, resident set +{items_mib:.0f} MiB. "

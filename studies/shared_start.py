@@ -67,14 +67,16 @@ def main() -> None:
     rows = []
     for name, q0 in starts.items():
         start = time.perf_counter()
-        module = SharedRotationModule(layout, len(items), template.spec, template.hparams.lr, q_init=q0)
+        module = SharedRotationModule(layout, len(items), template.rotation.spec, template.hparams.lr,
+                                      q_init=q0)
         with quiet_lightning():
-            loop.make_trainer("shared-start", template).fit(module, datamodule=LayersDataModule(items))
+            trainer = loop.make_trainer("shared-start", template.rotation)
+            trainer.fit(module, datamodule=LayersDataModule(items))
         q, r = module.best_rotations()
         fit_s = time.perf_counter() - start
         with torch.no_grad():
-            obj0 = summed_objective(items, q0, eye_r, layout, template.spec).item()
-            obj1 = summed_objective(items, q, r, layout, template.spec).item()
+            obj0 = summed_objective(items, q0, eye_r, layout, template.rotation.spec).item()
+            obj1 = summed_objective(items, q, r, layout, template.rotation.spec).item()
         with quiet_lightning():
             at_start = model_guard(model, adapter, windows, loop, q0, eye_r)
             trained = model_guard(model, adapter, windows, loop, q, r)

@@ -9,11 +9,12 @@ import torch
 
 from drlightning.callbacks import MergeRotations, PruneLayer
 from drlightning.layer.capture import collect_hessians, run_layer
+from drlightning.layer.step import layer_step
 from drlightning.lightning.layer_data import LayerDataModule
 from drlightning.lightning.rotation_module import RotationModule
 from drlightning.models import ROLES
 from drlightning.pipeline.options import MonitorOptions, RunOptions
-from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune_layer
+from drlightning.pipeline.sequential import LayerLoop, fit_now
 from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.rotation import RotatedLayer, fold_norms
 
@@ -29,19 +30,20 @@ def test_callbacks_on_a_hand_built_trainer_match_the_layer_loop(method, tmp_path
     template = RotationModule(method=method, pattern="2:4", steps=STEPS, objective="pruned_mass",
                               permute=False, guard=False, role_weights="equal")
 
-    # the layer loop's own step (core functions, no callbacks)
+    # the layer loop's own step (its fit carries the same two callbacks)
     opts = RunOptions(output_dir=str(tmp_path), monitor=MonitorOptions(tensorboard=False, progress=False))
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
-    expected, expected_report, _ = rotate_and_prune_layer(
-        0, copy.deepcopy(layer), inputs, run_layer(layer, inputs), loop,
-        template.prune_spec(adapter, layout))
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    expected, expected_report, _ = layer_step(
+        0, copy.deepcopy(layer), inputs, run_layer(layer, inputs),
+        template.rotation.prune_spec(adapter, layout), fit_now(loop))
 
     # a user's Trainer with the two callbacks
     folded = copy.deepcopy(layer)
     fold_norms(folded, adapter)
-    hessians = collect_hessians(folded, adapter, inputs, template.needed_stats())
+    hessians = collect_hessians(folded, adapter, inputs, template.rotation.needed_stats())
     dm = LayerDataModule(0, folded, adapter, layout, inputs, hessians, STEPS)
-    module, merge, prune = template.fresh(), MergeRotations(), PruneLayer()
+    module, merge = RotationModule.from_settings(template.rotation), MergeRotations()
+    prune = PruneLayer(merge)
     rotation_trainer(module, [merge, prune]).fit(module, datamodule=dm)
 
     assert isinstance(merge.layer, RotatedLayer) and prune.layer is merge.layer
@@ -64,3 +66,33 @@ def test_prune_layer_alone_prunes_the_datamodule_layer_unrotated(tmp_path):
     for role in ROLES:
         w = adapter.linear(layer, role).weight
         assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all(), role
+
+
+def test_every_per_layer_fit_of_a_run_merges_and_prunes_in_the_callbacks(tmp_path, monkeypatch, capsys):
+    """The product loop's fits carry MergeRotations and PruneLayer (their results are the layers
+    kept); listing them in the config is said once and does not add them a second time."""
+    from drlightning.cli import DRLightningCLI
+
+    from .tiny import fit_args, save_tiny_dir
+
+    calls = {"merge": [], "prune": []}
+    merge_end, prune_end = MergeRotations.on_train_end, PruneLayer.on_fit_end
+
+    def counting_merge(self, trainer, module):
+        calls["merge"].append(trainer.datamodule.index)
+        merge_end(self, trainer, module)
+
+    def counting_prune(self, trainer, module):
+        calls["prune"].append(trainer.datamodule.index)
+        prune_end(self, trainer, module)
+
+    monkeypatch.setattr(MergeRotations, "on_train_end", counting_merge)
+    monkeypatch.setattr(PruneLayer, "on_fit_end", counting_prune)
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    listed = ("--trainer.callbacks+=drlightning.callbacks.MergeRotations",
+              "--trainer.callbacks+=drlightning.callbacks.PruneLayer")
+    res = DRLightningCLI(args=fit_args(src, tmp_path / "run", steps=3, extra=listed)).results
+    assert calls == {"merge": [0, 1], "prune": [0, 1]}  # once per layer: not added twice
+    assert "lists MergeRotations, PruneLayer" in capsys.readouterr().out
+    assert all(r["guard"] in ("rotated", "unrotated") and r["invariance_error"] < 1e-4
+               for r in res["layers"])

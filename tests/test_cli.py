@@ -26,7 +26,7 @@ def test_config_parses(path):
     cli = DRLightningCLI(args=["--config", str(path)], run=False)
     assert cli.model.hparams.method in path.stem
     assert cli.trainer.max_steps == cli.model.hparams.steps
-    settings = cli.model.effective_settings()
+    settings = cli.model.rotation.effective()
     assert (settings["objective"], settings["guard"]) == ("pruned_mass", True)
     # the best measured combination (docs/benchmarks.md, quality table)
     assert settings["role_weights"] == ("equal" if "magnitude" in path.name else "measured")

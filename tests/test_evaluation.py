@@ -11,6 +11,7 @@ import drlightning
 from drlightning.cli import DRLightningCLI, main
 from drlightning.data import load_eval_text
 from drlightning.eval.continuation import continuation_items
+from drlightning.eval.plan import EvalPlan
 from drlightning.eval.zeroshot import local_task_files, zero_shot
 from drlightning.reporting.report import gap_closed, report_markdown
 
@@ -136,8 +137,9 @@ def test_fit_with_zero_shot_writes_report_and_eval_compare_cli(tiny, tmp_path, c
     main(["compare", str(tmp_path / "plain"), str(tmp_path / "dr")])
     out = capsys.readouterr().out
     assert "sparsegpt 2:4 s0" in out and "sparsegpt 2:4 s10" in out and "ppl embedded" in out
-    main(["eval", "--model", str(tmp_path / "dr"), "--tasks", "[drl_continuation]",
-          "--task_items", "16", "--max_windows", "2", "--seqlen", "64", "--progress", "false"])
+    main(["eval", "--model", str(tmp_path / "dr"), "--eval.zero_shot", "[drl_continuation]",
+          "--eval.task_items", "16", "--eval.max_windows", "2", "--eval.seqlen", "64",
+          "--progress", "false"])
     ev = json.loads((tmp_path / "dr" / "eval.json").read_text())
     assert ev["zero_shot"]["tasks"]["drl_continuation"] == res["zero_shot"]["tasks"]["drl_continuation"]
     assert ev["ppl"]["embedded"] == pytest.approx(res["ppl"]["embedded"], rel=1e-5)
@@ -155,8 +157,8 @@ def test_c4_uses_the_protocol_window_count(monkeypatch):
         return 1.0
 
     monkeypatch.setattr(ev, "perplexity", fake_ppl)
-    ev.evaluate_loaded(None, None, ev.EvalPlan(ppl=("c4", "wikitext2", "notes.txt"), seqlen=2048))
+    ev.evaluate_loaded(None, None, EvalPlan(data=["c4", "wikitext2", "notes.txt"], seqlen=2048))
     assert seen == {"text of c4": (2048, 256), "text of wikitext2": (2048, None),
                     "text of notes.txt": (2048, None)}
-    ev.evaluate_loaded(None, None, ev.EvalPlan(ppl=("c4",), seqlen=128, max_windows=3))
+    ev.evaluate_loaded(None, None, EvalPlan(data=["c4"], seqlen=128, max_windows=3))
     assert seen["text of c4"] == (128, 3)

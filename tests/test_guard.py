@@ -55,7 +55,7 @@ def test_guard_keeps_the_unrotated_layer_when_the_rotation_is_harmful(tmp_path, 
     opts = RunOptions(output_dir=str(tmp_path),
                       monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="magnitude", pattern="2:4", steps=2, guard=True)
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
     reports = rotate_and_prune(model, adapter_for(model.config), ids, loop)
     for r in reports:
         assert r["guard"] == "unrotated"
@@ -78,7 +78,7 @@ def test_without_the_guard_the_rotated_layer_is_kept_and_both_errors_reported(tm
     opts = RunOptions(output_dir=str(tmp_path),
                       monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="magnitude", pattern="2:4", steps=2, guard=False)
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False,
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False,
                      unrotated_error=True)
     reports = rotate_and_prune(model, adapter_for(model.config), windows(model), loop)
     for rep in reports:
@@ -113,7 +113,7 @@ def test_steps_zero_with_the_guard_is_the_plain_pruner(pattern, tmp_path):
     opts = RunOptions(output_dir=str(tmp_path),
                       monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(method="wanda", pattern=pattern, steps=0, guard=True, permute=False)
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
     reports = rotate_and_prune(model, adapter, ids, loop)
     assert all("guard" not in r for r in reports)
     inputs = capture_layer_inputs(ref, adapter, ids, 2)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import drlightning.pipeline.sequential as pipeline
 from drlightning.cli import DRLightningCLI
 from drlightning.eval.api import evaluate
+from drlightning.eval.plan import EvalPlan
 from drlightning.export import load_pretrained
 from drlightning.lightning.layer_data import LayerDataModule
 from drlightning.models.shards import LayerwiseModel, ShardedCheckpoint
@@ -57,18 +58,18 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(LayerDataModule, "__init__", tracked_init)
 
     monkeypatch.setattr(LayerwiseModel, "load", counting_load)
-    step = pipeline.rotate_and_prune_layer
+    step = pipeline.layer_step
 
     def fail_at_layer_1(index, *args, **kwargs):
         if index == 1:
             raise RuntimeError("interrupted")
         return step(index, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "rotate_and_prune_layer", fail_at_layer_1)
+    monkeypatch.setattr(pipeline, "layer_step", fail_at_layer_1)
     with pytest.raises(RuntimeError, match="interrupted"):
         DRLightningCLI(args=fit_args(src, streamed, steps=5, extra=LAYERWISE))
     assert (streamed / "state" / "layer_00.safetensors").is_file()
-    monkeypatch.setattr(pipeline, "rotate_and_prune_layer", step)
+    monkeypatch.setattr(pipeline, "layer_step", step)
     DRLightningCLI(args=fit_args(src, streamed, steps=5, extra=LAYERWISE))
     assert max(most) == 1, "more than one decoder layer was in memory at once"
     assert max(stale) == 0, "a finished layer's datamodule (its tensors) is still alive"
@@ -85,7 +86,7 @@ def test_layerwise_run_equals_whole_model_run_and_resumes(tmp_path, monkeypatch)
     assert torch.equal(load_pretrained(whole / "model")(ids).logits,
                        load_pretrained(streamed / "model")(ids).logits)
     # `drlightning eval --layerwise true` on the saved run streams it: same numbers as loaded whole
-    kw = {"seqlen": 64, "max_windows": 2, "progress": False}
+    kw = {"eval": EvalPlan(seqlen=64, max_windows=2), "progress": False}
     streamed_eval = evaluate(str(streamed), layerwise=True, **kw)["ppl"]
     assert streamed_eval == evaluate(str(whole), **kw)["ppl"] == b["ppl"]
 
@@ -119,7 +120,8 @@ def test_layerwise_bad_input_is_refused_early(tmp_path):
     with pytest.raises(ValueError, match="GGUF"):
         DRLightningCLI(args=fit_args("smollm2-135m-instruct", tmp_path / "a", extra=LAYERWISE))
     with pytest.raises(ValueError, match="perplexity only"):
-        evaluate(str(src), layerwise=True, tasks=["drl_continuation"], seqlen=64, progress=False)
+        evaluate(str(src), EvalPlan(seqlen=64, zero_shot=["drl_continuation"]), layerwise=True,
+                 progress=False)
     with pytest.raises(ValueError, match="zero_shot"):
         DRLightningCLI(args=fit_args(src, tmp_path / "b", extra=(
             *LAYERWISE, "--run.eval.zero_shot", "[drl_continuation]")))

@@ -117,7 +117,7 @@ def _lora_args(run, out, steps: int, extra: tuple = ()) -> list[str]:
             "--data.max_train_windows", "8", "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
             "--trainer.accelerator", "cpu", "--export.output_dir", str(out),
-            "--export.eval_max_windows", "2", "--export.progress", "false", *extra]
+            "--export.eval.max_windows", "2", "--export.progress", "false", *extra]
 
 
 def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path, caplog):

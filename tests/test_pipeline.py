@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from drlightning.lightning.rotation_module import RotationModule
+from drlightning.lightning.rotation_settings import RotationSettings
 from drlightning.models import adapter_for
 from drlightning.pipeline.options import MonitorOptions, RunOptions
 from drlightning.pipeline.sequential import LayerLoop, rotate_and_prune
@@ -55,7 +56,7 @@ def run(model, ids, tmp_path: Path, **hp):
     opts = RunOptions(output_dir=str(tmp_path),
                       monitor=MonitorOptions(tensorboard=False, progress=False))
     template = RotationModule(**hp)
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
     return rotate_and_prune(model, adapter_for(model.config), ids, loop)
 
 
@@ -123,7 +124,7 @@ def test_offloaded_activations_give_the_same_layers(device, tmp_path):
     kept = copy.deepcopy(model)
     make = default_trainer_factory(RunOptions(monitor=MonitorOptions(tensorboard=False, progress=False)),
                                    tmp_path)
-    loop = LayerLoop(RotationModule(steps=5), make, batch_size=2, progress=False)
+    loop = LayerLoop(RotationSettings(steps=5), make, batch_size=2, progress=False)
     plain = rotate_and_prune(model, adapter_for(model.config), ids, loop)
     off = rotate_and_prune(kept, adapter_for(kept.config), ids, dataclasses.replace(loop, offload=True))
     assert [r["pruning_error"] for r in plain] == [r["pruning_error"] for r in off]

@@ -135,14 +135,14 @@ def test_rotation_score_is_independent_of_the_pruner():
 
     module = RotationModule(method="sparsegpt", pattern="2:4", steps=3, rotation_score="magnitude",
                             objective="entropy")
-    assert module.score == "magnitude" and module.needed_stats() == ()
+    assert module.rotation.score == "magnitude" and module.rotation.needed_stats() == ()
     dm = layer_datamodule("sparsegpt", 3)
     rotation_trainer(module).fit(module, datamodule=dm)
     q, r = module.best_rotations()
     again = layer_entropy(q, r, frozen_layer(dm.frozen_weights(), None, "magnitude", dm.layout),
                           dm.layout, "magnitude")[0]
     assert again.item() == pytest.approx(module.best_loss, rel=1e-5)
-    assert RotationModule(method="wanda", objective="pruned_mass").needed_stats() == (
+    assert RotationModule(method="wanda", objective="pruned_mass").rotation.needed_stats() == (
         "attn_in", "o", "mlp_in", "down")
 
 

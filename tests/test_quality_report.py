@@ -38,14 +38,14 @@ def test_report_merges_archive_and_runs(tmp_path, monkeypatch):
     for seed, (plain, dr) in enumerate([(20.0, 16.0), (22.0, 18.0)]):
         write_run(runs, p, "plain", seed, fake_results(plain, [0.3, 0.4]))
         write_run(runs, p, "dr+guard", seed, fake_results(dr, [0.2, 0.3], ["rotated", "identity"]))
-    quality.report(doc, out)
+    quality.report(doc, out, tmp_path / "README.md")
     # second session: the old run directories are gone; seed 2 runs, and seed 1 of dr+guard again
     runs = tmp_path / "runs2"
     monkeypatch.setattr(quality, "RUNS", runs)
     write_run(runs, p, "plain", 2, fake_results(30.0, [0.5, 0.5]))
     write_run(runs, p, "dr+guard", 2, fake_results(20.0, [0.25, 0.35], ["rotated", "rotated"]))
     write_run(runs, p, "dr+guard", 1, fake_results(14.0, [0.1, 0.1], ["rotated", "rotated"]))
-    quality.report(doc, out)
+    quality.report(doc, out, tmp_path / "README.md")
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["plain"]["seeds"] == ["0", "1", "2"] and rows["dr+guard"]["seeds"] == ["0", "1", "2"]
     closed = rows["dr+guard"]["gap_closed"]
@@ -61,7 +61,7 @@ def test_report_merges_archive_and_runs(tmp_path, monkeypatch):
 def test_report_without_runs_or_archive_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "RUNS", tmp_path / "none")
     with pytest.raises(SystemExit, match="no finished runs"):
-        quality.report(tmp_path / "bench.md", tmp_path / "quality.json")
+        quality.report(tmp_path / "bench.md", tmp_path / "quality.json", tmp_path / "README.md")
 
 
 def test_runs_from_another_arithmetic_pair_with_their_own_plain_run(tmp_path, monkeypatch):
@@ -71,14 +71,14 @@ def test_runs_from_another_arithmetic_pair_with_their_own_plain_run(tmp_path, mo
     monkeypatch.setattr(quality, "RUNS", runs)
     p = "wanda-2of4"
     write_run(runs, p, "plain", 1, fake_results(20.0, [0.3]))
-    quality.report(doc, out)
+    quality.report(doc, out, tmp_path / "README.md")
     runs = tmp_path / "runs2"
     monkeypatch.setattr(quality, "RUNS", runs)
     other = DENSE + 1e-4
     write_run(runs, p, "plain", 1, fake_results(24.0, [0.3], dense=other))
     write_run(runs, p, "dr", 1, fake_results(18.0, [0.2], dense=other))
     write_run(runs, p, "dr", 2, fake_results(18.0, [0.2], dense=other))  # no plain of seed 2
-    quality.report(doc, out)
+    quality.report(doc, out, tmp_path / "README.md")
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["plain"]["seeds"] == ["1", "1b"] and rows["plain"]["ppl"] == [20.0, 24.0]
     assert rows["dr"]["seeds"] == ["1b", "2b"]
@@ -99,7 +99,7 @@ def test_side_by_side_compares_shared_with_the_per_layer_default(tmp_path, monke
         shared["export"] = {"shared_rotation": {"fit_seconds": 10.0,
                                                 "model_guard": {"kept": "shared", "seconds": 5.0}}}
         write_run(runs, p, "shared", seed, {**shared, "memory": {"peak_rss_mib": 300}})
-    quality.report(doc, out)
+    quality.report(doc, out, tmp_path / "README.md")
     table = doc.read_text()
     assert "| wanda-2of4 | per layer (default) | 0,1 | 14.00 ± 0.00 | 80.0 ± 0.0 | - | 40 (n=2) " \
            "| 200 (n=2) |" in table  # 40.5 s rounds to 40
@@ -108,3 +108,19 @@ def test_side_by_side_compares_shared_with_the_per_layer_default(tmp_path, monke
     assert "| wanda-2of4 | none (plain pruner) | 0,1 | 30.00 ± 0.00 | - | - | - | 100 (n=2) |" in table
     records = json.loads(out.read_text())["records"]
     assert sorted(r["rotation_seconds"] or 0 for r in records) == [0, 0, 15.0, 15.0, 40.0, 41.0]
+
+
+def test_readme_and_docs_show_the_numbers_of_the_records():
+    """No hand-copied quality number: README's and docs' tables are what the records give."""
+    assert quality.drift(ROOT / "docs" / "benchmarks.md", ROOT / "benchmarks" / "results" / "quality.json",
+                         ROOT / "README.md") == []
+
+
+def test_a_hand_edited_number_is_drift(tmp_path):
+    readme = tmp_path / "README.md"
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "57.9 ± 0.9%" in text
+    readme.write_text(text.replace("57.9 ± 0.9%", "59.9 ± 0.9%"), encoding="utf-8")
+    found = quality.drift(ROOT / "docs" / "benchmarks.md",
+                          ROOT / "benchmarks" / "results" / "quality.json", readme)
+    assert len(found) == 1 and "quality-readme" in found[0]

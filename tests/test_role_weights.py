@@ -53,7 +53,7 @@ def test_group_errors_match_a_slow_reference():
 
 def _fit(layer, adapter, layout, inputs, weights):
     module = RotationModule(method="wanda", pattern="2:4", steps=3, objective="pruned_mass")
-    hessians = collect_hessians(layer, adapter, inputs, module.needed_stats())
+    hessians = collect_hessians(layer, adapter, inputs, module.rotation.needed_stats())
     dm = LayerDataModule(0, layer, adapter, layout, inputs, hessians, 3, weights)
     rotation_trainer(module).fit(module, dm)
     return module
@@ -65,7 +65,7 @@ def test_explicit_measured_weights_need_them_in_a_hand_built_datamodule():
     module = RotationModule(method="wanda", pattern="2:4", steps=2, objective="pruned_mass",
                             role_weights="measured")
     dm = LayerDataModule(0, layer, adapter, layout, inputs,
-                         collect_hessians(layer, adapter, inputs, module.needed_stats()), 2)
+                         collect_hessians(layer, adapter, inputs, module.rotation.needed_stats()), 2)
     with pytest.raises(ValueError, match=r"layer 0: role_weights='measured' but the LayerDataModule "
                                          r"carries no role weights; pass role_weights=measured_role"):
         rotation_trainer(module).fit(module, dm)
@@ -96,12 +96,12 @@ def test_bad_role_weights_settings_are_refused(tmp_path):
 
 
 def test_auto_measures_where_the_weights_apply():
-    assert RotationModule(role_weights="auto").role_weights == "measured"
-    assert RotationModule(role_weights="auto", r1="shared").role_weights == "measured"
+    assert RotationModule(role_weights="auto").rotation.role_weights_used == "measured"
+    assert RotationModule(role_weights="auto", r1="shared").rotation.role_weights_used == "measured"
     for off in ({"objective": "entropy"}, {"steps": 0}, {"pattern": "none"}):
         module = RotationModule(role_weights="auto", **off)
-        assert module.role_weights == "equal", off
-        assert module.effective_settings()["role_weights"] == "equal"
+        assert module.rotation.role_weights_used == "equal", off
+        assert module.rotation.effective()["role_weights"] == "equal"
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])

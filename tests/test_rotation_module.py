@@ -105,7 +105,8 @@ class Placement(RotationModule):
 def fit_placement(accelerator: str) -> Placement:
     module = Placement(method="sparsegpt", pattern="2:4", steps=2, objective="entropy")
     trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator=accelerator, **module.trainer_clipping())
+                      enable_model_summary=False, accelerator=accelerator,
+                      **module.rotation.trainer_clipping())
     trainer.fit(module, datamodule=layer_datamodule("sparsegpt", 2))
     return module
 
@@ -147,13 +148,13 @@ def test_factory_trainer_clips_the_gradient_norm_at_grad_clip(tmp_path):
     module = RotationModule(method="wanda", steps=3, grad_clip=0.25)
     for base in (None, {"gradient_clip_val": None, "gradient_clip_algorithm": None},
                  {"gradient_clip_val": 0.25, "gradient_clip_algorithm": "norm"}):
-        trainer = default_trainer_factory(opts, tmp_path, base)(0, module)
+        trainer = default_trainer_factory(opts, tmp_path, base)(0, module.rotation)
         assert trainer.gradient_clip_val == 0.25
         assert trainer.gradient_clip_algorithm == GradClipAlgorithmType.NORM
     with pytest.raises(ValueError, match=r"gradient_clip_val=0\.5 differs from model\.grad_clip=0\.25"):
-        default_trainer_factory(opts, tmp_path, {"gradient_clip_val": 0.5})(0, module)
+        default_trainer_factory(opts, tmp_path, {"gradient_clip_val": 0.5})(0, module.rotation)
     with pytest.raises(ValueError, match="gradient_clip_algorithm='value'"):
-        default_trainer_factory(opts, tmp_path, {"gradient_clip_algorithm": "value"})(0, module)
+        default_trainer_factory(opts, tmp_path, {"gradient_clip_algorithm": "value"})(0, module.rotation)
 
 
 def test_bf16_mixed_precision_trains_with_float32_loss():

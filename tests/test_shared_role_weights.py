@@ -39,7 +39,7 @@ def _items(tmp_path, role_weights: str):
     template = RotationModule(method="sparsegpt", pattern="2:4", steps=2, r1="shared",
                               objective="pruned_mass", role_weights=role_weights)
     opts = RunOptions(output_dir=str(tmp_path), monitor=MonitorOptions(tensorboard=False, progress=False))
-    loop = LayerLoop(template, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
+    loop = LayerLoop(template.rotation, default_trainer_factory(opts, tmp_path), batch_size=2, progress=False)
     ids = windows(model)
     return model, template, ids, dense_items(model, adapter_for(model.config), ids, loop)
 
@@ -58,7 +58,7 @@ def test_measured_shared_items_divide_the_divisors_by_the_measured_weights(tmp_p
     first = copy.deepcopy(adapter.decoder_layers(model)[0])
     fold_norms(first, adapter)
     inputs = capture_layer_inputs(model, adapter, ids, 2)
-    expected = group_errors(first, first_batches(inputs, 1), template.prune_spec(adapter, layout))
+    expected = group_errors(first, first_batches(inputs, 1), template.rotation.prune_spec(adapter, layout))
     assert measured[0].group_errors == pytest.approx(expected, rel=1e-5)
     assert max(expected.values()) > 0
     assert torch.isfinite(torch.tensor([v for it in measured for v in it.scale.values()])).all()

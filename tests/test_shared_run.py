@@ -110,14 +110,15 @@ def test_every_saved_model_has_a_model_card(tmp_path):
 
 
 def test_crash_while_pruning_resumes_without_redoing_finished_work(tmp_path, monkeypatch):
-    import drlightning.pipeline.shared as shared
+    import drlightning.pipeline.schedules as schedules
+    import drlightning.pipeline.sequential as sequential
 
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     args = fit_args(src, tmp_path / "run", pattern="2:4", steps=6, extra=SHARED)
     reference = DRLightningCLI(args=fit_args(src, tmp_path / "ref", pattern="2:4", steps=6,
                                              extra=SHARED)).results
     fits, steps = [], []
-    real_fit, real_step = shared.fit_shared, shared.shared_step
+    real_fit, real_step = schedules.fit_shared, sequential.layer_step
 
     def counting_fit(*a, **k):
         fits.append(1)
@@ -129,8 +130,8 @@ def test_crash_while_pruning_resumes_without_redoing_finished_work(tmp_path, mon
             raise KeyboardInterrupt("simulated crash in layer 1")
         return real_step(index, *a, **k)
 
-    monkeypatch.setattr(shared, "fit_shared", counting_fit)
-    monkeypatch.setattr(shared, "shared_step", crashing_step)
+    monkeypatch.setattr(schedules, "fit_shared", counting_fit)
+    monkeypatch.setattr(sequential, "layer_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         DRLightningCLI(args=args)
     assert (tmp_path / "run" / "state" / "shared_rotation.safetensors").is_file()
@@ -160,7 +161,7 @@ def test_layer_by_layer_shared_run_saves_the_same_standard_checkpoint(arch, tmp_
 def test_model_wide_guard_drops_a_harmful_shared_rotation(tmp_path, monkeypatch):
     """Already-2:4 weights: the plain magnitude pruner removes only zeros, while a Haar-random Q
     makes every weight dense and pruning hurt — the guard must keep the model unrotated."""
-    import drlightning.pipeline.shared as shared
+    import drlightning.pipeline.schedules as schedules
     from drlightning.rotation import random_orthogonal
 
     src = save_tiny_dir(tmp_path / "tiny", "llama")
@@ -179,7 +180,7 @@ def test_model_wide_guard_drops_a_harmful_shared_rotation(tmp_path, monkeypatch)
         r = random_orthogonal(layout[1], (layout[3], layout[2]), generator=g, dtype=torch.float32)
         return q, r, {"objective": "made by hand"}
 
-    monkeypatch.setattr(shared, "fit_shared", harmful)
+    monkeypatch.setattr(schedules, "fit_shared", harmful)
     res = DRLightningCLI(args=fit_args(src, tmp_path / "run", method="magnitude", steps=2,
                                        extra=SHARED)).results
     guard = res["export"]["shared_rotation"]["model_guard"]

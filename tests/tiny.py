@@ -128,4 +128,4 @@ def rotation_trainer(module, callbacks=(), **kwargs):
 
     return Trainer(max_steps=module.hparams.steps, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                   callbacks=list(callbacks), **module.trainer_clipping(), **kwargs)
+                   callbacks=list(callbacks), **module.rotation.trainer_clipping(), **kwargs)

@@ -1,14 +1,12 @@
 """One evaluation entry point: perplexity (+ zero-shot) of a model, a GGUF file or a run directory.
 
-    drlightning eval --model runs/smollm2/sparsegpt-2of4 --tasks [drl_continuation]
+    drlightning eval --model runs/smollm2/sparsegpt-2of4 --eval.zero_shot [drl_continuation]
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from ..data import load_eval_text, tokenize_text
 from ..models import DEFAULT_MODEL, load_model
 from ..reporting.results import EVAL_PROTOCOL, device_name, versions, write_json
 from . import perplexity
+from .plan import EvalPlan
 from .zeroshot import CONTINUATION, zero_shot
 
 PROTOCOL_WINDOWS = {"c4": 256}
@@ -28,39 +27,22 @@ def protocol_windows(name: str, max_windows: int | None) -> int | None:
     return max_windows if max_windows is not None else PROTOCOL_WINDOWS.get(name)
 
 
-@dataclass(frozen=True)
-class EvalPlan:
-    """What one evaluation measures: perplexity on ``ppl`` datasets in ``seqlen``-token windows
-    (``max_windows`` first windows, default all; C4: its protocol's 256), ``batch_size`` windows per
-    forward, and 0-shot accuracy on ``tasks`` (``task_*``: where their data comes from, how many
-    items of the generated task, the first N documents of each task)."""
-
-    ppl: Sequence[str] = ("embedded",)
-    seqlen: int = 512
-    max_windows: int | None = None
-    batch_size: int = 4
-    tasks: Sequence[str] = ()
-    task_data_dir: str | None = None
-    task_text: str = "embedded"
-    task_items: int = 200
-    task_limit: int | None = None
-    progress: bool = True
-
-
-def evaluate_loaded(model, tokenizer, plan: EvalPlan, eval_tokens: dict | None = None) -> dict:
-    """Perplexity and 0-shot accuracy of an in-memory model, as ``plan`` says (``eval_tokens``:
-    already tokenised evaluation texts by dataset name)."""
+def evaluate_loaded(model, tokenizer, plan: EvalPlan, eval_tokens: dict | None = None,
+                    progress: bool = True) -> dict:
+    """Perplexity and 0-shot accuracy of an in-memory model, as ``plan`` says (its ``seqlen``
+    unset: 512; ``eval_tokens``: already tokenised evaluation texts by dataset name)."""
+    plan = plan.resolved()
     out: dict = {"ppl": {}}
-    for name in plan.ppl:
+    for name in plan.data:
         tokens = (eval_tokens or {}).get(name)
         if tokens is None:
             tokens = tokenize_text(tokenizer, load_eval_text(name))
         windows = protocol_windows(name, plan.max_windows)
         out["ppl"][name] = perplexity(model, tokens, plan.seqlen, plan.batch_size, windows,
-                                      progress=plan.progress)
-    if plan.tasks:
-        text = load_eval_text(plan.task_text) if CONTINUATION in plan.tasks else None
-        out["zero_shot"] = zero_shot(model, tokenizer, list(plan.tasks),
+                                      progress=progress)
+    if plan.zero_shot:
+        text = load_eval_text(plan.task_text) if CONTINUATION in plan.zero_shot else None
+        out["zero_shot"] = zero_shot(model, tokenizer, list(plan.zero_shot),
                                      task_data_dir=plan.task_data_dir, text=text,
                                      n_items=plan.task_items, limit=plan.task_limit)
     return out
@@ -84,34 +66,26 @@ def load_any(spec: str, gguf_file: str | None, dtype: str, trust_remote_code: bo
     return load_model(spec, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def _evaluate_layerwise(spec: str, plan: EvalPlan, dtype: str, dev: torch.device,
-                        gguf_file: str | None, trust_remote_code: bool) -> dict:
-    """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py)."""
+def _evaluate_layerwise(spec: str, plan: EvalPlan, load: dict, dev: torch.device,
+                        progress: bool) -> dict:
+    """Perplexity with the layers streamed from the shards (see drlightning/eval/layerwise.py);
+    ``load``: how to load the model (dtype, gguf_file, trust_remote_code)."""
     from ..models.shards import LayerwiseModel
     from .layerwise import layerwise_perplexity
 
-    if plan.tasks:
-        raise ValueError(f"tasks={list(plan.tasks)!r} need the whole model in memory; "
-                         "layerwise=true evaluates perplexity only")
-    lw = LayerwiseModel(spec, dtype=dtype, device=dev, gguf_file=gguf_file,
-                        trust_remote_code=trust_remote_code)
-    tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in plan.ppl}
-    windows = {name: protocol_windows(name, plan.max_windows) for name in plan.ppl}
+    if plan.zero_shot:
+        raise ValueError(f"eval.zero_shot={list(plan.zero_shot)!r} needs the whole model in "
+                         "memory; layerwise=true evaluates perplexity only")
+    lw = LayerwiseModel(spec, device=dev, **load)
+    tokens = {name: tokenize_text(lw.tokenizer, load_eval_text(name)) for name in plan.data}
+    windows = {name: protocol_windows(name, plan.max_windows) for name in plan.data}
     return {"ppl": layerwise_perplexity(lw, lw.checkpoint, tokens, plan.seqlen, windows,
-                                        plan.batch_size, plan.progress)}
+                                        plan.batch_size, progress)}
 
 
 def evaluate(
     model: str = DEFAULT_MODEL,
-    ppl: list[str] | None = None,
-    seqlen: int = 512,
-    max_windows: int | None = None,
-    batch_size: int = 4,
-    tasks: list[str] | None = None,
-    task_data_dir: str | None = None,
-    task_text: str = "embedded",
-    task_items: int = 200,
-    task_limit: int | None = None,
+    eval: EvalPlan | None = None,  # the CLI's --eval.* group, named as run.eval.* in a fit
     dtype: str = "float32",
     device: str = "auto",
     gguf_file: str | None = None,
@@ -120,21 +94,13 @@ def evaluate(
     progress: bool = True,
     layerwise: bool = False,
 ) -> dict:
-    """Evaluate a model: perplexity on ``ppl`` datasets and 0-shot accuracy on ``tasks``.
+    """Evaluate a model: perplexity on ``eval.data`` and 0-shot accuracy on ``eval.zero_shot``.
 
     Args:
         model: a drlightning run directory, a saved model directory, a .gguf file, a hub id, or
             "smollm2-135m-instruct" (the embedded default).
-        ppl: perplexity datasets: "embedded", "wikitext2", "c4" (256 windows), "hf:<id>", local paths.
-        seqlen: perplexity window length.
-        max_windows: evaluate only the first N windows (default: all; C4: 256).
-        batch_size: windows per forward pass.
-        tasks: lm-eval tasks (piqa hellaswag arc_easy arc_challenge winogrande …) and/or
-            "drl_continuation" (generated from ``task_text``, works offline).
-        task_data_dir: folder with <task>.jsonl files to run standard tasks offline.
-        task_text: text source of the generated task.
-        task_items: items of the generated task.
-        task_limit: evaluate only the first N documents of each task.
+        eval: what to measure (the same plan as a fit's ``run.eval``; default: perplexity on the
+            embedded evaluation text in 512-token windows).
         dtype: dtype to load the model in.
         device: "auto", "cpu" or "cuda[:i]".
         gguf_file: GGUF file name when ``model`` is a folder holding one.
@@ -148,17 +114,15 @@ def evaluate(
     spec, run_dir = resolve_eval_target(model)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    plan = EvalPlan(ppl=tuple(["embedded"] if ppl is None else ppl), seqlen=seqlen,
-                    max_windows=max_windows, batch_size=batch_size, tasks=tuple(tasks or ()),
-                    task_data_dir=task_data_dir, task_text=task_text, task_items=task_items,
-                    task_limit=task_limit, progress=progress)
+    plan = (eval or EvalPlan()).resolved()
     if layerwise:
-        res = _evaluate_layerwise(spec, plan, dtype, dev, gguf_file, trust_remote_code)
+        load = {"dtype": dtype, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code}
+        res = _evaluate_layerwise(spec, plan, load, dev, progress)
     else:
         mdl, tok = load_any(spec, gguf_file, dtype, trust_remote_code)
         mdl.to(dev)
-        res = evaluate_loaded(mdl, tok, plan)
-    res.update(model=model, eval={"seqlen": seqlen, "max_windows": max_windows,
+        res = evaluate_loaded(mdl, tok, plan, progress=progress)
+    res.update(model=model, eval={"seqlen": plan.seqlen, "max_windows": plan.max_windows,
                                   "protocol": EVAL_PROTOCOL},
                device=device_name(dev), versions=versions(), seconds=time.perf_counter() - start)
     target = Path(output) if output else (run_dir / "eval.json" if run_dir else None)

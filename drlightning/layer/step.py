@@ -1,19 +1,25 @@
-"""The end of one layer's step: merge the learned rotations, prune, and let the real error decide.
+"""The layer step: fold the norms, get the rotations, merge them, prune, let the real error decide.
 
-Values in, values out: :func:`merge_layer` returns the wrapped layer and its invariance error;
-:func:`prune_candidates` prunes each candidate (the rotated layer, the unrotated one) and keeps the
-one whose output on the calibration inputs stays closest to the dense layer's (the guard).
+:func:`layer_step` is the one place every schedule goes through for a layer: it takes where the
+rotations come from (a :data:`RotationSource`: fitted now, loaded from a store, or the shared one)
+and the guard's other candidate as values. Values in, values out: :func:`merge_layer` returns the
+wrapped layer and its invariance error; :func:`prune_candidates` prunes each candidate and keeps
+the one whose output on the calibration inputs stays closest to the dense layer's (the guard).
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..models.adapters import ArchitectureAdapter, HeadLayout
-from ..rotation import RotatedLayer, merge_rotations, rotation_storage_dtype
+from ..rotation import RotatedLayer, fold_norms, merge_rotations, rotation_storage_dtype
 from .capture import LayerInputs, run_layer
 from .prune import PruneSpec, prune_layer
 
@@ -92,14 +98,74 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     return layer, report, out
 
 
-def merge_and_prune(index: int, layer: nn.Module, original: nn.Module | None, q: torch.Tensor,
-                    r: torch.Tensor, inputs: LayerInputs, dense_out: LayerInputs,
-                    spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
-    """Merge (Q, R2) into the norm-folded ``layer``, then prune it — and the unrotated
-    ``original``, when given, as the guard's other candidate. Returns (kept layer, report with
-    ``invariance_error`` and the pruning report, its outputs)."""
-    rotated, invariance = merge_layer(layer, q, r, inputs, spec.adapter, spec.layout, index)
-    candidates = {"rotated": rotated, **({"unrotated": original} if original is not None else {})}
-    kept, report, out = prune_candidates(candidates, inputs, dense_out, spec)
-    return kept, {"invariance_error": invariance, **report}, out
+@dataclass(frozen=True)
+class LayerTask:
+    """One layer's step as a rotation source (and the fit's callbacks) see it.
 
+    ``layer`` is norm-folded, its rotations not merged yet; ``others`` are the guard's other
+    candidates, ready to prune (the unrotated layer); ``dense_out`` are the dense layer's outputs on
+    ``inputs`` (None where nothing is pruned, e.g. the parallel mode's training pass).
+    """
+
+    index: int
+    layer: nn.Module
+    inputs: LayerInputs
+    spec: PruneSpec
+    dense_out: LayerInputs | None = None
+    others: dict[str, nn.Module] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rotations:
+    """What a rotation source gives for one layer: (Q, R2) and its report. ``finished`` is the
+    step's result (kept layer, report, outputs) when the fit's own callbacks
+    (:class:`~drlightning.callbacks.MergeRotations`, :class:`~drlightning.callbacks.PruneLayer`)
+    already merged and pruned the layer."""
+
+    q: torch.Tensor
+    r: torch.Tensor
+    report: dict
+    finished: tuple[nn.Module, dict, LayerInputs] | None = None
+
+
+RotationSource = Callable[[LayerTask], Rotations]
+"""A layer's task → its :class:`Rotations`: fitted now, loaded from a store, or the shared ones."""
+
+ALTERNATIVES = ("unrotated", "r2_identity")
+"""The guard's other candidate: the layer as it came (per-layer R1), or the shared Q with every
+R2 the identity (shared R1: Q itself must stay, every layer carries it)."""
+
+
+def layer_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
+               spec: PruneSpec, rotations: RotationSource | None,
+               alternative: str = "unrotated") -> tuple[nn.Module, dict, LayerInputs]:
+    """Rotate, merge and prune one layer; returns (kept layer, report, its outputs).
+
+    ``rotations=None`` runs the plain pruner (no folding, no rotation). Otherwise the norms are
+    folded, ``rotations`` gives (Q, R2), they are merged (with the function-preserving
+    self-check) and the layer is pruned — and, with ``spec.guard`` (or ``spec.report_identity``),
+    so is the ``alternative`` candidate (see :data:`ALTERNATIVES`); the guard keeps the one with
+    the lower pruning error on the calibration inputs. A per-layer fit merges and prunes in its
+    own callbacks (the same functions) and hands the result back in ``Rotations.finished``.
+    """
+    if rotations is None:
+        return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r}; allowed: {', '.join(ALTERNATIVES)}")
+    other = spec.guard or spec.report_identity
+    others = {"unrotated": copy.deepcopy(layer)} if other and alternative == "unrotated" else {}
+    fold_norms(layer, spec.adapter)
+    folded = copy.deepcopy(layer) if other and alternative == "r2_identity" else None
+    got = rotations(LayerTask(index, layer, inputs, spec, dense_out, others))
+    gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now
+    if got.finished is not None:
+        kept, report, out = got.finished
+        return kept, {**got.report, **report}, out
+    rotated, invariance = merge_layer(layer, got.q, got.r, inputs, spec.adapter, spec.layout, index)
+    candidates = {"rotated": rotated, **others}
+    if folded is not None:
+        eye = torch.eye(got.r.shape[-1], dtype=got.r.dtype).expand_as(got.r).contiguous()
+        candidates["r2_identity"] = merge_layer(folded, got.q, eye, inputs, spec.adapter,
+                                                spec.layout, index)[0]
+    kept, report, out = prune_candidates(candidates, inputs, dense_out, spec)
+    return kept, {**got.report, "invariance_error": invariance, **report}, out

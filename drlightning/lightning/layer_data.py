@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..layer.capture import LayerInputs
+from ..layer.prune import PruneSpec
 from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
 
 
@@ -31,7 +32,13 @@ class _Steps(Dataset):
 
 class LayerDataModule(LightningDataModule):
     """One decoder layer as a 'dataset': frozen weights, Hessians, calibration inputs (and, with
-    ``model.role_weights: measured``, how much each linear's pruning costs the layer)."""
+    ``model.role_weights: measured``, how much each linear's pruning costs the layer).
+
+    What the merge and prune callbacks need besides: ``dense_out`` (the dense layer's outputs on
+    the inputs; a :class:`~drlightning.callbacks.PruneLayer` measures them before the merge when
+    None), ``others`` (the guard's other candidates, e.g. the unrotated layer) and ``spec`` (how
+    the layer is pruned; None: from the module's settings).
+    """
 
     def __init__(
         self,
@@ -43,6 +50,10 @@ class LayerDataModule(LightningDataModule):
         hessians: dict[str, torch.Tensor] | None,
         steps: int,
         role_weights: dict[str, float] | None = None,
+        *,
+        dense_out: LayerInputs | None = None,
+        others: dict[str, nn.Module] | None = None,
+        spec: PruneSpec | None = None,
     ) -> None:
         super().__init__()
         self.index = index
@@ -54,6 +65,9 @@ class LayerDataModule(LightningDataModule):
         self.steps = steps
         self.role_weights = role_weights
         """Per-role weights of the pruned-mass objective (None: every linear counts the same)."""
+        self.dense_out = dense_out
+        self.others = dict(others or {})
+        self.spec = spec
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Float32 copies of the seven linear weights (after norm folding); copies, so merging and

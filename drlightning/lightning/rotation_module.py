@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from lightning import LightningModule
 from torch import nn
 
-from ..layer.capture import OBJECTIVE_STATS
-from ..layer.prune import PruneSpec
-from ..models.adapters import ArchitectureAdapter, HeadLayout
-from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
 from ..rotation.objective import (
     FrozenLayer,
-    ObjectiveSpec,
     identity_scale,
     layer_objective,
     layer_scores,
 )
-from .rotation_settings import check_r1_blocks, check_settings
+from .rotation_settings import RotationSettings, check_r1_blocks
 
 FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
 """The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
@@ -94,8 +87,10 @@ class RotationModule(LightningModule):
         role_weights: str = "auto",
     ) -> None:
         super().__init__()
-        check_settings(dict(locals()))
-        self.save_hyperparameters()
+        args = {k: v for k, v in locals().items() if k in RotationSettings.names()}
+        self.rotation = RotationSettings(**args)
+        """The settings as one frozen value (what the pipeline reads; hparams mirror it)."""
+        self.save_hyperparameters(args)
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None
         self.best_loss = float("inf")
@@ -106,87 +101,10 @@ class RotationModule(LightningModule):
         self.mass_scale: dict[str, float] | None = None
         self._frozen_roles: tuple[str, ...] = ()
 
-    @property
-    def score(self) -> str:
-        """The importance score the objective measures (``rotation_score`` resolved)."""
-        score = self.hparams.get("rotation_score", "pruner")
-        return self.hparams.method if score == "pruner" else score
-
-    @property
-    def objective(self) -> str:
-        """The objective minimised (``auto`` resolved)."""
-        objective = self.hparams.get("objective", "entropy")
-        if objective == "auto":
-            return "entropy" if self.hparams.pattern == NO_PRUNING else "pruned_mass"
-        return objective
-
-    @property
-    def role_weights(self) -> str:
-        """How the pruned-mass objective weights the linears (``auto`` resolved)."""
-        value = self.hparams.get("role_weights", "equal")
-        if value == "auto":
-            applies = self.objective == "pruned_mass" and self.hparams.steps > 0
-            return "measured" if applies else "equal"
-        return value
-
-    @property
-    def spec(self) -> ObjectiveSpec:
-        """The objective, its score and (for pruned_mass) the pattern, as one value."""
-        mass = self.objective == "pruned_mass"
-        return ObjectiveSpec(self.objective, self.score,
-                             parse_pattern(self.hparams.pattern) if mass else None,
-                             self.hparams.get("low_memory", False))
-
-    def effective_settings(self) -> dict:
-        """The settings as they shape the layers: ``auto`` resolved, and permutations and the
-        guard off where they cannot act (no N:M pattern; no rotation or nothing pruned)."""
-        hp = self.settings()
-        prunes = hp["pattern"] != NO_PRUNING
-        nm = prunes and parse_pattern(hp["pattern"]).is_nm
-        return {**hp, "objective": self.objective, "role_weights": self.role_weights,
-                "permute": bool(hp.get("permute", False) and nm),
-                "guard": bool(hp.get("guard", False) and prunes and hp["steps"] > 0)}
-
-    def prune_spec(self, adapter: ArchitectureAdapter, layout: HeadLayout,
-                   report_identity: bool = False) -> PruneSpec:
-        """How each layer is pruned after rotation (method, pattern, permutations, guard)."""
-        hp = self.effective_settings()
-        per_layer = hp.get("r1", "per_layer") == "per_layer"
-        return PruneSpec(adapter, layout, hp["method"], hp["pattern"], hp["permute"], hp["guard"],
-                         report_identity and hp["steps"] > 0 and hp["pattern"] != NO_PRUNING
-                         and per_layer, per_layer)
-
-    def needed_stats(self) -> tuple[str, ...]:
-        """The Hessians (capture keys) the objective needs from the calibration inputs."""
-        if self.score == "magnitude":
-            return ()
-        return (*OBJECTIVE_STATS, "down") if self.objective == "pruned_mass" else OBJECTIVE_STATS
-
-    def settings(self) -> dict:
-        """The constructor arguments (hparams minus anything LightningCLI adds)."""
-        names = inspect.signature(type(self).__init__).parameters
-        return {k: v for k, v in self.hparams.items() if k in names}
-
-    def fresh(self) -> RotationModule:
-        """A new, untrained module with the same settings (one per layer)."""
-        return type(self)(**self.settings())
-
-    def trainer_clipping(self, template: dict | None = None) -> dict:
-        """The Trainer arguments that clip the gradient norm at ``grad_clip`` (every Trainer that fits
-        this module needs them). ``template`` (a Trainer's keyword arguments) may repeat them; a
-        template that clips otherwise is refused: ``model.grad_clip`` is the one setting."""
-        clip = self.hparams.grad_clip
-        template = template or {}
-        value = template.get("gradient_clip_val")
-        if value is not None and value != clip:
-            raise ValueError(f"trainer.gradient_clip_val={value!r} differs from model.grad_clip={clip!r}; "
-                             "rotation training clips the gradient norm at model.grad_clip: set that "
-                             "one and leave trainer.gradient_clip_val unset")
-        algorithm = template.get("gradient_clip_algorithm")
-        if algorithm is not None and str(getattr(algorithm, "value", algorithm)).lower() != "norm":
-            raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: model.grad_clip={clip!r} "
-                             "clips the gradient norm; leave trainer.gradient_clip_algorithm unset")
-        return {"gradient_clip_val": clip, "gradient_clip_algorithm": "norm"}
+    @classmethod
+    def from_settings(cls, settings: RotationSettings) -> RotationModule:
+        """A new, untrained module with ``settings`` (one per layer)."""
+        return cls(**settings.as_dict())
 
     def configure_model(self) -> None:
         """Create A, B (identity) and load the frozen tensors from the layer's datamodule (as
@@ -194,7 +112,7 @@ class RotationModule(LightningModule):
         if self.A is not None:
             return
         dm = self.trainer.datamodule
-        if dm.role_weights is None and self.hparams.get("role_weights") == "measured":
+        if dm.role_weights is None and self.rotation.role_weights == "measured":
             raise ValueError(
                 f"layer {dm.index}: role_weights='measured' but the LayerDataModule carries no "
                 "role weights; pass role_weights=measured_role_weights(layer, inputs, spec)[0] "
@@ -202,20 +120,20 @@ class RotationModule(LightningModule):
                 "(equal weights when the datamodule has none)")
         layout = dm.layout
         self.layout = layout
-        k = self.hparams.get("r1_blocks", 1)
+        k = self.rotation.r1_blocks
         check_r1_blocks(layout.hidden, k)
         self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
                               torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
-        frozen = frozen_layer(dm.frozen_weights(), dm.take_hessians(), self.score, layout,
-                              self.hparams.reference_quirks, dm.tokens_per_sequence())
+        frozen = frozen_layer(dm.frozen_weights(), dm.take_hessians(), self.rotation.score, layout,
+                              self.rotation.reference_quirks, dm.tokens_per_sequence())
         for role, weight in frozen.weights.items():
             self.register_buffer(f"frozen_{role}", weight, persistent=False)
         for name in FROZEN_MATRICES:
             self.register_buffer(f"frozen_{name}", getattr(frozen, name), persistent=False)
         self._frozen_roles = tuple(frozen.weights)
-        if self.objective == "pruned_mass":
-            scale = identity_scale(self.frozen, layout, self.spec, k)
+        if self.rotation.objective_used == "pruned_mass":
+            scale = identity_scale(self.frozen, layout, self.rotation.spec, k)
             weights = dm.role_weights or {}
             self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
 
@@ -235,7 +153,7 @@ class RotationModule(LightningModule):
         """The objective at the current parameters, computed in float32."""
         q, r = self.rotations()
         q, r = q.float(), r.float()
-        total, parts = layer_objective(q, r, self.frozen, self.layout, self.spec, self.mass_scale)
+        total, parts = layer_objective(q, r, self.frozen, self.layout, self.rotation.spec, self.mass_scale)
         return total, parts, q, r
 
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:
@@ -249,7 +167,7 @@ class RotationModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         total, parts, q, r = self.loss()
         self._track(total, q, r, self.global_step)
-        name = "entropy" if self.objective == "entropy" else "pruned_mass"
+        name = "entropy" if self.rotation.objective_used == "entropy" else "pruned_mass"
         self.log(f"{name}/total", total, prog_bar=True)
         for role, value in parts.items():
             self.log(f"{name}/{role}", value)
@@ -261,7 +179,7 @@ class RotationModule(LightningModule):
         self.best_rotations()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam([self.A, self.B], lr=self.hparams.lr)
+        return torch.optim.Adam([self.A, self.B], lr=self.rotation.lr)
 
     @torch.no_grad()
     def best_rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,14 +199,14 @@ class RotationModule(LightningModule):
         q, r = q.float().to(self.device), r.float().to(self.device)
         eye_q = torch.eye(q.shape[0], device=q.device)
         eye_r = torch.eye(r.shape[-1], device=r.device).expand_as(r).contiguous()
-        before = layer_scores(eye_q, eye_r, self.frozen, self.layout, self.score)[role]
-        return before, layer_scores(q, r, self.frozen, self.layout, self.score)[role]
+        before = layer_scores(eye_q, eye_r, self.frozen, self.layout, self.rotation.score)[role]
+        return before, layer_scores(q, r, self.frozen, self.layout, self.rotation.score)[role]
 
     def report(self) -> dict:
         """Per-layer numbers for results.json: the objective and its value before and after."""
         q, r = self.best_rotations()
         return {
-            "objective": self.objective,
+            "objective": self.rotation.objective_used,
             "initial_loss": self.initial_loss,
             "best_loss": self.best_loss,
             "best_step": self.best_step,

@@ -1,10 +1,20 @@
-"""The rotation settings (``model:`` in the configs): allowed values and their checks."""
+"""The rotation settings (``model:`` in the configs) as one frozen, validated value.
+
+:class:`RotationSettings` is what the pipeline, both LightningModules and the callbacks read; the
+per-layer :class:`~drlightning.lightning.rotation_module.RotationModule` is built from it and keeps
+it as ``module.rotation``. ``auto`` choices are resolved here, in one place.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
+from ..layer.capture import OBJECTIVE_STATS
+from ..layer.prune import PruneSpec
+from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
 from ..rotation import METHODS
-from ..rotation.objective import OBJECTIVES
+from ..rotation.objective import OBJECTIVES, ObjectiveSpec
 
 SCORES = ("pruner", *METHODS)
 """Importance the rotation objective measures: the pruner's own score, or a named one."""
@@ -30,28 +40,29 @@ def _choice(name: str, value, allowed: tuple) -> None:
         raise ValueError(f"{name}={value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
+def _whole(name: str, value, least: int, meaning: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name}={value!r} must be an integer ≥ {least} ({meaning})")
+
+
 def check_settings(s: dict) -> None:
     """Refuse a bad rotation setting with a message naming it and what is allowed."""
     if s["method"] not in METHODS:
         raise ValueError(f"unknown method {s['method']!r}; allowed: {', '.join(METHODS)}")
     if s["pattern"] != NO_PRUNING:
         parse_pattern(s["pattern"])
-    if not isinstance(s["steps"], int) or s["steps"] < 0:
-        raise ValueError(f"steps={s['steps']!r} must be an integer ≥ 0 (0 = plain pruner)")
+    _whole("steps", s["steps"], 0, "0 = plain pruner")
     for name in ("lr", "grad_clip"):
         if not s[name] > 0:
             raise ValueError(f"{name}={s[name]!r} must be > 0")
-    blocks = s["r1_blocks"]
-    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
-        raise ValueError(f"r1_blocks={blocks!r} must be an integer ≥ 1 (1 = dense R1)")
-    for name in ("low_memory", "permute", "guard"):
+    _whole("r1_blocks", s["r1_blocks"], 1, "1 = dense R1")
+    for name in ("low_memory", "permute", "guard", "reference_quirks"):
         if not isinstance(s[name], bool):
             raise ValueError(f"{name}={s[name]!r} must be true or false")
     _choice("objective", s["objective"], ("auto", *OBJECTIVES))
     _choice("r1", s["r1"], R1_MODES)
-    k = s.get("layers_per_step")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-        raise ValueError(f"layers_per_step={k!r} must be an integer ≥ 1, or null for every layer")
+    if s["layers_per_step"] is not None:
+        _whole("layers_per_step", s["layers_per_step"], 1, "or null for every layer")
     _choice("rotation_score", s["rotation_score"], SCORES)
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
     if s["role_weights"] == "measured" and (s["objective"] == "entropy" or s["pattern"] == NO_PRUNING):
@@ -61,3 +72,112 @@ def check_settings(s: dict) -> None:
     if s["objective"] == "pruned_mass" and s["pattern"] == NO_PRUNING and s["steps"] > 0:
         raise ValueError("objective='pruned_mass' measures what the pattern removes and "
                          "pattern='none' prunes nothing: rotate-only runs need objective='entropy'")
+
+
+@dataclass(frozen=True)
+class RotationSettings:
+    """How every layer is rotated and pruned (the arguments are documented on
+    :class:`~drlightning.lightning.rotation_module.RotationModule`). Checked on construction."""
+
+    method: str = "sparsegpt"
+    pattern: str = "2:4"
+    steps: int = 100
+    lr: float = 0.01
+    grad_clip: float = 1.0
+    reference_quirks: bool = False
+    r1_blocks: int = 1
+    low_memory: bool = False
+    objective: str = "auto"
+    rotation_score: str = "pruner"
+    permute: bool = True
+    guard: bool = True
+    r1: str = "per_layer"
+    layers_per_step: int | None = None
+    role_weights: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_settings(asdict(self))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The setting names, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict:
+        """The settings as given (``auto`` unresolved), for results.json and configs."""
+        return asdict(self)
+
+    @property
+    def score(self) -> str:
+        """The importance score the objective measures (``rotation_score`` resolved)."""
+        return self.method if self.rotation_score == "pruner" else self.rotation_score
+
+    @property
+    def objective_used(self) -> str:
+        """The objective minimised (``auto``: pruned_mass, or entropy for rotate-only runs)."""
+        if self.objective == "auto":
+            return "entropy" if self.pattern == NO_PRUNING else "pruned_mass"
+        return self.objective
+
+    @property
+    def role_weights_used(self) -> str:
+        """How the pruned-mass objective weights the linears (``auto`` resolved)."""
+        if self.role_weights == "auto":
+            applies = self.objective_used == "pruned_mass" and self.steps > 0
+            return "measured" if applies else "equal"
+        return self.role_weights
+
+    @property
+    def spec(self) -> ObjectiveSpec:
+        """The objective, its score and (for pruned_mass) the pattern, as one value."""
+        mass = self.objective_used == "pruned_mass"
+        return ObjectiveSpec(self.objective_used, self.score,
+                             parse_pattern(self.pattern) if mass else None, self.low_memory)
+
+    @property
+    def prunes(self) -> bool:
+        return self.pattern != NO_PRUNING
+
+    @property
+    def guard_used(self) -> bool:
+        """The guard acts only where something is rotated and pruned."""
+        return self.guard and self.prunes and self.steps > 0
+
+    def effective(self) -> dict:
+        """The settings as they shape the layers: ``auto`` resolved, and permutations and the
+        guard off where they cannot act (no N:M pattern; no rotation or nothing pruned)."""
+        nm = self.prunes and parse_pattern(self.pattern).is_nm
+        return {**self.as_dict(), "objective": self.objective_used,
+                "role_weights": self.role_weights_used, "permute": self.permute and nm,
+                "guard": self.guard_used}
+
+    def prune_spec(self, adapter: ArchitectureAdapter, layout: HeadLayout,
+                   report_identity: bool = False) -> PruneSpec:
+        """How each layer is pruned after rotation (method, pattern, permutations, guard)."""
+        hp = self.effective()
+        per_layer = self.r1 == "per_layer"
+        return PruneSpec(adapter, layout, self.method, self.pattern, hp["permute"], hp["guard"],
+                         report_identity and self.steps > 0 and self.prunes and per_layer, per_layer)
+
+    def needed_stats(self) -> tuple[str, ...]:
+        """The Hessians (capture keys) the objective needs from the calibration inputs."""
+        if self.score == "magnitude":
+            return ()
+        return (*OBJECTIVE_STATS, "down") if self.objective_used == "pruned_mass" else OBJECTIVE_STATS
+
+    def trainer_clipping(self, template: dict | None = None) -> dict:
+        """The Trainer arguments that clip the gradient norm at ``grad_clip`` (every Trainer that
+        fits a rotation needs them). ``template`` (a Trainer's keyword arguments) may repeat them; a
+        template that clips otherwise is refused: ``model.grad_clip`` is the one setting."""
+        clip = self.grad_clip
+        template = template or {}
+        value = template.get("gradient_clip_val")
+        if value is not None and value != clip:
+            raise ValueError(f"trainer.gradient_clip_val={value!r} differs from model.grad_clip={clip!r}; "
+                             "rotation training clips the gradient norm at model.grad_clip: set that "
+                             "one and leave trainer.gradient_clip_val unset")
+        algorithm = template.get("gradient_clip_algorithm")
+        if algorithm is not None and str(getattr(algorithm, "value", algorithm)).lower() != "norm":
+            raise ValueError(f"trainer.gradient_clip_algorithm={algorithm!r}: model.grad_clip={clip!r} "
+                             "clips the gradient norm; leave trainer.gradient_clip_algorithm unset")
+        return {"gradient_clip_val": clip, "gradient_clip_algorithm": "norm"}

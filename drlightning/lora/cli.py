@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from drlightning.callbacks.lora import LoRAExport
 
-from ..cli_errors import FriendlyParsing
+from ..cli_errors import CLI_SETTINGS, FriendlyParsing
 from .module import LoRAModule
 from .text_data import TextDataModule
 
@@ -41,17 +41,8 @@ class LoRACLI(FriendlyParsing, LightningCLI):
     """LightningCLI of the LoRA recovery stage (see the module docstring)."""
 
     def __init__(self, args=None, run: bool = True) -> None:
-        super().__init__(
-            LoRAModule,
-            TextDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            args=args,
-            run=run,
-            auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
-        )
+        super().__init__(LoRAModule, TextDataModule, trainer_defaults=TRAINER_DEFAULTS,
+                         save_config_kwargs={"overwrite": True}, args=args, run=run, **CLI_SETTINGS)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--stage", default="lora",

@@ -1,8 +1,8 @@
 """One drlightning job: load → dense evaluation → rotate and prune every layer → evaluation → results.
 
 Two small strategies shape it: where the model lives (:mod:`.placement`: whole, or layer by layer
-from its shards) and how rotations are scheduled (:mod:`.parallel`: sequential, or all first over
-the ranks of a torchrun launch).
+from its shards) and where the rotations come from (:mod:`.schedules`: learned layer after layer,
+all first over the ranks of a torchrun launch, or one shared rotation for the whole model).
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-
-from lightning import Trainer
 
 from ..atomic import atomic_write_text
 from ..data import load_eval_text, tokenize_text
@@ -23,6 +21,7 @@ from ..eval.dense_cache import cache_dir, load_dense, save_dense
 from ..export.card import model_card
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
+from ..lightning.rotation_settings import RotationSettings
 from ..models import adapter_for
 from ..pruning import NO_PRUNING, parse_pattern
 from ..reporting.monitor import RunMonitor
@@ -37,12 +36,11 @@ from ..reporting.results import (
     write_json,
 )
 from .options import RunOptions
-from .parallel import SCHEDULES
 from .placement import place_model
 from .preflight import preflight
-from .sequential import LayerLoop, rotate_and_prune
+from .schedules import SCHEDULES, schedule_name
+from .sequential import LayerLoop, TrainerFactory, rotate_and_prune
 from .setup import check_options, fingerprint, resolve_device
-from .shared import Shared
 from .state import RunClock, RunState
 from .trainers import default_trainer_factory
 
@@ -50,26 +48,27 @@ __all__ = ["RunOptions", "quiet_lightning", "run_job"]
 
 
 def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
-            make_trainer: Callable[[int, RotationModule], Trainer] | None = None, *,
+            make_trainer: TrainerFactory | None = None, *,
             loaded: tuple | None = None, config_text: str | None = None,
             settings: dict | None = None) -> dict:
     """Run one job: results.json, config.yaml and the saved model go into ``opts.output_dir``.
 
-    ``settings`` (e.g. seed and trainer precision from the CLI) join the run fingerprint: a run
-    directory holding finished layers of a run with other settings is refused; one with the same
-    settings is resumed after its last finished layer. ``loaded`` = (model, tokenizer) already in
-    memory (whole-model placement only).
+    ``module`` carries the rotation settings (``module.rotation``). ``settings`` (e.g. seed and
+    trainer precision from the CLI) join the run fingerprint: a run directory holding finished
+    layers of a run with other settings is refused; one with the same settings is resumed after
+    its last finished layer. ``loaded`` = (model, tokenizer) already in memory (whole-model
+    placement only).
     """
-    start, run_dir = time.perf_counter(), Path(opts.output_dir)
+    start, run_dir, rotation = time.perf_counter(), Path(opts.output_dir), module.rotation
     ensure_writable(run_dir)
-    check_options(opts, module)
-    preflight(opts, module, data)  # no weights loaded, nothing written
-    state = RunState(run_dir, fingerprint(module, data, opts, settings))
+    check_options(opts, rotation)
+    preflight(opts, rotation, data)  # no weights loaded, nothing written
+    state = RunState(run_dir, fingerprint(rotation, data, opts, settings))
     reclaim = state.check()  # refuses finished work of other settings; writes nothing
-    schedule = Shared() if module.hparams.get("r1") == "shared" else SCHEDULES[opts.launch.mode]()
+    schedule = SCHEDULES[schedule_name(rotation.r1, opts.launch.mode)]()
     device = schedule.device(resolve_device(opts.device))
     place = place_model(opts, device, loaded)
-    model, adapter, hp = place.model, adapter_for(place.model.config), module.settings()
+    model, adapter = place.model, adapter_for(place.model.config)
     windows = data.calibration(place.tokenizer, getattr(model.config, "max_position_embeddings", None))
     seqlen = opts.eval.seqlen or data.hparams.seqlen
     eval_tokens = {name: tokenize_text(place.tokenizer, load_eval_text(name)) for name in opts.eval.data}
@@ -79,18 +78,17 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     if config_text is not None:
         atomic_write_text(run_dir / "config.yaml", config_text)
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
-    loop, monitor = layer_loop(module, make_trainer or default_trainer_factory(opts, run_dir),
+    loop, monitor = layer_loop(rotation, make_trainer or default_trainer_factory(opts, run_dir),
                                data.hparams.batch_size, opts, run_dir, clock)
     with quiet_lightning():
-        layer_step = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
+        plan = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
         if not schedule.is_main:  # a rank > 0: its layers are trained and saved
             monitor.close()
             schedule.stop()
-            return {"rank": schedule.ranks.rank}
-        layer_reports = rotate_and_prune(model, adapter, windows, loop, state, layer_step,
-                                         place.layerwise)
-    export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen, schedule.q)
-    export = {**export, **schedule.report(run_dir)}
+            return {"rank": plan.rank}
+        layer_reports = rotate_and_prune(model, adapter, windows, loop, state, plan, place.layerwise)
+    export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen, plan.shared_q)
+    hp = rotation.as_dict()
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
@@ -99,7 +97,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
         "dense_zero_shot": (dense or {}).get("zero_shot", {}),
         "eval": {"seqlen": seqlen, "max_windows": opts.eval.max_windows,
                  "datasets": opts.eval.data, "protocol": EVAL_PROTOCOL},
-        "export": export, "settings": settings or {}, "seconds": clock.total(),
+        "export": {**export, **plan.export}, "settings": settings or {}, "seconds": clock.total(),
         "seconds_this_run": clock.this_run(),
         "device": device_name(device), "memory": peak_memory(device), "versions": versions(),
         "options": asdict(opts),
@@ -110,12 +108,11 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     return results
 
 
-def layer_loop(module: RotationModule, make_trainer: Callable[[int, RotationModule], Trainer],
-               batch_size: int, opts: RunOptions, run_dir: Path,
-               clock: RunClock) -> tuple[LayerLoop, RunMonitor]:
+def layer_loop(rotation: RotationSettings, make_trainer: TrainerFactory, batch_size: int,
+               opts: RunOptions, run_dir: Path, clock: RunClock) -> tuple[LayerLoop, RunMonitor]:
     """The layer loop's shared settings, with monitoring (TensorBoard, pictures) and the run's
     clock saved after every finished layer; returns (loop, monitor)."""
-    pattern = module.hparams.pattern
+    pattern = rotation.pattern
     monitor = RunMonitor(run_dir, opts.monitor.tensorboard, opts.monitor.picture_layers,
                          opts.monitor.picture_role,
                          0.5 if pattern == NO_PRUNING else parse_pattern(pattern).sparsity)
@@ -124,7 +121,7 @@ def layer_loop(module: RotationModule, make_trainer: Callable[[int, RotationModu
         monitor.layer_done(report)
         clock.save()
 
-    loop = LayerLoop(module, make_trainer, batch_size, opts.monitor.progress,
+    loop = LayerLoop(rotation, make_trainer, batch_size, opts.monitor.progress,
                      opts.launch.offload_activations, opts.monitor.unrotated_error,
                      monitor.fit_done, layer_done)
     return loop, monitor

@@ -5,43 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..eval.plan import EvalPlan
 from ..models import DEFAULT_MODEL
 
 
-@dataclass
-class EvalOptions:
-    """Evaluation of the dense and the pruned model (``run.eval``).
+@dataclass(frozen=True)
+class EvalOptions(EvalPlan):
+    """Evaluation of the dense and the pruned model (``run.eval``): the evaluation plan (see
+    :class:`~drlightning.eval.plan.EvalPlan`; ``seqlen`` None = the calibration seqlen) and:
 
     Args:
-        data: perplexity datasets: "embedded", "wikitext2", "c4", "hf:<id>" or local paths.
-        seqlen: perplexity window length (default: the calibration seqlen).
-        max_windows: evaluate only the first N windows (None = all).
-        batch_size: windows per forward pass (and lm-eval requests per batch).
         dense: also evaluate the dense model first (perplexity and zero-shot; cached in the run's
             state, so a resumed run does not repeat it).
         dense_cache: reuse the dense evaluation of an earlier run of the same weights and
             evaluation protocol (any run directory; kept in $DRL_CACHE_DIR, default
             ~/.cache/drlightning/dense_eval). Whole-model placement only.
-        zero_shot: lm-eval tasks evaluated 0-shot at the end (and on the dense model), e.g.
-            [piqa, hellaswag, arc_easy, arc_challenge, winogrande] or [drl_continuation] (offline,
-            generated from ``task_text``); empty = perplexity only.
-        task_data_dir: folder of <task>.jsonl files to run the standard tasks offline.
-        task_text: text source of the generated ``drl_continuation`` task.
-        task_items: number of generated ``drl_continuation`` items.
-        task_limit: evaluate only the first N documents of each task.
     """
 
-    data: list[str] = field(default_factory=lambda: ["embedded"])
-    seqlen: int | None = None
-    max_windows: int | None = None
-    batch_size: int = 4
     dense: bool = True
     dense_cache: bool = True
-    zero_shot: list[str] = field(default_factory=list)
-    task_data_dir: str | None = None
-    task_text: str = "embedded"
-    task_items: int = 200
-    task_limit: int | None = None
 
 
 @dataclass
@@ -136,20 +118,37 @@ class RunOptions:
 
 
 MOVED = {
-    "eval_data": "eval.data", "eval_seqlen": "eval.seqlen", "eval_max_windows": "eval.max_windows",
-    "eval_batch_size": "eval.batch_size", "dense_ppl": "eval.dense", "zero_shot": "eval.zero_shot",
-    "task_data_dir": "eval.task_data_dir", "task_text": "eval.task_text",
-    "task_items": "eval.task_items", "task_limit": "eval.task_limit",
-    "save_model": "export.save", "rotation_dtype": "export.rotation_dtype",
-    "tensorboard": "monitor.tensorboard", "progress": "monitor.progress",
-    "picture_layers": "monitor.picture_layers", "picture_role": "monitor.picture_role",
-    "unrotated_error": "monitor.unrotated_error", "baseline_run": "monitor.baseline_run",
-    "mode": "launch.mode", "layerwise": "launch.layerwise",
-    "offload_activations": "launch.offload_activations",
+    "run": {
+        "eval_data": "eval.data", "eval_seqlen": "eval.seqlen",
+        "eval_max_windows": "eval.max_windows", "eval_batch_size": "eval.batch_size",
+        "dense_ppl": "eval.dense", "zero_shot": "eval.zero_shot",
+        "task_data_dir": "eval.task_data_dir", "task_text": "eval.task_text",
+        "task_items": "eval.task_items", "task_limit": "eval.task_limit",
+        "save_model": "export.save", "rotation_dtype": "export.rotation_dtype",
+        "tensorboard": "monitor.tensorboard", "progress": "monitor.progress",
+        "picture_layers": "monitor.picture_layers", "picture_role": "monitor.picture_role",
+        "unrotated_error": "monitor.unrotated_error", "baseline_run": "monitor.baseline_run",
+        "mode": "launch.mode", "layerwise": "launch.layerwise",
+        "offload_activations": "launch.offload_activations",
+    },
+    "export": {  # the LoRA stage's evaluation arguments, before they became one plan
+        "eval_data": "eval.data", "eval_seqlen": "eval.seqlen",
+        "eval_max_windows": "eval.max_windows", "eval_batch_size": "eval.batch_size",
+        "zero_shot": "eval.zero_shot", "task_items": "eval.task_items",
+        "task_data_dir": "eval.task_data_dir", "task_limit": "eval.task_limit",
+    },
+    "": {  # `drlightning eval` flags, before they became one plan
+        "ppl": "eval.data", "seqlen": "eval.seqlen", "max_windows": "eval.max_windows",
+        "batch_size": "eval.batch_size", "tasks": "eval.zero_shot",
+        "task_data_dir": "eval.task_data_dir", "task_text": "eval.task_text",
+        "task_items": "eval.task_items", "task_limit": "eval.task_limit",
+    },
 }
-"""``run.<old key>`` of configs written before the groups → its place now."""
+"""Section → {old key → its place now}: ``run.*`` of configs written before the groups, the LoRA
+stage's ``export.*`` evaluation arguments and ``drlightning eval``'s flags before the plan."""
 
 
-def moved_keys(run_section: dict) -> list[str]:
-    """'run.<old> → run.<new>' for each key of a ``run:`` mapping that now lives in a group."""
-    return [f"run.{k} → run.{MOVED[k]}" for k in run_section if k in MOVED]
+def moved_keys(section: str, keys) -> list[str]:
+    """'<old> → <new>' (dotted under ``section``) for each of ``keys`` that moved."""
+    table, prefix = MOVED[section], f"{section}." if section else ""
+    return [f"{prefix}{k} → {prefix}{table[k]}" for k in dict.fromkeys(keys) if k in table]

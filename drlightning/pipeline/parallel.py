@@ -7,15 +7,14 @@ which lets each rank (a torchrun process, one GPU each) train its own subset of 
 (ℓ mod world_size = rank) at the same time. Afterwards rank 0 merges the saved rotations and prunes
 the layers sequentially, as in the sequential protocol (the pruner still sees the pruned inputs).
 
+The schedule itself is :class:`drlightning.pipeline.schedules.Parallel`.
+
 Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.launch.mode parallel``
 (a single process with ``--run.launch.mode parallel`` also works: it trains all layers itself).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,17 +23,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..layer.capture import (
-    LayerInputs,
-    capture_layer_inputs,
-    run_layer,
-)
-from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..layer.capture import LayerInputs
+from ..layer.step import LayerTask, Rotations, RotationSource
+from ..layer.walk import Visited, walk_layers
+from ..models.adapters import ArchitectureAdapter
 from ..models.shards import LayerwiseModel
 from ..rotation import fold_norms
-from .sequential import LayerLoop, fit_rotation, rotate_then_prune
+from .sequential import LayerLoop, fit_rotation
 from .state import load_rotations, save_rotations
 
 
@@ -116,93 +112,30 @@ def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
     """Train the rotations of this rank's layers on dense-model inputs; returns the layers trained.
 
     Layers whose rotations are already in ``store`` (an earlier, interrupted run) are skipped. The
-    model is not modified: each layer is folded in a copy (with ``layerwise``, the layer is loaded
-    from the shards, folded and released again).
+    model is not modified: one walk over copies of its layers (with ``layerwise``, each loaded
+    from the shards and released again), each norm-folded, up to the last layer to train.
     """
-    layers = adapter.decoder_layers(model)
-    todo = [i for i in range(len(layers)) if ranks.owns(i) and not store.has(i)]
+    n_layers = len(adapter.decoder_layers(model))
+    todo = [i for i in range(n_layers) if ranks.owns(i) and not store.has(i)]
     if not todo:
         return []
-    spec = loop.template.prune_spec(adapter, HeadLayout.from_config(model.config))
-    inputs: LayerInputs = capture_layer_inputs(model, adapter, windows, loop.batch_size,
-                                               loop.offload)
-    bar = tqdm(total=len(todo), desc=f"rotations (rank {ranks.rank}/{ranks.world})",
-               disable=not loop.progress)
-    for i in range(todo[-1] + 1):
-        layer = layerwise.load(i) if layerwise is not None else copy.deepcopy(layers[i])
+    spec = loop.prune_spec(model, adapter)
+
+    def work(index: int, layer: nn.Module, inputs: LayerInputs) -> Visited:
         fold_norms(layer, adapter)
-        if i in todo:
-            q, r, report = fit_rotation(i, layer, inputs, loop, spec)
-            store.save(i, q, r, {**report, "rank": ranks.rank})
-            gc.collect()  # Trainer/module/datamodule reference cycles hold the layer's tensors
-            bar.update(1)
-        if i < todo[-1]:
-            inputs = run_layer(layer, inputs)
-        if layerwise is not None:
-            layerwise.release(i)
-    bar.close()
+        if index not in todo:
+            return Visited(layer, None, {})
+        q, r, report = fit_rotation(LayerTask(index, layer, inputs, spec), loop)
+        store.save(index, q, r, {**report, "rank": ranks.rank})
+        return Visited(layer, None, report)
+
+    desc = f"rotations (rank {ranks.rank}/{ranks.world})"
+    for _ in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise,
+                         in_place=False, stop=todo[-1] + 1, desc=desc):
+        pass
     return todo
 
 
-def merge_saved_step(store: RotationStore):
-    """A ``layer_step`` for :func:`drlightning.pipeline.sequential.rotate_and_prune`: fold norms,
-    merge the stored rotations (with the function-preserving self-check), prune (with the guard)."""
-    return functools.partial(rotate_then_prune, rotations=lambda index, _layer, _x: store.load(index))
-
-
-class Sequential:
-    """Each layer's rotations are learned on the outputs of the pruned layers before it."""
-
-    is_main = True
-
-    def device(self, device: torch.device) -> torch.device:
-        return device
-
-    def prepare(self, model, adapter, windows, loop: LayerLoop, run_dir: Path,
-                layerwise: LayerwiseModel | None = None):
-        """Nothing ahead of the layer loop: it fits each layer's rotations itself."""
-        return None
-
-    q = None
-    """The shared residual rotation (only the shared-R1 schedule has one)."""
-
-    def report(self, run_dir: Path) -> dict:
-        """Export fields of the schedule (none: the placement merges the boundary rotations)."""
-        return {}
-
-    def stop(self) -> None:
-        pass
-
-
-class Parallel:
-    """All rotations are learned first from one dense calibration pass, spread over the ranks of a
-    torchrun launch; then rank 0 merges and prunes sequentially."""
-
-    def __init__(self) -> None:
-        self.ranks = Ranks.from_env()
-
-    @property
-    def is_main(self) -> bool:
-        return self.ranks.rank == 0
-
-    def device(self, device: torch.device) -> torch.device:
-        return self.ranks.start(device)
-
-    def prepare(self, model, adapter, windows, loop: LayerLoop, run_dir: Path,
-                layerwise: LayerwiseModel | None = None):
-        """Every rank trains its layers, then all wait; returns rank 0's merge-and-prune
-        ``layer_step`` (None on the other ranks, whose work is done)."""
-        store = RotationStore(Path(run_dir) / "state" / "rotations")
-        train_rotations(model, adapter, windows, loop, store, self.ranks, layerwise)
-        self.ranks.barrier()
-        return merge_saved_step(store) if self.is_main else None
-
-    q = None
-    report = Sequential.report
-
-    def stop(self) -> None:
-        self.ranks.stop()
-
-
-SCHEDULES = {"sequential": Sequential, "parallel": Parallel}
-"""``run.launch.mode`` → how the rotations are scheduled."""
+def stored(store: RotationStore) -> RotationSource:
+    """The rotation source of the merge phase: each layer's (Q, R2) as trained and saved."""
+    return lambda task: Rotations(*store.load(task.index))

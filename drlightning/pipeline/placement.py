@@ -13,17 +13,16 @@ from pathlib import Path
 import torch
 
 from ..data import load_eval_text
-from ..eval.api import EvalPlan, evaluate_loaded, protocol_windows
+from ..eval.api import evaluate_loaded, protocol_windows
 from ..eval.dense_cache import bytes_digest, dense_key
 from ..eval.layerwise import layerwise_perplexity
 from ..eval.zeroshot import CONTINUATION
 from ..export import save_model_dir
+from ..export.finish import boundary_dtype, finalize_rotations, merge_tolerance, model_dtype, to_standard
 from ..export.sharded import save_layerwise_dir
 from ..models import adapter_for, load_model
 from ..models.shards import LayerwiseModel, ShardedCheckpoint
 from .options import RunOptions
-from .setup import boundary_dtype, finalize_rotations, merge_tolerance, opts_dtype
-from .shared import to_standard
 
 
 def evaluate_saved(evaluate: Callable[[], dict], path: Path) -> dict:
@@ -51,13 +50,8 @@ class WholeModel:
 
     def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
         """Perplexity on every evaluation dataset and the zero-shot tasks."""
-        ev = self.opts.eval
-        plan = EvalPlan(ppl=tuple(ev.data), seqlen=seqlen, max_windows=ev.max_windows,
-                        batch_size=ev.batch_size, tasks=tuple(ev.zero_shot),
-                        task_data_dir=ev.task_data_dir, task_text=ev.task_text,
-                        task_items=ev.task_items, task_limit=ev.task_limit,
-                        progress=self.opts.monitor.progress)
-        return evaluate_loaded(self.model, self.tokenizer, plan, eval_tokens)
+        return evaluate_loaded(self.model, self.tokenizer, self.opts.eval.resolved(seqlen),
+                               eval_tokens, self.opts.monitor.progress)
 
     def dense_key(self, eval_tokens: dict, seqlen: int) -> str | None:
         """The key of the (still dense) model's evaluation in the cross-run cache."""
@@ -79,12 +73,9 @@ class WholeModel:
         """Merge the boundary rotations (or absorb the ``shared`` one), evaluate, save; returns
         (export fields, final results)."""
         adapter = adapter_for(self.model.config)
-        standard = {}
-        if shared is not None:
-            device = next(self.model.parameters()).device
-            standard = to_standard(self.model, adapter, shared.to(device), windows[:1].to(device))
-        export = {**finalize_rotations(self.model, adapter, windows,
-                                       boundary_dtype(self.opts, opts_dtype(self.model))), **standard}
+        standard = {} if shared is None else to_standard(self.model, adapter, shared, windows[:1])
+        rotation_dtype = boundary_dtype(self.opts.export.rotation_dtype, model_dtype(self.model))
+        export = {**finalize_rotations(self.model, adapter, windows[:1], rotation_dtype), **standard}
         if not self.opts.export.save:
             return export, self.evaluate(eval_tokens, seqlen)
         path = Path(run_dir) / "model"
@@ -126,7 +117,7 @@ class LayerByLayer:
                seqlen: int, shared: torch.Tensor | None = None) -> tuple[dict, dict]:
         """Export the finished layers shard by shard (absorbing the ``shared`` rotation, if
         any), then evaluate the saved shards."""
-        rdt = boundary_dtype(self.opts, self.layerwise.dtype)
+        rdt = boundary_dtype(self.opts.export.rotation_dtype, self.layerwise.dtype)
         path = Path(run_dir) / "model"
         export = save_layerwise_dir(self.layerwise, state, path, rdt, windows[:1],
                                     merge_tolerance(self.layerwise.dtype, rdt),

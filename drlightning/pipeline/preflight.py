@@ -14,8 +14,7 @@ from ..data.hub import cache_dirs, is_cached, offline_reason, source_dataset
 from ..eval.task_index import known_to_lm_eval, task_dataset, task_files
 from ..eval.zeroshot import CONTINUATION, local_spec
 from ..lightning.calibration import CalibrationDataModule
-from ..lightning.rotation_module import RotationModule
-from ..lightning.rotation_settings import check_r1_blocks
+from ..lightning.rotation_settings import RotationSettings, check_r1_blocks
 from ..models.adapters import HeadLayout, adapter_for
 from ..models.header import model_shape
 from .options import RunOptions
@@ -97,7 +96,7 @@ def check_hub(opts: RunOptions, source: str) -> None:
                          "run.eval.task_data_dir for the standard zero-shot tasks")
 
 
-def preflight(opts: RunOptions, module: RotationModule, data: CalibrationDataModule) -> None:
+def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDataModule) -> None:
     """Device, model source and architecture, pattern vs every linear's width, r1_blocks,
     sequence lengths vs the model's context, local text sources (exist, UTF-8, enough bytes),
     offline task files, and Hub datasets/tasks known and reachable or cached."""
@@ -105,9 +104,8 @@ def preflight(opts: RunOptions, module: RotationModule, data: CalibrationDataMod
     shape = model_shape(opts.model, opts.gguf_file, opts.trust_remote_code)
     adapter_for(shape)
     layout = HeadLayout.from_config(shape)
-    hp = module.settings()
-    check_pattern_fits(layout.in_features(), shape.model_type, hp["pattern"])
-    check_r1_blocks(layout.hidden, hp["r1_blocks"])
+    check_pattern_fits(layout.in_features(), shape.model_type, rotation.pattern)
+    check_r1_blocks(layout.hidden, rotation.r1_blocks)
     context = getattr(shape, "max_position_embeddings", None)
     cal = data.hparams
     for setting, seqlen in (("data.seqlen", cal.seqlen), ("run.eval.seqlen", opts.eval.seqlen)):

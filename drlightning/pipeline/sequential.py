@@ -1,46 +1,42 @@
-"""The layer loop: per decoder layer fold → collect H → fit rotations → merge → prune → propagate."""
+"""The rotate-and-prune loop: per decoder layer fold → rotations → merge → prune → propagate.
+
+One walk over the layers (:func:`drlightning.layer.walk.walk_layers`) whose work is the layer step
+(:func:`drlightning.layer.step.layer_step`); the schedule only says where each layer's rotations
+come from (:func:`fit_now`: learned here on the outputs of the pruned layers before it, each
+layer's fit merging and pruning it in its own callbacks).
+"""
 
 from __future__ import annotations
 
-import copy
-import functools
-import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from lightning import Trainer
+from lightning import Callback, Trainer
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..layer.capture import (
-    LayerInputs,
-    capture_layer_inputs,
-    collect_hessians,
-    run_layer,
-)
+from ..callbacks import MergeRotations, PruneLayer
+from ..layer.capture import LayerInputs, collect_hessians, run_layer
 from ..layer.prune import PruneSpec
 from ..layer.role_weights import measured_role_weights
-from ..layer.step import merge_and_prune, prune_candidates
+from ..layer.step import LayerTask, Rotations, RotationSource, layer_step
+from ..layer.walk import Visited, Walk, walk_layers
 from ..lightning.layer_data import LayerDataModule
 from ..lightning.rotation_module import RotationModule
+from ..lightning.rotation_settings import RotationSettings
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..models.shards import LayerwiseModel
-from ..rotation import fold_norms
 from .state import RunState
 
-TrainerFactory = Callable[[int, RotationModule], Trainer]
-LayerStep = Callable[[int, nn.Module, LayerInputs, LayerInputs, PruneSpec],
-                     tuple[nn.Module, dict, LayerInputs]]
-RotationSource = Callable[[int, nn.Module, LayerInputs], tuple[torch.Tensor, torch.Tensor, dict]]
-"""(index, norm-folded layer, inputs) → (Q, R2, report): learned now, or loaded from a store."""
+TrainerFactory = Callable[..., Trainer]
+"""(layer index or "shared", the rotation settings[, callbacks of this fit]) → a fresh Trainer."""
 
 
 @dataclass(frozen=True)
 class LayerLoop:
-    """What every layer of a run shares: the rotation settings (``template``) and how each layer's
-    Trainer is made, the calibration batch size, and the callbacks around each layer.
+    """What every layer of a run shares: the rotation ``settings``, how each layer's Trainer is
+    made, how the calibration windows are replayed, and the hooks around each layer.
 
     ``on_fit(index, module)`` runs after a layer's rotation training (e.g. importance pictures),
     ``on_layer(report)`` after each finished layer. ``unrotated_error`` also prunes a copy of each
@@ -48,7 +44,7 @@ class LayerLoop:
     in host memory between layers.
     """
 
-    template: RotationModule
+    settings: RotationSettings
     make_trainer: TrainerFactory
     batch_size: int = 8
     progress: bool = True
@@ -57,114 +53,115 @@ class LayerLoop:
     on_fit: Callable[[int, RotationModule], None] | None = None
     on_layer: Callable[[dict], None] | None = None
 
+    @property
+    def walk(self) -> Walk:
+        return Walk(self.batch_size, self.offload, self.progress)
 
-def fit_rotation(index: int, layer: nn.Module, inputs: LayerInputs, loop: LayerLoop,
-                 spec: PruneSpec) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Train one norm-folded layer's rotations; returns (Q, R2, report with ``fit_seconds``)."""
+    def prune_spec(self, model: nn.Module, adapter: ArchitectureAdapter) -> PruneSpec:
+        """How this run prunes the layers of ``model``."""
+        return self.settings.prune_spec(adapter, HeadLayout.from_config(model.config),
+                                        self.unrotated_error)
+
+
+def fit_rotation(task: LayerTask, loop: LayerLoop,
+                 callbacks: tuple[Callback, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Train one norm-folded layer's rotations (with ``callbacks`` on its Trainer); returns
+    (Q, R2, report with ``fit_seconds``)."""
     start = time.perf_counter()
-    template = loop.template
+    settings, spec = loop.settings, task.spec
     weights, measured = None, {}
-    if template.role_weights == "measured":
-        weights, errors = measured_role_weights(layer, inputs, spec)
+    if settings.role_weights_used == "measured":
+        weights, errors = measured_role_weights(task.layer, task.inputs, spec)
         measured = {"role_weights": weights, "group_errors": errors}
-    stats = template.needed_stats()
-    hessians = collect_hessians(layer, spec.adapter, inputs, stats) if stats else None
-    dm = LayerDataModule(index, layer, spec.adapter, spec.layout, inputs, hessians,
-                         template.hparams.steps, weights)
-    module = template.fresh()
-    loop.make_trainer(index, module).fit(module, datamodule=dm)
+    stats = settings.needed_stats()
+    hessians = collect_hessians(task.layer, spec.adapter, task.inputs, stats) if stats else None
+    dm = LayerDataModule(task.index, task.layer, spec.adapter, spec.layout, task.inputs, hessians,
+                         settings.steps, weights, dense_out=task.dense_out, others=task.others,
+                         spec=spec)
+    module = RotationModule.from_settings(settings)
+    loop.make_trainer(task.index, settings, callbacks).fit(module, datamodule=dm)
     if loop.on_fit is not None:
-        loop.on_fit(index, module)
+        loop.on_fit(task.index, module)
     q, r = module.best_rotations()
     return q, r, {**module.report(), **measured, "fit_seconds": time.perf_counter() - start}
 
 
-def rotate_and_prune_layer(index: int, layer: nn.Module, inputs: LayerInputs,
-                           dense_out: LayerInputs, loop: LayerLoop,
-                           spec: PruneSpec) -> tuple[nn.Module, dict, LayerInputs]:
-    """Rotate (unless ``steps == 0``), merge and prune one layer; returns (layer, report, outputs).
+def fit_now(loop: LayerLoop) -> RotationSource | None:
+    """The sequential protocol's rotation source: each layer's rotations learned when its turn
+    comes, merged and pruned by the fit's own :class:`MergeRotations` and :class:`PruneLayer`
+    (None with ``steps == 0``: the plain pruner)."""
+    if loop.settings.steps == 0:
+        return None
 
-    With ``steps == 0`` the plain pruner runs on the layer. With the guard (or
-    ``spec.report_identity``) an unrotated copy is pruned too (see :func:`prune_candidates`).
+    def source(task: LayerTask) -> Rotations:
+        merge = MergeRotations()
+        prune = PruneLayer(merge)
+        q, r, report = fit_rotation(task, loop, (merge, prune))
+        report["fit_seconds"] -= merge.seconds + prune.report["prune_seconds"]
+        finished = (prune.layer, {**merge.report, **prune.report}, prune.outputs)
+        return Rotations(q, r, report, finished)
+
+    return source
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A schedule's answer to "where do the layers' rotations come from?".
+
+    ``rotations``: each layer's (Q, R2) source (None: the plain pruner); ``alternative``: the
+    guard's other candidate; ``shared_q``: the one residual rotation of a shared-R1 run (absorbed
+    at export); ``export``: the schedule's fields for results.json's ``export``; ``rank``: this
+    process's rank (a rank > 0 of a parallel launch has trained its layers and stops there).
     """
-    if loop.template.hparams.steps == 0:
-        return prune_candidates({"unrotated": layer}, inputs, dense_out, spec)
-    return rotate_then_prune(index, layer, inputs, dense_out, spec,
-                             lambda i, folded, x: fit_rotation(i, folded, x, loop, spec))
+
+    rotations: RotationSource | None
+    alternative: str = "unrotated"
+    shared_q: torch.Tensor | None = None
+    export: dict = field(default_factory=dict)
+    rank: int = 0
 
 
-def rotate_then_prune(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: LayerInputs,
-                      spec: PruneSpec, rotations: RotationSource) -> tuple[nn.Module, dict, LayerInputs]:
-    """Fold the norms, get the layer's rotations from ``rotations``, merge and prune them (the
-    guard's unrotated copy is taken before folding); returns (layer, report, outputs)."""
-    original = copy.deepcopy(layer) if spec.guard or spec.report_identity else None
-    fold_norms(layer, spec.adapter)
-    q, r, report = rotations(index, layer, inputs)
-    gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now
-    layer, pruned, out = merge_and_prune(index, layer, original, q, r, inputs, dense_out, spec)
-    return layer, {**report, **pruned}, out
+def rotate_and_prune(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+                     loop: LayerLoop, state: RunState | None = None, plan: Plan | None = None,
+                     layerwise: LayerwiseModel | None = None) -> list[dict]:
+    """Rotate and prune every decoder layer of ``model`` in place, sequentially; returns one
+    report per layer (with its pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖).
 
-
-def rotate_and_prune(
-    model: nn.Module,
-    adapter: ArchitectureAdapter,
-    windows: torch.Tensor,
-    loop: LayerLoop,
-    state: RunState | None = None,
-    layer_step: LayerStep | None = None,
-    layerwise: LayerwiseModel | None = None,
-) -> list[dict]:
-    """Rotate and prune every decoder layer of ``model`` in place, sequentially.
-
-    Layer ℓ sees the outputs of the already rotated and pruned layers before it. Returns one report
-    dict per layer, including the layer's pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖
-    on the calibration inputs X. With a ``state``, layers finished by an earlier run are restored
-    and replayed instead of recomputed, and every newly finished layer is saved before the next one
-    starts. ``layer_step(index, layer, inputs, dense_out, spec) → (layer, report, outputs)``
-    replaces the rotate → merge → prune of one layer (the parallel mode merges rotations trained
-    elsewhere). With ``layerwise`` the model's layers live on ``meta``: each is loaded from the
-    shards when its turn comes and released after it is saved (so ``state`` is required).
+    Layer ℓ sees the outputs of the already rotated and pruned layers before it. ``plan`` says
+    where each layer's (Q, R2) come from and the guard's other candidate (default: learned here,
+    :func:`fit_now`; see :func:`drlightning.layer.step.layer_step`).
+    With a ``state``, layers finished by an earlier run are restored and replayed, and every newly
+    finished layer is saved before the next one starts. With ``layerwise`` the layers live on
+    ``meta`` and are loaded from the shards in turn (``state`` then keeps the finished ones).
     """
     if layerwise is not None and state is None:
         raise ValueError("layer-by-layer loading needs a run state to keep the finished layers")
-    device = layerwise.device if layerwise is not None else None
-    spec = loop.template.prune_spec(adapter, HeadLayout.from_config(model.config),
-                                    loop.unrotated_error)
-    inputs = capture_layer_inputs(model, adapter, windows, loop.batch_size, loop.offload)
-    layers = adapter.decoder_layers(model)
-    reports = []
-    done = state.finished_layers(len(layers)) if state is not None else 0
-    for i in range(done):
-        layers[i], report = state.load_layer(i, layers[i], device)
-        inputs = run_layer(layers[i], inputs)
-        if layerwise is not None:
-            layerwise.release(i, layers[i])
-        reports.append(report)
+    plan = plan or Plan(fit_now(loop))
+    spec = loop.prune_spec(model, adapter)
+    n_layers = len(adapter.decoder_layers(model))
+    done = state.finished_layers(n_layers) if state is not None else 0
     if done:
-        rest = f"continuing at layer {done}" if done < len(layers) else "finishing the run"
+        rest = f"continuing at layer {done}" if done < n_layers else "finishing the run"
         print(f"resuming {state.dir.parent}: layers 0-{done - 1} were finished by an earlier run "
-              f"({done} of {len(layers)}), {rest}", flush=True)
-    bar = tqdm(range(done, len(layers)), desc="layers", disable=not loop.progress,
-               initial=done, total=len(layers))
-    for i in bar:
+              f"({done} of {n_layers}), {rest}", flush=True)
+    device = layerwise.device if layerwise is not None else None
+
+    def work(index: int, layer: nn.Module, inputs: LayerInputs) -> Visited:
+        if index < done:
+            layer, report = state.load_layer(index, layer, device)
+            return Visited(layer, run_layer(layer, inputs), report)
         start = time.perf_counter()
-        if layerwise is not None:
-            layers[i] = layerwise.load(i)
-        dense_out = run_layer(layers[i], inputs)
-        step = layer_step or functools.partial(rotate_and_prune_layer, loop=loop)
-        layer, report, pruned_out = step(i, layers[i], inputs, dense_out, spec=spec)
-        layers[i] = layer
-        report = {"layer": i, **report, "seconds": time.perf_counter() - start}
-        inputs = pruned_out
+        dense_out = run_layer(layer, inputs)
+        layer, report, outputs = layer_step(index, layer, inputs, dense_out, spec, plan.rotations,
+                                            plan.alternative)
+        report = {"layer": index, **report, "seconds": time.perf_counter() - start}
         if state is not None:
-            state.save_layer(i, layer, report)
-        if layerwise is not None:
-            layerwise.release(i, layer)
-        del layer, dense_out
-        gc.collect()  # the layer's Trainer, module and datamodule form reference cycles: free now
-        reports.append(report)
-        if loop.on_layer is not None:
-            loop.on_layer(report)
-        if "best_loss" in report:
-            bar.set_postfix({report["objective"]: f"{report['initial_loss']:.4g}->{report['best_loss']:.4g}"})
+            state.save_layer(index, layer, report)
+        return Visited(layer, outputs, report)
+
+    reports = []
+    for index, visited in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise):
+        reports.append(visited.report)
+        if index >= done and loop.on_layer is not None:
+            loop.on_layer(visited.report)
     return reports

@@ -1,33 +1,32 @@
-"""Checks and finishing steps of a run: option checks, fingerprint, pattern check, boundary merge."""
+"""Checks of a run before it starts: option checks, fingerprint, pattern check, device."""
 
 from __future__ import annotations
 
 import torch
 
-from ..export import install_boundaries
-from ..export.boundaries import merge_error
-from ..layer.step import INVARIANCE_TOLERANCE
+from ..export.finish import ROTATION_DTYPES
+from ..lightning.rotation_settings import RotationSettings
 from ..models.adapters import ROLES
-from ..models.loading import DTYPES
 from ..pruning import NO_PRUNING, parse_pattern
-from ..rotation import rotation_storage_dtype
 from .options import RunOptions
-from .parallel import SCHEDULES
 from .state import LATER_DEFAULTS
 
+LAUNCH_MODES = ("sequential", "parallel")
+"""``run.launch.mode``: rotations learned layer after layer, or all first over torchrun ranks."""
 
-def check_options(opts: RunOptions, module) -> None:
+
+def check_options(opts: RunOptions, settings: RotationSettings) -> None:
     """Refuse run options that are invalid on their own or with the rotation settings."""
-    if opts.export.rotation_dtype not in ("auto", "model", *DTYPES):
+    if opts.export.rotation_dtype not in ROTATION_DTYPES:
         raise ValueError(f"run.export.rotation_dtype={opts.export.rotation_dtype!r}; allowed: "
-                         f"'auto', 'model', {', '.join(map(repr, DTYPES))}")
-    if opts.launch.mode not in SCHEDULES:
+                         f"{', '.join(map(repr, ROTATION_DTYPES))}")
+    if opts.launch.mode not in LAUNCH_MODES:
         raise ValueError(f"run.launch.mode={opts.launch.mode!r}; allowed: "
-                         f"{', '.join(map(repr, SCHEDULES))}")
-    if opts.launch.mode == "parallel" and module.hparams.steps == 0:
+                         f"{', '.join(map(repr, LAUNCH_MODES))}")
+    if opts.launch.mode == "parallel" and settings.steps == 0:
         raise ValueError("run.launch.mode='parallel' trains rotations; model.steps=0 (the plain "
                          "pruner) has none — use run.launch.mode='sequential'")
-    if module.hparams.get("r1", "per_layer") == "shared" and opts.launch.mode != "sequential":
+    if settings.r1 == "shared" and opts.launch.mode != "sequential":
         raise ValueError("model.r1='shared' learns one rotation for all layers at once, which "
                          "run.launch.mode='parallel' does not split; use run.launch.mode='sequential'")
     if opts.monitor.picture_role not in ROLES:
@@ -56,19 +55,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(module, data, opts,
+def fingerprint(settings: RotationSettings, data, opts: RunOptions,
                 extra: dict | None = None) -> dict:
     """The settings that shape the per-layer results (a resumed run must match them exactly).
 
     Settings added after a release are left out while at their default, so run directories made
     before them still resume.
     """
-    settings = {k: v for k, v in module.effective_settings().items()
-                if LATER_DEFAULTS.get(k, object()) != v}
+    shaping = {k: v for k, v in settings.effective().items() if LATER_DEFAULTS.get(k, object()) != v}
     run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
     if opts.launch.mode != "sequential":
         run["mode"] = opts.launch.mode
-    return {"model": settings, "data": data.protocol(), "run": run, **(extra or {})}
+    return {"model": shaping, "data": data.protocol(), "run": run, **(extra or {})}
 
 
 def check_pattern_fits(widths: dict[str, int], model_type: str, pattern: str) -> None:
@@ -81,39 +79,3 @@ def check_pattern_fits(widths: dict[str, int], model_type: str, pattern: str) ->
             parsed.validate(widths[role])
         except ValueError as err:
             raise ValueError(f"{err} ({role}_proj of {model_type})") from None
-
-
-def boundary_dtype(opts, model_dtype: torch.dtype) -> str:
-    """Name of the dtype the merged boundary rotations are stored in ("auto": at least float32)."""
-    if opts.export.rotation_dtype == "auto":
-        return str(rotation_storage_dtype(model_dtype)).removeprefix("torch.")
-    if opts.export.rotation_dtype == "model":
-        return str(model_dtype).removeprefix("torch.")
-    return opts.export.rotation_dtype
-
-
-@torch.no_grad()
-def finalize_rotations(model, adapter, windows: torch.Tensor, rotation_dtype: str) -> dict:
-    """Merge each layer's exit and the next layer's entry rotation into one boundary matrix.
-
-    Self-check: the logits on one calibration window must not move by more than the merge
-    tolerance of the coarser of the model and rotation dtypes.
-    """
-    device = next(model.parameters()).device
-    probe = windows[:1].to(device)
-    before = model(probe, use_cache=False).logits
-    fields = install_boundaries(model, adapter, rotation_dtype)
-    after = model(probe, use_cache=False).logits
-    rel = merge_error(before, after, merge_tolerance(opts_dtype(model), rotation_dtype))
-    return {**fields, "boundary_merge_error": rel}
-
-
-def merge_tolerance(model_dtype: torch.dtype, rotation_dtype: str) -> float:
-    """Largest relative logit change allowed by the boundary merge (the coarser dtype's)."""
-    return max(INVARIANCE_TOLERANCE.get(model_dtype, 1e-2),
-               INVARIANCE_TOLERANCE.get(DTYPES[rotation_dtype], 1e-2))
-
-
-def opts_dtype(model) -> torch.dtype:
-    """The floating dtype of the model's weights."""
-    return next(model.parameters()).dtype

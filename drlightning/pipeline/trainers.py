@@ -10,7 +10,7 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..lightning.rotation_module import RotationModule
+from ..lightning.rotation_settings import RotationSettings
 from .options import RunOptions
 
 TRAINER_DEFAULTS = {
@@ -39,21 +39,21 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
                             callbacks: list | None = None) -> Callable[..., Trainer]:
     """A fresh Trainer per layer (rotation training only) with a per-layer logger.
 
-    Merging and pruning run after ``fit`` as plain functions (:mod:`drlightning.layer.step`);
-    ``callbacks`` are the user's other callbacks (the CLI leaves out its merge and prune shells,
-    which would do that work twice). Under a multi-process launch
-    (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``). Each Trainer clips the
-    gradient norm at the module's ``grad_clip``; a template with another ``gradient_clip_val`` (or
-    clipping by value) is refused (:meth:`RotationModule.trainer_clipping`).
+    ``callbacks`` are the user's callbacks, on every Trainer; ``make(index, settings, extra)``
+    adds the layer loop's own (the merge and prune callbacks of a per-layer fit). Under a
+    multi-process launch (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``).
+    Each Trainer clips the gradient norm at the settings' ``grad_clip``; a template with another
+    ``gradient_clip_val`` (or clipping by value) is refused
+    (:meth:`RotationSettings.trainer_clipping`).
     """
     base = dict(base or {})
     user = list(callbacks or [])
 
-    def make(index: int | str, module: RotationModule) -> Trainer:
+    def make(index: int | str, settings: RotationSettings, callbacks: tuple = ()) -> Trainer:
         kwargs = {**TRAINER_DEFAULTS, "enable_progress_bar": opts.monitor.progress, **base}
-        kwargs["max_steps"] = module.hparams.steps
-        kwargs.update(module.trainer_clipping(base))
-        kwargs["callbacks"] = [*user]
+        kwargs["max_steps"] = settings.steps
+        kwargs.update(settings.trainer_clipping(base))
+        kwargs["callbacks"] = [*user, *callbacks]
         check_precision(kwargs["precision"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if (world > 1 and kwargs["devices"] == 1 and torch.cuda.is_available()

@@ -1,0 +1,52 @@
+"""The evaluation plan: one value for what an evaluation measures, wherever it runs — a fit's
+``run.eval``, ``drlightning eval --eval.*``, the LoRA stage's ``export.eval`` and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+DEFAULT_SEQLEN = 512
+"""Perplexity window when neither the plan nor a run it belongs to says one."""
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What one evaluation measures.
+
+    Args:
+        data: perplexity datasets: "embedded", "wikitext2", "c4" (256 windows), "hf:<id>" or local
+            paths.
+        seqlen: perplexity window length (None: the calibration seqlen in a fit, the source run's
+            in the LoRA stage, else 512).
+        max_windows: evaluate only the first N windows (None = all; C4: its protocol's 256).
+        batch_size: windows per forward pass.
+        zero_shot: lm-eval tasks evaluated 0-shot, e.g. [piqa, hellaswag, arc_easy,
+            arc_challenge, winogrande] or [drl_continuation] (offline, generated from
+            ``task_text``); empty = perplexity only.
+        task_data_dir: folder of <task>.jsonl files to run the standard tasks offline.
+        task_text: text source of the generated ``drl_continuation`` task.
+        task_items: number of generated ``drl_continuation`` items.
+        task_limit: evaluate only the first N documents of each task.
+    """
+
+    data: list[str] = field(default_factory=lambda: ["embedded"])
+    seqlen: int | None = None
+    max_windows: int | None = None
+    batch_size: int = 4
+    zero_shot: list[str] = field(default_factory=list)
+    task_data_dir: str | None = None
+    task_text: str = "embedded"
+    task_items: int = 200
+    task_limit: int | None = None
+
+    def resolved(self, seqlen: int | None = None) -> EvalPlan:
+        """This plan with its window length set: its own, else ``seqlen``, else 512."""
+        return replace(self, seqlen=self.seqlen or seqlen or DEFAULT_SEQLEN)
+
+    def protocol(self) -> dict:
+        """The plan's fields (results.json's ``eval``), as an :class:`EvalPlan` has them."""
+        return {k: v for k, v in asdict(self).items() if k in PLAN_FIELDS}
+
+
+PLAN_FIELDS = tuple(EvalPlan.__dataclass_fields__)
+"""The fields of an evaluation plan (a subclass such as the fit's ``run.eval`` may add more)."""

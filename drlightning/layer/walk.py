@@ -1,0 +1,99 @@
+"""The layer walker: the one loop over a model's decoder layers.
+
+Every pass of a run — the sequential rotate-and-prune loop, the dense passes of the parallel and
+shared-R1 schedules, the shared rotation's model-wide guard — is "capture the inputs of layer 0;
+for each layer: get it (in place, a copy, or from the shards) → do the pass's work on it → carry
+the outputs the work chose (the pruned layer's, or the dense layer's) to the next layer → let the
+layer go". :func:`walk_layers` is that loop, written once; a pass only says what its work is.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.adapters import ArchitectureAdapter
+from ..models.shards import LayerwiseModel
+from .capture import LayerInputs, capture_layer_inputs, run_layer
+
+
+@dataclass(frozen=True)
+class Walk:
+    """How the calibration windows are replayed: ``batch_size`` windows per forward pass,
+    ``offload`` the activations to host memory between layers, ``progress`` bars."""
+
+    batch_size: int = 8
+    offload: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Visited:
+    """What a pass's work returns for one layer.
+
+    ``layer`` is what stays in the model (e.g. the rotated, pruned layer); ``outputs`` are the next
+    layer's inputs (None: the walker runs ``layer`` on the inputs when a next layer needs them);
+    ``report`` is the pass's per-layer result.
+    """
+
+    layer: nn.Module
+    outputs: LayerInputs | None
+    report: dict
+
+
+LayerWork = Callable[[int, nn.Module, LayerInputs], Visited]
+"""(index, layer, its inputs) → :class:`Visited`."""
+
+
+def progress_note(report: dict) -> dict | None:
+    """The progress bar's postfix for a fitted layer: its objective before → after."""
+    if "best_loss" not in report:
+        return None
+    return {report["objective"]: f"{report['initial_loss']:.4g}->{report['best_loss']:.4g}"}
+
+
+def _get(model: nn.Module, layers: nn.ModuleList, index: int, layerwise: LayerwiseModel | None,
+         in_place: bool) -> nn.Module:
+    if layerwise is not None:
+        return layerwise.load(index)
+    return layers[index] if in_place else copy.deepcopy(layers[index])
+
+
+def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
+                work: LayerWork, walk: Walk, *, layerwise: LayerwiseModel | None = None,
+                in_place: bool = True, stop: int | None = None,
+                desc: str = "layers") -> Iterator[tuple[int, Visited]]:
+    """Walk the decoder layers ``0 … stop-1`` (all by default), yielding ``(index, visited)``
+    after each layer's ``work``.
+
+    ``in_place``: the work gets the model's own layer and what it returns replaces it (the
+    rotate-and-prune loop); otherwise a copy, and the model is left as it was (dense passes).
+    With ``layerwise`` each layer is loaded from the shards when its turn comes and put back on
+    ``meta`` after the work (with ``in_place``, the returned layer is released: it is saved by
+    then). No layer's outputs are computed after the last walked layer.
+    """
+    layers = adapter.decoder_layers(model)
+    stop = len(layers) if stop is None else stop
+    inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload)
+    bar = tqdm(range(stop), desc=desc, disable=not walk.progress)
+    for i in bar:
+        visited = work(i, _get(model, layers, i, layerwise, in_place), inputs)
+        if in_place and layerwise is None:
+            layers[i] = visited.layer
+        last = i == stop - 1
+        if not last:
+            inputs = visited.outputs if visited.outputs is not None else run_layer(visited.layer, inputs)
+        if layerwise is not None:
+            layerwise.release(i, visited.layer if in_place else None)
+        note = progress_note(visited.report)
+        if note is not None:
+            bar.set_postfix(note)
+        yield i, visited
+        del visited
+        gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now
