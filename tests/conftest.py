@@ -35,3 +35,45 @@ def _private_cache(tmp_path_factory, monkeypatch, _session_gguf_cache):
     root = tmp_path_factory.mktemp("drl_cache")
     (root / "gguf").symlink_to(_session_gguf_cache, target_is_directory=True)
     monkeypatch.setenv("DRL_CACHE_DIR", str(root))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """``tiny_dir(arch="llama", **overrides)``: a saved tiny model directory (tests/tiny.py), made
+    once per session for each set of arguments. Read-only: copy it before changing it."""
+    from .tiny import save_tiny_dir
+
+    made: dict = {}
+
+    def make(arch: str = "llama", **overrides):
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in made:
+            made[key] = save_tiny_dir(tmp_path_factory.mktemp(f"tiny-{arch}") / "model", arch,
+                                      **overrides)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_dir):
+    """``finished_run(arch="llama", **fit_args options)``: a finished ``drlightning fit`` run
+    directory on a tiny model, made once per session for each set of arguments (its own dense
+    evaluation cache). Read-only: copy it before changing it."""
+    from drlightning.cli import DRLightningCLI
+
+    from .tiny import fit_args
+
+    made: dict = {}
+
+    def make(arch: str = "llama", **options):
+        key = (arch, tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"run-{arch}")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("DRL_CACHE_DIR", str(out / "cache"))
+                DRLightningCLI(args=fit_args(tiny_dir(arch), out / "run", **options))
+            made[key] = out / "run"
+        return made[key]
+
+    return make

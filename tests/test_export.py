@@ -120,13 +120,10 @@ def test_rotations_keep_float32_when_loaded_in_bfloat16(rotated_runs):
 
 
 @pytest.fixture(scope="module")
-def pruned_runs(tmp_path_factory):
-    """SparseGPT 2:4 and Wanda 50% runs on a tiny Llama."""
-    base = tmp_path_factory.mktemp("pruned")
-    src = save_tiny_dir(base / "tiny", "llama")
-    DRLightningCLI(args=fit_args(src, base / "nm", method="sparsegpt", pattern="2:4"))
-    DRLightningCLI(args=fit_args(src, base / "un", method="wanda", pattern="50%"))
-    return {"2:4": base / "nm", "50%": base / "un"}
+def pruned_runs(finished_run):
+    """SparseGPT 2:4 and Wanda 50% runs on a tiny Llama (the session's shared runs)."""
+    return {"2:4": finished_run(method="sparsegpt", pattern="2:4"),
+            "50%": finished_run(method="wanda", pattern="50%")}
 
 
 def test_saved_weights_have_the_requested_pattern(pruned_runs):

@@ -16,18 +16,14 @@ from drlightning.export import load_pretrained
 from drlightning.lora import LoRAModule, TextDataModule, masked_merge, sparsity_masks
 from drlightning.reporting.report import compare
 
-from .tiny import fit_args, save_tiny_dir
-
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory):
-    """A tiny llama rotated (5 steps) and pruned 2:4, saved as a drlightning run directory."""
-    root = tmp_path_factory.mktemp("lora")
-    save_tiny_dir(root / "dense", "llama")
-    main(fit_args(root / "dense", root / "run", steps=5))
-    return root / "run"
+def pruned_run(finished_run):
+    """A tiny llama rotated and pruned 2:4, as a drlightning run directory (the session's shared
+    run, also used by test_export)."""
+    return finished_run(method="sparsegpt", pattern="2:4")
 
 
 def _data(**kw) -> TextDataModule:

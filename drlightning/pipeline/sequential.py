@@ -16,7 +16,8 @@ import torch
 from lightning import Callback, Trainer
 from torch import nn
 
-from ..callbacks import MergeRotations, PruneLayer
+from ..callbacks.merge import MergeRotations
+from ..callbacks.prune import PruneLayer
 from ..layer.capture import LayerInputs, collect_hessians, run_layer
 from ..layer.prune import PruneSpec
 from ..layer.role_weights import measured_role_weights
