@@ -12,7 +12,7 @@ from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
 from .pipeline.job import quiet_lightning, run_job
 from .pipeline.options import RunOptions, moved_keys
-from .pipeline.trainers import TRAINER_DEFAULTS, check_precision, default_trainer_factory
+from .pipeline.trainers import TRAINER_DEFAULTS, check_logger, check_precision, default_trainer_factory
 
 
 class DRLightningCLI(FriendlyParsing, LightningCLI):
@@ -40,6 +40,7 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         base = {k: v for k, v in self.config_init["fit"]["trainer"].items()
                 if k not in ("callbacks", "max_steps", "logger")}
         model.rotation.trainer_clipping(base)  # a conflicting trainer.gradient_clip_val fails before the run
+        check_logger(self.config_init["fit"]["trainer"].get("logger"))  # honoured or refused, never dropped
         listed = self.config_init["fit"]["trainer"].get("callbacks") or []
         make = default_trainer_factory(opts, Path(opts.output_dir), base, loop_callbacks(listed))
         text = self._parser("fit").dump(cfg, skip_none=False)

@@ -15,7 +15,7 @@ from ..data import load_eval_text, tokenize_text
 from ..models import DEFAULT_MODEL, load_model
 from ..reporting.results import EVAL_PROTOCOL, device_name, versions, write_json
 from . import perplexity
-from .plan import EvalPlan
+from .plan import PLAN_FIELDS, EvalPlan
 from .zeroshot import CONTINUATION, zero_shot
 
 PROTOCOL_WINDOWS = {"c4": 256}
@@ -44,7 +44,8 @@ def evaluate_loaded(model, tokenizer, plan: EvalPlan, eval_tokens: dict | None =
         text = load_eval_text(plan.task_text) if CONTINUATION in plan.zero_shot else None
         out["zero_shot"] = zero_shot(model, tokenizer, list(plan.zero_shot),
                                      task_data_dir=plan.task_data_dir, text=text,
-                                     n_items=plan.task_items, limit=plan.task_limit)
+                                     n_items=plan.task_items, limit=plan.task_limit,
+                                     batch_size=plan.batch_size)
     return out
 
 
@@ -83,6 +84,26 @@ def _evaluate_layerwise(spec: str, plan: EvalPlan, load: dict, dev: torch.device
                                         plan.batch_size, progress)}
 
 
+def run_plan(run_dir: Path) -> EvalPlan | None:
+    """The evaluation plan a finished run used (its ``options.eval``, window length resolved), so
+    that ``drlightning eval <run dir>`` measures what the run measured; None if it kept none."""
+    res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    saved = (res.get("options") or {}).get("eval")
+    if not isinstance(saved, dict):
+        return None
+    fields = {k: saved[k] for k in PLAN_FIELDS if k in saved}
+    return EvalPlan(**{**fields, "seqlen": (res.get("eval") or {}).get("seqlen") or fields.get("seqlen")})
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if nothing is there yet, else the first free ``<stem>-2<suffix>``, ``-3``, …"""
+    candidate, k = path, 1
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
+
+
 def evaluate(
     model: str = DEFAULT_MODEL,
     eval: EvalPlan | None = None,  # the CLI's --eval.* group, named as run.eval.* in a fit
@@ -99,13 +120,15 @@ def evaluate(
     Args:
         model: a drlightning run directory, a saved model directory, a .gguf file, a hub id, or
             "smollm2-135m-instruct" (the embedded default).
-        eval: what to measure (the same plan as a fit's ``run.eval``; default: perplexity on the
-            embedded evaluation text in 512-token windows).
+        eval: what to measure (the same plan as a fit's ``run.eval``; default: for a run
+            directory, the run's own evaluation protocol — datasets, window length, windows, tasks;
+            otherwise perplexity on the embedded evaluation text in 512-token windows).
         dtype: dtype to load the model in.
         device: "auto", "cpu" or "cuda[:i]".
         gguf_file: GGUF file name when ``model`` is a folder holding one.
         trust_remote_code: allow remote modelling code of a hub model.
-        output: JSON file for the numbers (default: <run dir>/eval.json for run directories).
+        output: JSON file for the numbers (written over if it exists; default for a run directory:
+            <run dir>/eval.json, or eval-2.json, eval-3.json, … next to it: never over an earlier one).
         progress: show progress bars.
         layerwise: stream the decoder layers from the safetensors shards one at a time
             (perplexity only; for models larger than memory).
@@ -114,7 +137,7 @@ def evaluate(
     spec, run_dir = resolve_eval_target(model)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    plan = (eval or EvalPlan()).resolved()
+    plan = (eval or (run_plan(run_dir) if run_dir else None) or EvalPlan()).resolved()
     if layerwise:
         load = {"dtype": dtype, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code}
         res = _evaluate_layerwise(spec, plan, load, dev, progress)
@@ -125,9 +148,10 @@ def evaluate(
     res.update(model=model, eval={"seqlen": plan.seqlen, "max_windows": plan.max_windows,
                                   "protocol": EVAL_PROTOCOL},
                device=device_name(dev), versions=versions(), seconds=time.perf_counter() - start)
-    target = Path(output) if output else (run_dir / "eval.json" if run_dir else None)
+    target = Path(output) if output else (free_name(run_dir / "eval.json") if run_dir else None)
     if target is not None:
         write_json(target, res)
+        print(f"evaluation written to {target}")
     from ..reporting.report import eval_table
 
     print(eval_table(res))

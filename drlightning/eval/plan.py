@@ -19,7 +19,7 @@ class EvalPlan:
         seqlen: perplexity window length (None: the calibration seqlen in a fit, the source run's
             in the LoRA stage, else 512).
         max_windows: evaluate only the first N windows (None = all; C4: its protocol's 256).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass, and lm-eval's batch size for the zero-shot tasks.
         zero_shot: lm-eval tasks evaluated 0-shot, e.g. [piqa, hellaswag, arc_easy,
             arc_challenge, winogrande] or [drl_continuation] (offline, generated from
             ``task_text``); empty = perplexity only.

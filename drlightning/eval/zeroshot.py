@@ -116,7 +116,8 @@ def zero_shot(model, tokenizer, tasks: list[str], *, task_data_dir: str | None =
         quiet.setLevel(level)
         model.train(was_training)
     source = task_data_dir or ("hub" if set(tasks) - {CONTINUATION} else "generated")
-    protocol = {"num_fewshot": 0, "limit": limit, "lm_eval": importlib.metadata.version("lm_eval"),
+    protocol = {"num_fewshot": 0, "limit": limit, "batch_size": batch_size,
+                "lm_eval": importlib.metadata.version("lm_eval"),
                 "source": source, "metrics": {t: METRIC.get(t, "acc_norm|acc") for t in tasks}}
     if CONTINUATION in tasks:
         protocol["continuation_items"] = n_items

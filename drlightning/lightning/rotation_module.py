@@ -25,7 +25,8 @@ class RotationModule(LightningModule):
     Args:
         method: the pruner (magnitude, wanda, sparsegpt); by default also the objective's score.
         pattern: pruning pattern applied after rotation: "2:4", "4:8", a ratio such as "50%", or
-            "none" to rotate without pruning (the saved model then matches the dense one).
+            "none" to rotate without pruning (the saved model then matches the dense one). Quote
+            N:M in YAML: unquoted, ``2:4`` is the base-60 integer 124 there (refused with a hint).
         steps: optimisation steps per layer; 0 skips rotation and gives the plain pruner.
         lr: Adam learning rate.
         grad_clip: gradient-norm clip over all rotation parameters, applied by the Trainer
@@ -71,7 +72,7 @@ class RotationModule(LightningModule):
     def __init__(
         self,
         method: str = "sparsegpt",
-        pattern: str = "2:4",
+        pattern: str | int | float = "2:4",
         steps: int = 100,
         lr: float = 0.01,
         grad_clip: float = 1.0,

@@ -45,8 +45,25 @@ def _whole(name: str, value, least: int, meaning: str) -> None:
         raise ValueError(f"{name}={value!r} must be an integer ≥ {least} ({meaning})")
 
 
+def check_pattern_type(pattern) -> None:
+    """A pattern is text ("2:4", "50%", "none"). YAML 1.1 reads an unquoted ``2:4`` as the base-60
+    integer 124 (``4:8`` as 248): say so instead of a type error about 124."""
+    if isinstance(pattern, bool) or not isinstance(pattern, str | int | float):
+        raise ValueError(f"pattern={pattern!r} must be text such as \"2:4\", \"50%\" or \"none\"")
+    if isinstance(pattern, int):
+        n, m = divmod(pattern, 60)
+        if n >= 1 and m >= 1:
+            raise ValueError(f"pattern={pattern} (YAML reads an unquoted {n}:{m} as {pattern}, a base-60 "
+                             f"number): quote N:M patterns in YAML, e.g. pattern: \"{n}:{m}\"")
+        raise ValueError(f"pattern={pattern}: give a pattern such as \"2:4\", \"4:8\" or \"50%\" "
+                         "(quoted in YAML)")
+    if isinstance(pattern, float):
+        raise ValueError(f"pattern={pattern!r}: write a ratio as text, e.g. pattern: \"50%\"")
+
+
 def check_settings(s: dict) -> None:
     """Refuse a bad rotation setting with a message naming it and what is allowed."""
+    check_pattern_type(s["pattern"])
     if s["method"] not in METHODS:
         raise ValueError(f"unknown method {s['method']!r}; allowed: {', '.join(METHODS)}")
     if s["pattern"] != NO_PRUNING:

@@ -35,6 +35,19 @@ def check_precision(precision) -> None:
                          "(it casts frozen weights and Hessians to 16 bits); use 32-true or bf16-mixed")
 
 
+def check_logger(logger) -> None:
+    """``trainer.logger``: true/false/unset leave drlightning's own logging (each layer's fit in its
+    own TensorBoard run, ``run.monitor.tensorboard``); a logger object is refused, not dropped."""
+    if logger is None or isinstance(logger, bool):
+        return
+    loggers = logger if isinstance(logger, list | tuple) else [logger]
+    names = ", ".join(type(one).__name__ for one in loggers)
+    raise ValueError(f"trainer.logger={names}: each layer's rotation training logs to a TensorBoard "
+                     "run of its own (run.monitor.tensorboard: <output_dir>/tensorboard/layer_XX, "
+                     "plus a per-layer summary); other Lightning loggers are not supported yet — "
+                     "remove trainer.logger (run.monitor.tensorboard=false turns logging off)")
+
+
 def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
                             callbacks: list | None = None) -> Callable[..., Trainer]:
     """A fresh Trainer per layer (rotation training only) with a per-layer logger.
