@@ -13,7 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    """The README's Python snippets, but the notebook example of drlightning.prune (it runs on the
+    real embedded model: tests/test_readme_api.py, a slow test)."""
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "drlightning.prune(" not in b]
 
 
 def test_readme_python_snippets_run_on_a_saved_run(tmp_path, monkeypatch, capsys):

@@ -62,7 +62,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     start, run_dir, rotation = time.perf_counter(), Path(opts.output_dir), module.rotation
     ensure_writable(run_dir)
     check_options(opts, rotation)
-    preflight(opts, rotation, data)  # no weights loaded, nothing written
+    preflight(opts, rotation, data, loaded[0].config if loaded else None)  # nothing written
     state = RunState(run_dir, fingerprint(rotation, data, opts, settings))
     reclaim = state.check()  # refuses finished work of other settings; writes nothing
     schedule = SCHEDULES[schedule_name(rotation.r1, opts.launch.mode)]()

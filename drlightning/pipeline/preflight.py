@@ -96,12 +96,14 @@ def check_hub(opts: RunOptions, source: str) -> None:
                          "run.eval.task_data_dir for the standard zero-shot tasks")
 
 
-def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDataModule) -> None:
+def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDataModule,
+              shape=None) -> None:
     """Device, model source and architecture, pattern vs every linear's width, r1_blocks,
     sequence lengths vs the model's context, local text sources (exist, UTF-8, enough bytes),
-    offline task files, and Hub datasets/tasks known and reachable or cached."""
+    offline task files, and Hub datasets/tasks known and reachable or cached. ``shape``: the
+    config of a model already in memory (else read from ``run.model`` without its weights)."""
     check_device(opts.device)
-    shape = model_shape(opts.model, opts.gguf_file, opts.trust_remote_code)
+    shape = shape or model_shape(opts.model, opts.gguf_file, opts.trust_remote_code)
     adapter_for(shape)
     layout = HeadLayout.from_config(shape)
     check_pattern_fits(layout.in_features(), shape.model_type, rotation.pattern)
