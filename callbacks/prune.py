@@ -37,6 +37,10 @@ class PruneLayer(Callback):
         self._dense_out: LayerInputs | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.merge is None and any(isinstance(c, MergeRotations) for c in trainer.callbacks):
+            raise ValueError("PruneLayer() prunes the datamodule's unrotated layer, but this Trainer "
+                             "also merges rotations: pass the merge callback, PruneLayer(merge), to "
+                             "prune the layer it merged")
         dm = trainer.datamodule
         self.layer, self.report, self.outputs = None, {}, None
         self._dense_out = dm.dense_out if dm.dense_out is not None else run_layer(dm.layer, dm.inputs)

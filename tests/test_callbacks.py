@@ -96,3 +96,28 @@ def test_every_per_layer_fit_of_a_run_merges_and_prunes_in_the_callbacks(tmp_pat
     assert "lists MergeRotations, PruneLayer" in capsys.readouterr().out
     assert all(r["guard"] in ("rotated", "unrotated") and r["invariance_error"] < 1e-4
                for r in res["layers"])
+
+
+def test_prune_layer_without_its_merge_on_a_merging_trainer_is_refused(tmp_path):
+    _, adapter, layout, inputs, layer = tiny_first_layer(windows=2, seqlen=16, seed=1)
+    folded = copy.deepcopy(layer)
+    fold_norms(folded, adapter)
+    dm = LayerDataModule(0, folded, adapter, layout, inputs, None, 1)
+    module = RotationModule(method="magnitude", pattern="2:4", steps=1, permute=False)
+    with pytest.raises(ValueError, match=r"pass the merge callback, PruneLayer\(merge\)"):
+        rotation_trainer(module, [MergeRotations(), PruneLayer()]).fit(module, datamodule=dm)
+
+
+def test_a_trainer_factory_that_drops_the_loop_callbacks_is_an_error(tmp_path):
+    from drlightning.models import adapter_for
+    from drlightning.pipeline.sequential import rotate_and_prune
+
+    from .tiny import tiny_model
+
+    settings = RotationModule(method="wanda", pattern="2:4", steps=1, role_weights="equal").rotation
+    model = tiny_model("llama")
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    loop = LayerLoop(settings, lambda index, s, callbacks=(): rotation_trainer(
+        RotationModule.from_settings(s)), batch_size=2, progress=False)
+    with pytest.raises(RuntimeError, match="must put the given callbacks on the Trainer"):
+        rotate_and_prune(model, adapter_for(model.config), ids, loop)

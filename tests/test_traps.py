@@ -72,3 +72,16 @@ def test_old_eval_flags_and_lora_keys_name_their_new_place(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["lora", "fit", "--export.eval_data", "[embedded]"])
     assert "export.eval_data → export.eval.data" in capsys.readouterr().err
+
+
+def test_layerwise_eval_of_a_run_leaves_its_zero_shot_tasks_out(tmp_path, capsys):
+    from drlightning.eval.api import run_plan
+
+    options = {"eval": {"data": ["embedded"], "seqlen": None, "max_windows": 3, "batch_size": 2,
+                        "zero_shot": ["drl_continuation"], "dense": True}}
+    (tmp_path / "results.json").write_text(json.dumps({"options": options, "eval": {"seqlen": 64}}))
+    whole, streamed = run_plan(tmp_path), run_plan(tmp_path, layerwise=True)
+    assert whole == EvalPlan(data=["embedded"], seqlen=64, max_windows=3, batch_size=2,
+                             zero_shot=["drl_continuation"])
+    assert streamed.zero_shot == [] and streamed.seqlen == 64
+    assert "perplexity only" in capsys.readouterr().out

@@ -84,14 +84,19 @@ def _evaluate_layerwise(spec: str, plan: EvalPlan, load: dict, dev: torch.device
                                         plan.batch_size, progress)}
 
 
-def run_plan(run_dir: Path) -> EvalPlan | None:
+def run_plan(run_dir: Path, layerwise: bool = False) -> EvalPlan | None:
     """The evaluation plan a finished run used (its ``options.eval``, window length resolved), so
-    that ``drlightning eval <run dir>`` measures what the run measured; None if it kept none."""
+    that ``drlightning eval <run dir>`` measures what the run measured; None if it kept none.
+    ``layerwise`` (perplexity only) leaves the run's zero-shot tasks out, and says so."""
     res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
     saved = (res.get("options") or {}).get("eval")
     if not isinstance(saved, dict):
         return None
     fields = {k: saved[k] for k in PLAN_FIELDS if k in saved}
+    if layerwise and fields.get("zero_shot"):
+        print(f"note: the run also measured zero-shot {fields['zero_shot']}; layerwise=true "
+              "evaluates perplexity only (run without it, where the model fits, for the tasks)")
+        fields["zero_shot"] = []
     return EvalPlan(**{**fields, "seqlen": (res.get("eval") or {}).get("seqlen") or fields.get("seqlen")})
 
 
@@ -137,7 +142,7 @@ def evaluate(
     spec, run_dir = resolve_eval_target(model)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    plan = (eval or (run_plan(run_dir) if run_dir else None) or EvalPlan()).resolved()
+    plan = (eval or (run_plan(run_dir, layerwise) if run_dir else None) or EvalPlan()).resolved()
     if layerwise:
         load = {"dtype": dtype, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code}
         res = _evaluate_layerwise(spec, plan, load, dev, progress)

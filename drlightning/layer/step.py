@@ -159,6 +159,9 @@ def layer_step(index: int, layer: nn.Module, inputs: LayerInputs, dense_out: Lay
     got = rotations(LayerTask(index, layer, inputs, spec, dense_out, others))
     gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now
     if got.finished is not None:
+        if folded is not None:
+            raise ValueError("a rotation source that merges and prunes itself cannot have the "
+                             "'r2_identity' alternative (it needs the merge here)")
         kept, report, out = got.finished
         return kept, {**got.report, **report}, out
     rotated, invariance = merge_layer(layer, got.q, got.r, inputs, spec.adapter, spec.layout, index)

@@ -39,10 +39,11 @@ class Visited:
 
     ``layer`` is what stays in the model (e.g. the rotated, pruned layer); ``outputs`` are the next
     layer's inputs (None: the walker runs ``layer`` on the inputs when a next layer needs them);
-    ``report`` is the pass's per-layer result.
+    ``report`` is the pass's per-layer result. What the walker yields of a pass over copies keeps
+    the report only (the copy is gone by then).
     """
 
-    layer: nn.Module
+    layer: nn.Module | None
     outputs: LayerInputs | None
     report: dict
 
@@ -58,16 +59,16 @@ def progress_note(report: dict) -> dict | None:
     return {report["objective"]: f"{report['initial_loss']:.4g}->{report['best_loss']:.4g}"}
 
 
-def _get(model: nn.Module, layers: nn.ModuleList, index: int, layerwise: LayerwiseModel | None,
-         in_place: bool) -> nn.Module:
+def _get(layers: nn.ModuleList, index: int, layerwise: LayerwiseModel | None, in_place: bool,
+         restored: int) -> nn.Module:
     if layerwise is not None:
-        return layerwise.load(index)
+        return layers[index] if index < restored else layerwise.load(index)
     return layers[index] if in_place else copy.deepcopy(layers[index])
 
 
 def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
                 work: LayerWork, walk: Walk, *, layerwise: LayerwiseModel | None = None,
-                in_place: bool = True, stop: int | None = None,
+                in_place: bool = True, stop: int | None = None, restored: int = 0,
                 desc: str = "layers") -> Iterator[tuple[int, Visited]]:
     """Walk the decoder layers ``0 … stop-1`` (all by default), yielding ``(index, visited)``
     after each layer's ``work``.
@@ -76,14 +77,16 @@ def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     rotate-and-prune loop); otherwise a copy, and the model is left as it was (dense passes).
     With ``layerwise`` each layer is loaded from the shards when its turn comes and put back on
     ``meta`` after the work (with ``in_place``, the returned layer is released: it is saved by
-    then). No layer's outputs are computed after the last walked layer.
+    then); the first ``restored`` layers are not read from the shards (the work restores them
+    from a run state onto their ``meta`` tensors). No layer's outputs are computed after the last
+    walked layer.
     """
     layers = adapter.decoder_layers(model)
     stop = len(layers) if stop is None else stop
     inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload)
     bar = tqdm(range(stop), desc=desc, disable=not walk.progress)
     for i in bar:
-        visited = work(i, _get(model, layers, i, layerwise, in_place), inputs)
+        visited = work(i, _get(layers, i, layerwise, in_place, restored), inputs)
         if in_place and layerwise is None:
             layers[i] = visited.layer
         last = i == stop - 1
@@ -94,6 +97,6 @@ def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         note = progress_note(visited.report)
         if note is not None:
             bar.set_postfix(note)
-        yield i, visited
+        yield i, (visited if in_place else Visited(None, None, visited.report))
         del visited
         gc.collect()  # a fit's Trainer, module and datamodule form reference cycles: free them now

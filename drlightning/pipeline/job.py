@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..atomic import atomic_write_text
@@ -80,6 +80,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
     loop, monitor = layer_loop(rotation, make_trainer or default_trainer_factory(opts, run_dir),
                                data.hparams.batch_size, opts, run_dir, clock)
+    loop = replace(loop, module_class=type(module))
     with quiet_lightning():
         plan = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
         if not schedule.is_main:  # a rank > 0: its layers are trained and saved
@@ -146,7 +147,8 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
     """The dense model's evaluation (``run.eval.dense``), cached in the run state for re-runs."""
     if not opts.eval.dense:
         return None
-    wanted = {"ppl": sorted(opts.eval.data), "zero_shot": sorted(opts.eval.zero_shot)}
+    wanted = {"ppl": sorted(opts.eval.data), "zero_shot": sorted(opts.eval.zero_shot),
+              "zero_shot_batch_size": opts.eval.batch_size}
     cached = state.load_json("dense_eval.json")
     if cached is not None and cached.get("wanted") == wanted:
         return cached["result"]

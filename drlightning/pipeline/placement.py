@@ -65,7 +65,8 @@ class WholeModel:
                                               for f in sorted(Path(ev.task_data_dir).glob("*.jsonl")))
         param = next(self.model.parameters())
         protocol = {"model_type": self.model.config.model_type, "dtype": str(param.dtype),
-                    "device": param.device.type, "seqlen": seqlen, "eval": settings, **texts}
+                    "device": param.device.type, "seqlen": seqlen, "eval": settings,
+                    "zero_shot_batch_size": ev.batch_size, **texts}  # lm-eval's since the plan
         return dense_key(self.model, eval_tokens, protocol)
 
     def finish(self, state, windows: torch.Tensor, run_dir: Path, eval_tokens: dict,

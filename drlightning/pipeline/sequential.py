@@ -53,6 +53,8 @@ class LayerLoop:
     unrotated_error: bool = False
     on_fit: Callable[[int, RotationModule], None] | None = None
     on_layer: Callable[[dict], None] | None = None
+    module_class: type[RotationModule] = RotationModule
+    """The LightningModule each layer's fit builds from ``settings`` (a subclass, e.g. a study's)."""
 
     @property
     def walk(self) -> Walk:
@@ -79,7 +81,7 @@ def fit_rotation(task: LayerTask, loop: LayerLoop,
     dm = LayerDataModule(task.index, task.layer, spec.adapter, spec.layout, task.inputs, hessians,
                          settings.steps, weights, dense_out=task.dense_out, others=task.others,
                          spec=spec)
-    module = RotationModule.from_settings(settings)
+    module = loop.module_class.from_settings(settings)
     loop.make_trainer(task.index, settings, callbacks).fit(module, datamodule=dm)
     if loop.on_fit is not None:
         loop.on_fit(task.index, module)
@@ -98,6 +100,10 @@ def fit_now(loop: LayerLoop) -> RotationSource | None:
         merge = MergeRotations()
         prune = PruneLayer(merge)
         q, r, report = fit_rotation(task, loop, (merge, prune))
+        if prune.layer is None:
+            raise RuntimeError(f"layer {task.index}: the Trainer of its fit did not run the merge and "
+                               "prune callbacks; a custom make_trainer(index, settings, callbacks) "
+                               "must put the given callbacks on the Trainer it makes")
         report["fit_seconds"] -= merge.seconds + prune.report["prune_seconds"]
         finished = (prune.layer, {**merge.report, **prune.report}, prune.outputs)
         return Rotations(q, r, report, finished)
@@ -161,7 +167,8 @@ def rotate_and_prune(model: nn.Module, adapter: ArchitectureAdapter, windows: to
         return Visited(layer, outputs, report)
 
     reports = []
-    for index, visited in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise):
+    for index, visited in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise,
+                                      restored=done):
         reports.append(visited.report)
         if index >= done and loop.on_layer is not None:
             loop.on_layer(visited.report)

@@ -11,7 +11,7 @@ The passes of :class:`drlightning.pipeline.schedules.Shared`:
    not lower the summed pruning error, it is dropped model-wide (the plain pruner runs). Otherwise
    the layer loop merges (Q, R2ℓ) into each layer and prunes it on the outputs of the pruned
    layers before it; the guard then compares R2ℓ with the identity (Q is the same everywhere).
-4. Before saving (:func:`drlightning.export.standard.to_standard`, or shard by shard in the
+4. Before saving (:func:`drlightning.export.finish.to_standard`, or shard by shard in the
    layer-by-layer export), every layer's entry/exit Q cancels against its neighbour's: the
    wrappers are dropped and Q is absorbed into the embeddings and lm_head — a standard checkpoint.
 """

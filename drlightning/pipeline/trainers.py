@@ -52,7 +52,7 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
                             callbacks: list | None = None) -> Callable[..., Trainer]:
     """A fresh Trainer per layer (rotation training only) with a per-layer logger.
 
-    ``callbacks`` are the user's callbacks, on every Trainer; ``make(index, settings, extra)``
+    ``callbacks`` are the user's callbacks, on every Trainer; ``make(index, settings, callbacks)``
     adds the layer loop's own (the merge and prune callbacks of a per-layer fit). Under a
     multi-process launch (torchrun) with CUDA each rank trains on its own GPU (``LOCAL_RANK``).
     Each Trainer clips the gradient norm at the settings' ``grad_clip``; a template with another

@@ -13,7 +13,7 @@ import torch
 from ..atomic import atomic_write_text
 
 EVAL_PROTOCOL = {
-    "perplexity": "non-overlapping windows of eval_seqlen tokens over the evaluation text joined "
+    "perplexity": "non-overlapping windows of eval.seqlen tokens over the evaluation text joined "
                   "with '\\n\\n' and tokenised once; exp(mean token NLL) (WikiText-2 protocol)",
     "calibration": "nsamples random windows of seqlen tokens; random.seed(seed); documents longer "
                    "than seqlen; random start (SparseGPT/Wanda/DenoiseRotator protocol)",
