@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 from .cli_errors import CLI_SETTINGS, USER_ERRORS, FriendlyParsing
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
-from .pipeline.job import quiet_lightning, run_job
+from .pipeline.job import quiet_lightning, run_with_plain_baseline
 from .pipeline.options import RunOptions, moved_keys
 from .pipeline.trainers import TRAINER_DEFAULTS, check_logger, check_precision, default_trainer_factory
 
@@ -46,7 +46,8 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         text = self._parser("fit").dump(cfg, skip_none=False)
         settings = {"seed_everything": cfg.get("seed_everything"),
                     "trainer": {"precision": str(cfg.trainer.precision)}}
-        self.results = run_job(model, datamodule, opts, make, config_text=text, settings=settings)
+        self.results = run_with_plain_baseline(model, datamodule, opts, make, config_text=text,
+                                               settings=settings)
         return self.results
 
 

@@ -8,11 +8,16 @@ from typing import Any
 import torch
 
 
-def tokenize_text(tokenizer: Any, text: str) -> torch.LongTensor:
-    """Tokenise ``text`` once into a (1, N) LongTensor, without the "longer than max" warning."""
+def tokenize_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> torch.LongTensor:
+    """Tokenise ``text`` once into a (1, N) LongTensor, without the "longer than max" warning.
+
+    ``add_special_tokens=False`` for text that already holds them (a rendered chat template).
+    """
     from transformers import PreTrainedTokenizerBase
 
-    kwargs = {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
+    kwargs: dict[str, Any] = {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
+    if not add_special_tokens:
+        kwargs["add_special_tokens"] = False
     ids = tokenizer(text, **kwargs)["input_ids"]
     return torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
 
@@ -20,14 +25,16 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.LongTensor:
 class _TokenCache:
     """Tokenise each document at most once, on first use."""
 
-    def __init__(self, tokenizer: Any, documents: list[str]) -> None:
+    def __init__(self, tokenizer: Any, documents: list[str], add_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.documents = documents
+        self.add_special_tokens = add_special_tokens
         self.tokens: dict[int, torch.Tensor] = {}
 
     def __call__(self, index: int) -> torch.Tensor:
         if index not in self.tokens:
-            self.tokens[index] = tokenize_text(self.tokenizer, self.documents[index])[0]
+            self.tokens[index] = tokenize_text(self.tokenizer, self.documents[index],
+                                              self.add_special_tokens)[0]
         return self.tokens[index]
 
 
@@ -55,13 +62,15 @@ def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int) -> None:
 
 
 def calibration_windows(
-    tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int = 0
+    tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int = 0,
+    add_special_tokens: bool = True,
 ) -> torch.LongTensor:
     """``nsamples`` random windows of ``seqlen`` tokens, shape (nsamples, seqlen).
 
     Paper protocol: seed the RNG; per sample draw random documents until one has more than
     ``seqlen`` tokens, then a random start in it. A private ``random.Random(seed)`` gives the
     same draws as ``random.seed(seed)`` without touching the global RNG.
+    ``add_special_tokens=False`` for documents that already hold them (rendered chats).
     """
     if not isinstance(nsamples, int) or nsamples < 1:
         raise ValueError(f"nsamples={nsamples!r} must be an integer ≥ 1")
@@ -69,7 +78,7 @@ def calibration_windows(
         raise ValueError(f"seqlen={seqlen!r} must be an integer ≥ 2")
     if not documents:
         raise ValueError("no calibration documents given")
-    cache = _TokenCache(tokenizer, documents)
+    cache = _TokenCache(tokenizer, documents, add_special_tokens)
     _check_enough(cache, nsamples, seqlen)
     rng = random.Random(seed)
     windows = []

@@ -32,6 +32,7 @@ from ..reporting.results import (
     ensure_writable,
     format_table,
     peak_memory,
+    side_by_side,
     versions,
     write_json,
 )
@@ -109,6 +110,25 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     return results
 
 
+def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
+                            make_trainer: TrainerFactory | None = None, **kw) -> dict:
+    """:func:`run_job`, after the plain pruner (steps 0, same calibration and evaluation, nothing
+    saved) into ``<output_dir>/plain`` when ``run.monitor.plain_baseline`` asks for it: the run
+    then ends with dense, plain and DenoiseRotator side by side (``kw``: run_job's keywords)."""
+    if not opts.monitor.plain_baseline:
+        return run_job(module, data, opts, make_trainer, **kw)
+    plain_dir = Path(opts.output_dir) / "plain"
+    print(f"the plain pruner first, as the baseline: {plain_dir}", flush=True)
+    plain = type(module).from_settings(replace(module.rotation, steps=0))
+    monitor = replace(opts.monitor, plain_baseline=False, tensorboard=False, picture_layers=[])
+    run_job(plain, data, replace(opts, output_dir=str(plain_dir), monitor=monitor,
+                                 export=replace(opts.export, save=False)),
+            make_trainer, settings=kw.get("settings"))
+    print("\nDenoiseRotator:", flush=True)
+    return run_job(module, data, replace(opts, monitor=replace(
+        opts.monitor, plain_baseline=False, baseline_run=str(plain_dir))), make_trainer, **kw)
+
+
 def layer_loop(rotation: RotationSettings, make_trainer: TrainerFactory, batch_size: int,
                opts: RunOptions, run_dir: Path, clock: RunClock) -> tuple[LayerLoop, RunMonitor]:
     """The layer loop's shared settings, with monitoring (TensorBoard, pictures) and the run's
@@ -140,6 +160,8 @@ def write_outputs(results: dict, run_dir: Path, monitor: RunMonitor,
     baseline = load_run(baseline_run) if baseline_run else None
     atomic_write_text(run_dir / "report.md", report_markdown(results, baseline, plot))
     print(format_table(results))
+    if baseline is not None and side_by_side(results, baseline):
+        print(f"\nagainst the plain pruner ({baseline_run}):\n{side_by_side(results, baseline)}")
 
 
 def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
@@ -162,6 +184,9 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
         if key:
             save_dense(key, dense, {"model": opts.model, **wanted})
     state.save_json("dense_eval.json", {"wanted": wanted, "result": dense})
+    shown = ", ".join(f"{name} {ppl:.3f}" for name, ppl in (dense.get("ppl") or {}).items())
+    if shown:
+        print(f"dense perplexity: {shown}", flush=True)
     return dense
 
 

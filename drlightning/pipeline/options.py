@@ -55,6 +55,9 @@ class MonitorOptions:
             next to the rotated one (the guard does this anyway).
         baseline_run: run directory of a baseline (e.g. the plain pruner, steps 0) for report.md's
             "gap closed" column.
+        plain_baseline: run the plain pruner first (steps 0, the same calibration and evaluation)
+            into ``<output_dir>/plain`` and end with dense, plain and DenoiseRotator side by side,
+            with the share of the gap closed (sets ``baseline_run``).
     """
 
     tensorboard: bool = True
@@ -63,6 +66,7 @@ class MonitorOptions:
     picture_role: str = "o"
     unrotated_error: bool = False
     baseline_run: str | None = None
+    plain_baseline: bool = False
 
 
 @dataclass

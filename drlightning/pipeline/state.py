@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_write_text, atomic_write_with
+from ..lightning.calibration import LATER_DEFAULTS as DATA_LATER_DEFAULTS
 from ..rotation import RotatedLayer
 
 
@@ -48,7 +49,8 @@ def describe_differences(old: dict, new: dict) -> list[str]:
     """Human-readable ``key: old → new`` lines (config keys) for every setting that differs; a
     rotation setting left out of a fingerprint shows its earlier default (what to pass to resume)."""
     a, b = _flatten(old), _flatten(new)
-    later = {f"model.{k}": v for k, v in LATER_DEFAULTS.items()}
+    later = {**{f"model.{k}": v for k, v in LATER_DEFAULTS.items()},
+             **{f"data.{k}": v for k, v in DATA_LATER_DEFAULTS.items()}}
     before = {k: a.get(k, later.get(k, "<unset>")) for k in set(a) | set(b)}
     after = {k: b.get(k, later.get(k, "<unset>")) for k in before}
     return [f"{CONFIG_KEY.get(k, k)}: {before[k]!r} → {after[k]!r}"

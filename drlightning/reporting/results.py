@@ -65,6 +65,20 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def side_by_side(results: dict, baseline: dict) -> str:
+    """Dense, the baseline (the plain pruner) and this run's perplexity per dataset, and the share
+    of the baseline's gap to dense that this run closes."""
+    rows = [f"{'dataset':<16}{'dense':>10}{'plain':>10}{'DenoiseRotator':>16}{'gap closed':>12}"]
+    for name, ppl in results["ppl"].items():
+        dense = (results.get("dense_ppl") or {}).get(name)
+        plain = (baseline.get("ppl") or {}).get(name)
+        if dense is None or plain is None:
+            continue
+        closed = f"{(plain - ppl) / (plain - dense):.0%}" if plain > dense else "-"
+        rows.append(f"{name:<16}{dense:10.3f}{plain:10.3f}{ppl:16.3f}{closed:>12}")
+    return "\n".join(rows) if len(rows) > 1 else ""
+
+
 def format_table(results: dict) -> str:
     """A small plain-text table of dense vs pruned perplexity."""
     title = (f"{results['model']} | {results['method']} {results['pattern']} | "
