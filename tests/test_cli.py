@@ -10,13 +10,13 @@ import pytest
 from drlightning.cli import DRLightningCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.stem != "lora")
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.stem not in ("lora", "quick"))
 
 
 def test_there_are_configs_for_every_default_combination():
     names = {p.stem for p in (ROOT / "configs" / "smollm2").glob("*.yaml")}
     assert names == {f"{m}-{p}" for m in ("magnitude", "wanda", "sparsegpt")
-                     for p in ("50pct", "2of4", "4of8")} | {"lora"}
+                     for p in ("50pct", "2of4", "4of8")} | {"lora", "quick"}
     for model in ("llama3-8b", "qwen2.5-7b", "mistral-7b"):
         assert list((ROOT / "configs" / model).glob("*.yaml")), model
 
@@ -47,6 +47,29 @@ def test_lora_config_parses_with_paper_defaults(tmp_path):
         k: v for k, v in PAPER_DEFAULTS.items() if k != "warmup_steps"}
     assert cli.trainer.max_steps == 200 and hp.mask_updates
     assert any(type(c).__name__ == "LoRAExport" for c in cli.trainer.callbacks)
+
+
+def test_quick_config_runs_the_plain_baseline_first_and_prints_both(tiny_dir, tmp_path, capsys):
+    """The README's command 1 (configs/smollm2/quick.yaml), on a tiny model: the plain pruner into
+    <output_dir>/plain, then DenoiseRotator, then dense / plain / DenoiseRotator / gap closed."""
+    cli = DRLightningCLI(args=["fit", "--config", str(ROOT / "configs/smollm2/quick.yaml"),
+                               "--run.model", str(tiny_dir("llama")), "--run.output_dir", str(tmp_path),
+                               "--data.nsamples", "4", "--data.seqlen", "32", "--model.steps", "3",
+                               "--run.eval.max_windows", "2", "--run.monitor.progress", "false"])
+    out = capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    res = cli.results
+    assert plain["steps"] == 0 and res["steps"] == 3 and res["method"] == plain["method"] == "wanda"
+    assert res["options"]["monitor"]["baseline_run"] == str(tmp_path / "plain")
+    assert out.index("the plain pruner first") < out.index("dense perplexity: embedded")
+    row = next(line for line in out.splitlines() if line.startswith("embedded") and "%" in line)
+    dense, p, d = (float(x) for x in row.split()[1:4])
+    assert (dense, p, d) == (round(res["dense_ppl"]["embedded"], 3), round(plain["ppl"]["embedded"], 3),
+                             round(res["ppl"]["embedded"], 3))
+    full = (plain["ppl"]["embedded"] - res["ppl"]["embedded"]) / (
+        plain["ppl"]["embedded"] - res["dense_ppl"]["embedded"])
+    assert row.split()[4] == f"{full:.0%}"
+    assert not (tmp_path / "model").exists() and not (tmp_path / "plain" / "model").exists()
 
 
 def test_bf16_true_precision_is_refused(tmp_path):
