@@ -26,11 +26,12 @@ from .capture import LayerInputs, capture_layer_inputs, run_layer
 @dataclass(frozen=True)
 class Walk:
     """How the calibration windows are replayed: ``batch_size`` windows per forward pass,
-    ``offload`` the activations to host memory between layers, ``progress`` bars."""
+    ``offload`` the activations to host memory between layers, ``progress`` bars labelled ``desc``."""
 
     batch_size: int = 8
     offload: bool = False
     progress: bool = True
+    desc: str = "layers"
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def _get(layers: nn.ModuleList, index: int, layerwise: LayerwiseModel | None, in
 
 def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,
                 work: LayerWork, walk: Walk, *, layerwise: LayerwiseModel | None = None,
-                in_place: bool = True, stop: int | None = None, restored: int = 0,
-                desc: str = "layers") -> Iterator[tuple[int, Visited]]:
+                in_place: bool = True, stop: int | None = None,
+                restored: int = 0) -> Iterator[tuple[int, Visited]]:
     """Walk the decoder layers ``0 … stop-1`` (all by default), yielding ``(index, visited)``
     after each layer's ``work``.
 
@@ -84,7 +85,7 @@ def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     layers = adapter.decoder_layers(model)
     stop = len(layers) if stop is None else stop
     inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload)
-    bar = tqdm(range(stop), desc=desc, disable=not walk.progress)
+    bar = tqdm(range(stop), desc=walk.desc, disable=not walk.progress)
     for i in bar:
         visited = work(i, _get(layers, i, layerwise, in_place, restored), inputs)
         if in_place and layerwise is None:

@@ -16,7 +16,7 @@ Launch: ``torchrun --nproc_per_node N -m drlightning.cli fit --config … --run.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -129,9 +129,9 @@ def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
         store.save(index, q, r, {**report, "rank": ranks.rank})
         return Visited(layer, None, report)
 
-    desc = f"rotations (rank {ranks.rank}/{ranks.world})"
-    for _ in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise,
-                         in_place=False, stop=todo[-1] + 1, desc=desc):
+    walk = replace(loop.walk, desc=f"rotations (rank {ranks.rank}/{ranks.world})")
+    for _ in walk_layers(model, adapter, windows, work, walk, layerwise=layerwise,
+                         in_place=False, stop=todo[-1] + 1):
         pass
     return todo
 

@@ -55,9 +55,9 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         return Visited(layer, None, {"item": layer_item(index, frozen, layout, settings.spec),
                                      "errors": errors})
 
-    found = [v.report for _, v in walk_layers(model, adapter, windows, work, loop.walk,
-                                              layerwise=layerwise, in_place=False,
-                                              desc="dense pass (shared R1)")]
+    walk = replace(loop.walk, desc="dense pass (shared R1)")
+    found = [v.report for _, v in walk_layers(model, adapter, windows, work, walk,
+                                              layerwise=layerwise, in_place=False)]
     items = [f["item"] for f in found]
     if not measure:
         return items
@@ -107,8 +107,9 @@ def model_guard(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         return Visited(layer, dense_out, report)
 
     totals = {"shared": 0.0, "identity": 0.0}
-    for _, visited in walk_layers(model, adapter, windows, work, loop.walk, layerwise=layerwise,
-                                  in_place=False, desc="model-wide guard"):
+    walk = replace(loop.walk, desc="model-wide guard")
+    for _, visited in walk_layers(model, adapter, windows, work, walk, layerwise=layerwise,
+                                  in_place=False):
         totals["shared"] += visited.report["pruning_error_rotated"]
         totals["identity"] += visited.report["pruning_error_unrotated"]
     return {**totals, "kept": "shared" if totals["shared"] < totals["identity"] else "identity"}
