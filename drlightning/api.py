@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .eval.plan import EvalPlan
@@ -85,7 +85,7 @@ def run_options(model, output_dir: Path, run: dict, saving: bool) -> RunOptions:
     elif plan is False or plan is None:
         ev = EvalOptions(data=[], dense=False)
     elif isinstance(plan, EvalPlan):
-        ev = EvalOptions(**{f.name: getattr(plan, f.name) for f in fields(EvalPlan)})
+        ev = EvalOptions(**plan.protocol())  # the plan's fields, as run.eval
     else:
         raise TypeError(f"eval={plan!r}; allowed: True, False or an EvalPlan")
     param = next(model.parameters())
