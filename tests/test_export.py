@@ -15,7 +15,7 @@ from drlightning.cli import DRLightningCLI
 from drlightning.export import boundary_matrices
 from drlightning.rotation import random_orthogonal
 
-from .tiny import fit_args, save_tiny_dir
+from .tiny import ARCHS, fit_args, save_tiny_dir
 
 ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -36,7 +36,7 @@ def dense_logits(model_dir, ids):
 def rotated_runs(tmp_path_factory):
     """One rotate-only (pattern none) run per architecture: (tiny dir, run dir)."""
     runs = {}
-    for arch in ("llama", "qwen2", "mistral"):
+    for arch in ARCHS:
         base = tmp_path_factory.mktemp(arch)
         src = save_tiny_dir(base / "tiny", arch)
         DRLightningCLI(args=fit_args(src, base / "run", pattern="none", steps=15))
@@ -54,7 +54,7 @@ def test_boundary_matrices_merge_exit_and_entry():
     assert boundary_matrices([None, None]) == {}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_rotate_only_run_saves_a_model_matching_dense(rotated_runs, arch):
     src, run = rotated_runs[arch]
     cfg = json.loads((run / "model" / "config.json").read_text())

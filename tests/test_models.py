@@ -9,10 +9,10 @@ from transformers import GPT2Config
 from drlightning.models import HeadLayout, adapter_for, check_finite, default_gguf_path
 from drlightning.models.loading import resolve_source
 
-from .tiny import tiny_config, tiny_model
+from .tiny import ARCHS, tiny_config, tiny_model
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_adapters_find_every_role(arch):
     model = tiny_model(arch)
     adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
@@ -27,7 +27,7 @@ def test_adapters_find_every_role(arch):
 
 
 def test_unsupported_architecture_names_supported_ones():
-    with pytest.raises(ValueError, match=r"model_type='gpt2'.*llama, mistral, qwen2"):
+    with pytest.raises(ValueError, match=r"model_type='gpt2'.*llama, mistral, phi3, qwen2, qwen3"):
         adapter_for(GPT2Config())
 
 

@@ -16,7 +16,7 @@ from drlightning.models import HeadLayout, adapter_for
 from drlightning.pruning.permutation import balanced_order, nm_kept, nm_permutation, refine_order
 from drlightning.rotation import fold_norms
 
-from .tiny import tiny_first_layer, tiny_model
+from .tiny import ARCHS, tiny_first_layer, tiny_model
 
 
 def slow_kept(scores: torch.Tensor, n: int, m: int) -> float:
@@ -28,7 +28,7 @@ def slow_kept(scores: torch.Tensor, n: int, m: int) -> float:
     return total
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("folded", [True, False])
 def test_permutations_leave_float64_logits_unchanged(arch, folded):
     model = tiny_model(arch, torch.float64)

@@ -18,7 +18,7 @@ from drlightning.pipeline.trainers import default_trainer_factory
 from drlightning.pruning import prune_weight
 from drlightning.rotation import RotatedLayer, merge_rotations
 
-from .tiny import tiny_model
+from .tiny import ARCHS, tiny_model
 
 GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
@@ -60,7 +60,7 @@ def run(model, ids, tmp_path: Path, **hp):
     return rotate_and_prune(model, adapter_for(model.config), ids, loop)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method,pattern", [("sparsegpt", "2:4"), ("wanda", "50%"),
                                             ("magnitude", "4:8")])
 def test_steps_zero_reproduces_plain_pruner_exactly(arch, method, pattern, tmp_path):

@@ -18,7 +18,7 @@ from drlightning.rotation.objective import ObjectiveSpec
 from drlightning.rotation.orthogonal import random_orthogonal
 from drlightning.rotation.shared import absorb_residual_rotation
 
-from .tiny import tiny_model
+from .tiny import ARCHS, tiny_model
 
 TOKENS = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -31,7 +31,7 @@ def _rotations(layout: HeadLayout, n_layers: int, dtype: torch.dtype, seed: int 
     return q, r2
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_absorbed_rotation_keeps_float64_logits(arch):
     model = tiny_model(arch, torch.float64)
     dense = model(TOKENS).logits
@@ -48,7 +48,7 @@ def test_absorbed_rotation_keeps_float64_logits(arch):
     assert sorted(n for n, _ in model.named_parameters()) == sorted(set(names) | extra)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_saved_shared_model_loads_with_plain_transformers(arch, tmp_path):
     model = tiny_model(arch, torch.float32)
     dense = model(TOKENS).logits

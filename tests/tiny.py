@@ -9,8 +9,13 @@ from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     Qwen2Config,
+    Qwen3Config,
 )
+
+ARCHS: tuple[str, ...] = ("llama", "qwen2", "mistral", "qwen3", "phi3")
+"""Every architecture with an adapter, as tiny configs."""
 
 COMMON = dict(
     vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -19,13 +24,19 @@ COMMON = dict(
 
 
 def tiny_config(arch: str):
-    """A small config; Qwen2 has q/k/v biases, Mistral a sliding window, Llama tied embeddings."""
+    """A small config; Qwen2 has q/k/v biases, Mistral a sliding window, Llama tied embeddings,
+    Qwen3 q/k norms and a head_dim unlike hidden/heads, Phi-3 fused qkv/gate_up and partial RoPE."""
     if arch == "llama":
         return LlamaConfig(**COMMON, tie_word_embeddings=True)
     if arch == "qwen2":
         return Qwen2Config(**COMMON, tie_word_embeddings=False)
     if arch == "mistral":
         return MistralConfig(**COMMON, sliding_window=16)
+    if arch == "qwen3":
+        return Qwen3Config(**COMMON, head_dim=24, tie_word_embeddings=False)
+    if arch == "phi3":
+        return Phi3Config(**COMMON, pad_token_id=0, partial_rotary_factor=0.5,
+                          tie_word_embeddings=False)
     raise KeyError(arch)
 
 

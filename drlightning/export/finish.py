@@ -12,6 +12,7 @@ from ..layer.step import INVARIANCE_TOLERANCE
 from ..models.adapters import ArchitectureAdapter
 from ..models.loading import DTYPES
 from ..rotation import RotatedLayer, rotation_storage_dtype
+from ..rotation.orthogonal import in_precision
 from ..rotation.shared import absorb_ends
 from .boundaries import install_boundaries, merge_error
 
@@ -65,6 +66,7 @@ def to_standard(model: nn.Module, adapter: ArchitectureAdapter, q: torch.Tensor,
     q, probe = q.to(device), probe.to(device)
     layers = adapter.decoder_layers(model)
     before = model(probe, use_cache=False).logits.double()
+    q = in_precision(q, rotation_storage_dtype(model_dtype(model)))  # as the layers merged it
     for i, layer in enumerate(layers):
         if not isinstance(layer, RotatedLayer) or not torch.equal(
                 layer.rotation.cpu(), q.cpu().to(layer.rotation.dtype)):

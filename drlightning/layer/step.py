@@ -20,6 +20,7 @@ from torch import nn
 
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..rotation import RotatedLayer, fold_norms, merge_rotations, rotation_storage_dtype
+from ..rotation.orthogonal import in_precision
 from .capture import LayerInputs, run_layer
 from .prune import PruneSpec, prune_layer
 
@@ -52,8 +53,8 @@ def merge_layer(layer: nn.Module, q: torch.Tensor, r: torch.Tensor, inputs: Laye
     architectures). Returns (wrapped layer, measured relative change or None without inputs).
     """
     weight = adapter.linear(layer, "q").weight
-    q = q.detach().to(weight.device, rotation_storage_dtype(weight.dtype))
-    r = r.detach().to(weight.device, rotation_storage_dtype(weight.dtype))
+    q = in_precision(q, rotation_storage_dtype(weight.dtype)).to(weight.device)
+    r = in_precision(r, rotation_storage_dtype(weight.dtype)).to(weight.device)
     before = _first_batch_output(layer, inputs)
     merge_rotations(layer, adapter, layout, q, r)
     wrapped = RotatedLayer(layer, q)

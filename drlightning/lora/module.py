@@ -32,10 +32,10 @@ def target_names(config, targets: list[str] | None) -> list[str]:
     adapter = next((a for a in ADAPTERS if base in a.model_types), ADAPTERS[0])
     by_role = {role: path.split(".")[-1] for role, path in adapter.linears.items()}
     if targets is None:
-        return [by_role[r] for r in ROLES]
+        return adapter.module_names(ROLES)
     if not targets:
         raise ValueError("target_modules is empty; give roles (q k v o gate up down) or module names")
-    return [by_role.get(t, t) for t in targets]
+    return list(dict.fromkeys(by_role.get(t, t) for t in targets))
 
 
 def _masked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Per-architecture facts as data: where each linear role lives and how attention heads are laid out.
 
 Every supported model is a stack of pre-norm decoder layers with a q/k/v/o attention block and a
-gated MLP (gate/up/down). The adapters below only say *where* things are; all rotation, pruning and
-capture code is written once against these roles.
+gated MLP (gate/up/down). The adapters below only say *where* things are (and which roles share one
+fused linear); all rotation, pruning and capture code is written once against these roles.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from .families import refusal
+from .fused import split_rows
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 """The seven linear roles of a decoder layer, in forward order."""
@@ -59,15 +62,30 @@ class ArchitectureAdapter:
         }
     )
     """Each RMSNorm (attribute inside a layer) and the roles whose input it scales."""
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Fused linears (path inside a layer) and the roles stacked in their rows, in order."""
+    notes: str = ""
+    """What is particular about rotating this family (shown in docs and the README table)."""
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The model's list of decoder layers."""
         return _get(model, self.layers)
 
     def linear(self, layer: nn.Module, role: str) -> nn.Linear:
-        """The nn.Linear playing ``role`` inside a decoder layer (unwrapping rotation wrappers)."""
+        """The nn.Linear playing ``role`` inside a decoder layer (unwrapping rotation wrappers);
+        for a fused linear, a :class:`~drlightning.models.fused.RowSlice` of the role's rows."""
         layer = getattr(layer, "inner", layer)
-        return _get(layer, self.linears[role])
+        path = self.linears[role]
+        module = _get(layer, path)
+        if path not in self.fused:
+            return module
+        config = getattr(layer, "config", None) or _get(layer, path.split(".")[0]).config
+        return split_rows(module, self.fused[path], HeadLayout.from_config(config).out_features())[role]
+
+    def module_names(self, roles: tuple[str, ...] = ROLES) -> list[str]:
+        """Module-name suffixes of the linears holding ``roles`` (a fused one named once)."""
+        names = [self.linears[r].split(".")[-1] for r in roles]
+        return list(dict.fromkeys(names))
 
     def norm(self, layer: nn.Module, attr: str) -> nn.Module:
         """An RMSNorm module inside a decoder layer."""
@@ -95,6 +113,12 @@ class HeadLayout:
         return {"q": h, "k": h, "v": h, "o": self.n_heads * self.head_dim, "gate": h, "up": h,
                 "down": self.intermediate}
 
+    def out_features(self) -> dict[str, int]:
+        """Output width of each role's linear (its rows in a fused linear)."""
+        qd, kvd = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return {"q": qd, "k": kvd, "v": kvd, "o": self.hidden, "gate": self.intermediate,
+                "up": self.intermediate, "down": self.hidden}
+
     @classmethod
     def from_config(cls, config) -> HeadLayout:
         """Read hidden size, head counts and head_dim from a transformers config."""
@@ -109,8 +133,27 @@ class HeadLayout:
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter(name="llama", model_types=("llama",)),
-    ArchitectureAdapter(name="qwen2", model_types=("qwen2",)),
-    ArchitectureAdapter(name="mistral", model_types=("mistral",)),
+    ArchitectureAdapter(
+        name="qwen2", model_types=("qwen2",),
+        notes="q/k/v carry biases: R1 acts on the inputs only, so q's and k's stay; v's bias "
+              "turns with R2"),
+    ArchitectureAdapter(
+        name="mistral", model_types=("mistral",),
+        notes="sliding-window attention is untouched (the rotations act on channels, not "
+              "positions)"),
+    ArchitectureAdapter(
+        name="qwen3", model_types=("qwen3",),
+        notes="q_norm/k_norm (an RMSNorm per head of q and k) act after the projections, so R1 "
+              "on their inputs and R2 on v/o stay exact; the head_dim of q and k may not be "
+              "rotated or permuted (q_norm/k_norm weights and RoPE act on it) and never is"),
+    ArchitectureAdapter(
+        name="phi3", model_types=("phi3",),
+        linears={"q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
+                 "o": "self_attn.o_proj", "gate": "mlp.gate_up_proj", "up": "mlp.gate_up_proj",
+                 "down": "mlp.down_proj"},
+        fused={"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")},
+        notes="fused qkv_proj and gate_up_proj: each role is its own rows of the fused weight for "
+              "importance, rotation, permutation and pruning; saved fused, as the model had them"),
 )
 
 
@@ -125,10 +168,7 @@ def adapter_for(config) -> ArchitectureAdapter:
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    raise ValueError(
-        f"unsupported architecture model_type={model_type!r}; drlightning supports "
-        f"{', '.join(supported_model_types())}"
-    )
+    raise ValueError(refusal(model_type, supported_model_types()))
 
 
 def _get(root: nn.Module, path: str):

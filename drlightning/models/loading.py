@@ -101,10 +101,31 @@ def load_model(
         del model.config.quantization_config  # weights are dequantised floats now
         model.hf_quantizer = None
     check_finite(model)
+    if DTYPES[dtype] == torch.float64:
+        float64_norms(model)
     model.eval()
     if gguf_path is not None:
         gguf_cache.store(gguf_path, model, tokenizer)
     return model, tokenizer
+
+
+def _rmsnorm_float64(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def float64_norms(model: nn.Module) -> int:
+    """Make the model's RMSNorms compute in float64 (transformers' RMSNorm upcasts to float32 only,
+    which in a float64 model is a downcast: a 1e-7 error no float64 check could pass). Returns the
+    number of norms changed."""
+    import types
+
+    count = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(_rmsnorm_float64, module)
+            count += 1
+    return count
 
 
 def check_finite(model: nn.Module) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
-from .loading import DEFAULT_MODEL, DTYPES, resolve_source
+from .loading import DEFAULT_MODEL, DTYPES, float64_norms, resolve_source
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -146,6 +146,8 @@ class LayerwiseModel:
             self.model = AutoModelForCausalLM.from_config(
                 config, dtype=self.dtype, trust_remote_code=trust_remote_code,
                 attn_implementation=attn_implementation)
+        if self.dtype == torch.float64:
+            float64_norms(self.model)
         self.model.eval()
         self.layer_prefix = f"{self.adapter.layers}."
         self._load_outer()

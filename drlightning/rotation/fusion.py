@@ -17,6 +17,9 @@ def fold_norms(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
     """W ← W·diag(γ) for every linear fed by an RMSNorm, then γ ← 1 (model function unchanged)."""
     for norm_attr, roles in adapter.norm_feeds.items():
         norm = adapter.norm(layer, norm_attr)
+        if getattr(norm, "bias", None) is not None:
+            raise ValueError(f"{adapter.name}: {norm_attr} has a bias; the rotations need RMSNorm "
+                             "without a bias (a bias does not commute with a rotation)")
         gamma = norm.weight
         for role in roles:
             lin = adapter.linear(layer, role)

@@ -24,6 +24,19 @@ def random_orthogonal(
     return q.to(dtype)
 
 
+def in_precision(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q`` as ``dtype``; a rotation learned in a lower precision is re-orthonormalised there.
+
+    A float32 QR factor is orthogonal to ~1e-7 only, which a float64 model would show as a 1e-7
+    change of its function. QR in ``dtype`` with the signs of R's diagonal moved into Q gives the
+    orthogonal matrix within ~1e-7 of ``q`` (batched over leading dims)."""
+    wide = q.detach().to(dtype)
+    if torch.finfo(q.dtype).eps <= torch.finfo(dtype).eps:
+        return wide
+    factors = torch.linalg.qr(wide)
+    return factors.Q * torch.sign(torch.diagonal(factors.R, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
 def orthogonality_error(q: torch.Tensor) -> float:
     """max |QᵀQ − I| over all entries (and all matrices of a batch)."""
     q = q.detach().double()
