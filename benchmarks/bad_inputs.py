@@ -31,6 +31,8 @@ def cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
     (tmp / "latin1.txt").write_bytes("café crème brûlée ".encode("latin-1") * 200)
     (tmp / "gpt2").mkdir()
     (tmp / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp / "gemma2").mkdir()
+    (tmp / "gemma2" / "config.json").write_text('{"model_type": "gemma2"}')
     (tmp / "typo.yaml").write_text("model:\n  stepz: 3\n")
     (tmp / "old.yaml").write_text("run:\n  zero_shot: []\n  mode: parallel\n")
     (tmp / "a-file").write_text("x")
@@ -41,6 +43,8 @@ def cases(tmp: Path) -> list[tuple[str, str, list[str]]]:
         ("model path does not exist", "model path not found", [*fit, "--run.model", "./nope/"]),
         ("GGUF file does not exist", "GGUF file not found", [*fit, "--run.model", "missing.gguf"]),
         ("unsupported architecture", "model_type='gpt2'", [*fit, "--run.model", str(tmp / "gpt2")]),
+        ("norms after attention and MLP (Gemma 2)", "after attention",
+         [*fit, "--run.model", str(tmp / "gemma2")]),
         ("N:M does not tile the width (3:5 on 576)", "divisible by M=5", [*fit, "--model.pattern", "3:5"]),
         ("N >= M", "0 < N < M", [*fit, "--model.pattern", "4:4"]),
         ("sparsity out of range", "'100%' is out of range", [*fit, "--model.pattern", "100%"]),

@@ -21,15 +21,19 @@ from drlightning.models.adapters import ADAPTERS  # noqa: E402
 from drlightning.models.families import UNSUPPORTED  # noqa: E402
 
 FAMILY = {"llama": "Llama 2/3, SmolLM2, …", "qwen2": "Qwen2, Qwen2.5", "mistral": "Mistral",
-          "qwen3": "Qwen3 (dense)", "phi3": "Phi-3, Phi-3.5, Phi-4"}
+          "qwen3": "Qwen3 (dense)", "phi3": "Phi-3, Phi-3.5, Phi-4", "mixtral": "Mixtral",
+          "qwen3_moe": "Qwen3-MoE"}
 """The families each adapter's ``model_type`` covers, in words."""
 
 TINY = ("Every family in the table passes the same checks on a tiny random model of its "
         "architecture (tests/tiny.py): random rotations and whole rotate-only runs keep float64 "
         "logits within 1e-9 of the dense model (per-layer and shared R1); a 2:4 run keeps the exact "
-        "pattern in every saved weight (each part of a fused one); 0 rotation steps reproduce the "
-        "plain pruner exactly; channel permutations are exact; saved outputs reload (shared R1 with "
-        "plain transformers).")
+        "pattern in every saved weight (each part of a fused one, every expert); 0 rotation steps "
+        "reproduce the plain pruner exactly; saved outputs reload (shared R1 with plain "
+        "transformers). Dense families also: channel permutations are exact (float64). MoE "
+        "families also: per-expert Hessians equal a slow reference, the router stays dense, an "
+        "expert no calibration token reaches is pruned by magnitude. No real MoE, Qwen3 or Phi-3 "
+        "checkpoint could be tried here (no Hub access): quality on them is unmeasured.")
 REAL = {"llama": "tiny random model; SmolLM2-135M-Instruct (the quality tables, the demo)"}
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, MixtralConfig
+from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2MoeConfig
 
 import drlightning
 from drlightning.cli import DRLightningCLI
@@ -18,9 +18,11 @@ from drlightning.lora.module import target_names
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.rotation import fold_norms
 
-from .tiny import ARCHS, exact_norms, fit_args, save_tiny_dir, tiny_config, tiny_model
+from .tiny import ARCHS, MOE_ARCHS, exact_norms, fit_args, save_tiny_dir, tiny_config, tiny_model
 
 NEW = ("qwen3", "phi3")
+EVERY = [pytest.param(a, marks=pytest.mark.slow) if a not in NEW else a for a in ARCHS]
+"""Every dense family; the ones other tests already run end to end are in the slow part (CI)."""
 IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
 FUSED = {"phi3": {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")}}
 
@@ -35,7 +37,7 @@ def _logits64(path, remote: bool) -> torch.Tensor:
         return model(IDS).logits
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", EVERY)
 @pytest.mark.parametrize("r1", ["per_layer", "shared"])
 def test_rotate_only_float64_run_keeps_the_dense_logits(arch, r1, tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", arch, dtype=torch.float64)
@@ -45,6 +47,9 @@ def test_rotate_only_float64_run_keeps_the_dense_logits(arch, r1, tmp_path):
     config = json.loads((run / "model" / "config.json").read_text())
     shared = r1 == "shared"
     assert config["model_type"] == (arch if shared else f"drlightning_{arch}")
+    if not shared:  # the per-layer model also loads with remote code, without drlightning
+        model = AutoModelForCausalLM.from_pretrained(run / "model", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules")
     dense, got = _logits64(src, remote=False), _logits64(run / "model", remote=not shared)
     down = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(load_file(run / "model" / "model.safetensors")[down],
@@ -61,7 +66,7 @@ def _parts(arch: str, name: str, weight: torch.Tensor, layout: HeadLayout) -> di
     return {name.rsplit(".", 2)[-2].removesuffix("_proj"): weight}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", EVERY)
 @pytest.mark.parametrize("r1", ["per_layer", "shared"])
 def test_two_four_run_keeps_the_pattern_in_every_saved_weight(arch, r1, tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", arch)
@@ -104,13 +109,13 @@ def test_phi3_roles_are_views_of_the_fused_rows():
 
 
 @pytest.mark.parametrize("config,family", [
-    (Gemma2Config(), "Gemma 2"), (MixtralConfig(), "Mixtral"), (GPT2Config(), "GPT-2")])
+    (Gemma2Config(), "Gemma 2"), (Qwen2MoeConfig(), "Qwen2-MoE"), (GPT2Config(), "GPT-2")])
 def test_unsupported_families_get_one_line_naming_family_and_reason(config, family):
     with pytest.raises(ValueError) as err:
         adapter_for(config)
     message = str(err.value)
     assert "\n" not in message and family in message
-    assert "drlightning supports llama, mistral, phi3, qwen2, qwen3" in message
+    assert "drlightning supports llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe" in message
 
 
 def test_unknown_architecture_says_what_is_supported():
@@ -159,7 +164,7 @@ def test_readme_families_table_is_generated_from_the_adapters():
     """Every adapter is a tiny test config, and the README table is what the adapters say now."""
     from drlightning.models.adapters import ADAPTERS
 
-    assert {a.name for a in ADAPTERS} == set(ARCHS)
+    assert {a.name for a in ADAPTERS} == set(ARCHS) | set(MOE_ARCHS)
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "benchmarks/families.py", "check"], cwd=root,
                           capture_output=True, text=True)

@@ -13,7 +13,7 @@ from drlightning.rotation import (
     random_orthogonal,
 )
 
-from .tiny import ARCHS, tiny_model
+from .tiny import ARCHS, MOE_ARCHS, tiny_model
 
 
 def rotate_all_layers(model, seed: int = 1) -> None:
@@ -28,7 +28,7 @@ def rotate_all_layers(model, seed: int = 1) -> None:
         layers[i] = RotatedLayer(layer, q)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + MOE_ARCHS)
 def test_random_rotations_preserve_logits_float64(arch):
     model = tiny_model(arch, torch.float64)
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))

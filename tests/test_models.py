@@ -27,7 +27,8 @@ def test_adapters_find_every_role(arch):
 
 
 def test_unsupported_architecture_names_supported_ones():
-    with pytest.raises(ValueError, match=r"model_type='gpt2'.*llama, mistral, phi3, qwen2, qwen3"):
+    supported = "llama, mistral, mixtral, phi3, qwen2, qwen3, qwen3_moe"
+    with pytest.raises(ValueError, match=rf"model_type='gpt2'.*{supported}"):
         adapter_for(GPT2Config())
 
 

@@ -9,13 +9,18 @@ from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Phi3Config,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "mistral", "qwen3", "phi3")
-"""Every architecture with an adapter, as tiny configs."""
+"""Every dense architecture with an adapter, as tiny configs."""
+
+MOE_ARCHS: tuple[str, ...] = ("mixtral", "qwen3_moe")
+"""Every Mixture-of-Experts architecture with an adapter (Qwen3-MoE's layer 1 is dense)."""
 
 COMMON = dict(
     vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -37,14 +42,21 @@ def tiny_config(arch: str):
     if arch == "phi3":
         return Phi3Config(**COMMON, pad_token_id=0, partial_rotary_factor=0.5,
                           tie_word_embeddings=False)
+    if arch == "mixtral":
+        return MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
+    if arch == "qwen3_moe":
+        return Qwen3MoeConfig(**COMMON, head_dim=24, num_experts=4, num_experts_per_tok=2,
+                              moe_intermediate_size=32, mlp_only_layers=[1], norm_topk_prob=True,
+                              tie_word_embeddings=False)
     raise KeyError(arch)
 
 
 def tiny_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """A randomly initialised causal LM with non-trivial norm weights and biases."""
     torch.manual_seed(seed)
+    moe = {"experts_implementation": "eager"} if arch in MOE_ARCHS else {}
     model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=dtype,
-                                             attn_implementation="eager")
+                                             attn_implementation="eager", **moe)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

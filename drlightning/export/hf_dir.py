@@ -88,6 +88,8 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
         dtype = DTYPES[dtype]
     cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
     kwargs = {"use_safetensors": True, "dtype": dtype or "auto"}
+    if dtype == torch.float64 and (cfg.get("num_local_experts") or cfg.get("num_experts")):
+        kwargs["experts_implementation"] = "eager"  # grouped_mm has no float64 kernel
     if str(cfg.get("model_type", "")).startswith("drlightning_"):
         _, model_cls = register_auto_classes(cfg["base_model_type"])
         model = model_cls.from_pretrained(path, **kwargs)

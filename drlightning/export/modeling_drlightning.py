@@ -92,11 +92,28 @@ def check_loading_info(info: dict) -> None:
         raise ValueError(f"checkpoint does not match the model: {problems}")
 
 
+def share_weight_conversion(base_model_type: str, model_type: str) -> None:
+    """Let ``model_type`` read and write checkpoints as ``base_model_type`` does: transformers keys
+    its checkpoint conversions (e.g. Mixture-of-Experts experts saved one by one, held as 3-D
+    tensors) by model type, and a drlightning model type is new to it."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:  # a transformers without conversions: keys are used as they are
+        return
+    mapping = get_checkpoint_conversion_mapping(base_model_type)
+    if mapping:
+        register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)
+
+
 @functools.cache
 def build_classes(base_model_type: str) -> tuple[type, type]:
     """(config class, causal-LM class) of a drlightning model over ``base_model_type``."""
     base_config = CONFIG_MAPPING[base_model_type]
     base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
+    share_weight_conversion(base_model_type, f"drlightning_{base_model_type}")
 
     class DRLightningConfig(base_config):
         model_type = f"drlightning_{base_model_type}"

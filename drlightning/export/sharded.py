@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..atomic import write_dir_atomically
 from ..layer.capture import LayerInputs, capture_layer_inputs, run_layer
 from ..models.adapters import _get
+from ..models.expert_layout import to_saved
 from ..rotation import RotatedLayer
 from ..rotation.shared import absorb_ends
 from . import modeling_drlightning as mdl
@@ -85,7 +86,8 @@ def save_layerwise_dir(lw, state, path: Path, rotation_dtype: str, probe: torch.
         for i in tqdm(range(n), desc="export", disable=not progress):
             tensors, q, _ = state.layer_tensors(i)
             layer = lw.load(i, tensors)
-            out = {f"{lw.layer_prefix}{i}.{k}": v.contiguous() for k, v in tensors.items()}
+            out = {f"{lw.layer_prefix}{i}.{k}": v.contiguous()
+                   for k, v in to_saved(lw.adapter, tensors).items()}  # experts one by one
             m = boundary_matrix(prev, q) if shared is None else None
             if shared is not None:  # Q at the entry (in the embeddings), identity in between
                 plain = turn_hidden(plain, shared.to(rdt)) if i == 0 else plain

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import INPUT_OF, STAT_ORDER, ArchitectureAdapter
+from .experts import ExpertStats, routed_inputs
 
 OBJECTIVE_STATS: tuple[str, ...] = ("attn_in", "o", "mlp_in")
 """Hessians the rotation objective needs (down_proj's input factor cancels; its I×I Hessian — 3.3 GB
@@ -99,16 +100,23 @@ def collect_hessians(
 ) -> dict[str, torch.Tensor]:
     """H = (2/N)·Σ x xᵀ (float32) for each requested distinct linear input of ``layer``.
 
-    The forward pass stops right after the last requested input is seen.
+    In a Mixture-of-Experts layer ``mlp_in`` and ``down`` are per expert (``mlp_in@e``,
+    ``down@e``, from the tokens routed to expert e) and ``tokens`` counts them per expert. The
+    forward pass stops right after the last requested input is seen.
     """
     unknown = set(keys) - set(STAT_ORDER)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; allowed: {STAT_ORDER}")
     ordered = [k for k in STAT_ORDER if k in keys]
-    role_of = {key: next(r for r, k in INPUT_OF.items() if k == key) for key in ordered}
+    moe = adapter.is_moe(layer)
+    routed = tuple(k for k in ordered if moe and k in ("mlp_in", "down"))
+    hooked = [k for k in ordered if k not in routed]
+    role_of = {key: next(r for r, k in INPUT_OF.items() if k == key) for key in hooked}
     sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys(ordered, 0)
+    counts = dict.fromkeys(hooked, 0)
     handles = []
+    experts = ExpertStats(_get(getattr(layer, "inner", layer), adapter.experts), routed) \
+        if routed else None
 
     def make_hook(key: str, last: bool):
         def hook(_module, args):
@@ -122,9 +130,15 @@ def collect_hessians(
 
         return hook
 
-    for i, key in enumerate(ordered):
+    def experts_hook(_module, args, kwargs):
+        experts.update(*routed_inputs(args, kwargs))
+        raise _Stop  # the experts block comes after every other input of the layer
+
+    for i, key in enumerate(hooked):
         lin = adapter.linear(layer, role_of[key])
         handles.append(lin.register_forward_pre_hook(make_hook(key, i == len(ordered) - 1)))
+    if experts is not None:
+        handles.append(experts.block.register_forward_pre_hook(experts_hook, with_kwargs=True))
     try:
         for hidden, kwargs in inputs.batches():
             try:
@@ -134,4 +148,11 @@ def collect_hessians(
     finally:
         for h in handles:
             h.remove()
-    return {k: sums[k] * (2.0 / counts[k]) for k in ordered}
+    out = {k: sums[k] * (2.0 / counts[k]) for k in hooked}
+    return {**out, **experts.hessians()} if experts is not None else out
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root

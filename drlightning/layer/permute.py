@@ -2,13 +2,13 @@
 
 Three input spaces of a layer can be reordered because whatever produces them can be reordered too:
 
-- the residual stream at the layer's entry: columns of q, k, v, gate, up, rows of o, down and the
-  RMSNorm weights (the norm's mean of squares does not care about order), with the entry/exit
-  rotation Q ← Q·P (a plain layer is wrapped with Q = P);
+- the residual stream at the layer's entry: columns of q, k, v, gate, up (and an MoE router), rows
+  of o, down and the RMSNorm weights (the norm's mean of squares does not care about order), with
+  the entry/exit rotation Q ← Q·P (a plain layer is wrapped with Q = P);
 - each KV head's head_dim: rows of v (and its bias) and, for every query head sharing that KV head,
   the matching columns of o (RoPE acts on q and k only, which are untouched);
 - the MLP's intermediate dimension: rows of gate and up (and biases), columns of down — exact
-  because SiLU(gate)·up is elementwise.
+  because SiLU(gate)·up is elementwise (each expert of an MoE layer has its own).
 
 An ``order`` lists, for each new position, the old channel index (``W[:, order]``).
 """
@@ -18,13 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..models.adapters import ArchitectureAdapter, HeadLayout, base_role
 from ..rotation import RotatedLayer, rotation_storage_dtype
 
 
 def _take(lin: nn.Linear, order: torch.Tensor, dim: int) -> None:
     lin.weight.copy_(lin.weight.index_select(dim, order.to(lin.weight.device)))
-    if dim == 0 and lin.bias is not None:
+    if dim == 0 and getattr(lin, "bias", None) is not None:
         lin.bias.copy_(lin.bias.index_select(0, order.to(lin.bias.device)))
 
 
@@ -32,10 +32,8 @@ def _take(lin: nn.Linear, order: torch.Tensor, dim: int) -> None:
 def permute_residual(layer: nn.Module, adapter: ArchitectureAdapter,
                      order: torch.Tensor) -> RotatedLayer:
     """Reorder the layer's view of the residual stream; returns the (wrapped) layer."""
-    for role in ("q", "k", "v", "gate", "up"):
-        _take(adapter.linear(layer, role), order, 1)
-    for role in ("o", "down"):
-        _take(adapter.linear(layer, role), order, 0)
+    for role in adapter.rotated_roles(layer):
+        _take(adapter.linear(layer, role), order, 0 if base_role(role) in ("o", "down") else 1)
     for name in adapter.norm_feeds:
         gamma = adapter.norm(layer, name).weight
         gamma.copy_(gamma[order.to(gamma.device)])
@@ -67,8 +65,9 @@ def permute_heads(layer: nn.Module, adapter: ArchitectureAdapter, layout: HeadLa
 
 
 @torch.no_grad()
-def permute_intermediate(layer: nn.Module, adapter: ArchitectureAdapter, order: torch.Tensor) -> None:
-    """Reorder the MLP's intermediate channels."""
+def permute_intermediate(layer: nn.Module, adapter: ArchitectureAdapter, order: torch.Tensor,
+                         unit: str = "") -> None:
+    """Reorder the MLP's intermediate channels (of one expert: ``unit`` = ``"@e"``)."""
     for role in ("gate", "up"):
-        _take(adapter.linear(layer, role), order, 0)
-    _take(adapter.linear(layer, "down"), order, 1)
+        _take(adapter.linear(layer, role + unit), order, 0)
+    _take(adapter.linear(layer, "down" + unit), order, 1)

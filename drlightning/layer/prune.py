@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout
+from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout, base_role, expert_of, input_of
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
 from ..pruning.importance import importance, input_factor
 from ..pruning.permutation import nm_permutation
@@ -127,33 +127,66 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
     ``pattern == "none"`` leaves every weight as it is (sparsity 0).
     """
     adapter, method, pattern = spec.adapter, spec.method, spec.pattern
+    groups = adapter.groups(layer)
     if pattern == NO_PRUNING:
-        return layer, {"sparsity": {role: 0.0 for group in GROUPS for role in group}}
+        return layer, {"sparsity": {role: 0.0 for group in groups for role in group}}
     parsed = parse_pattern(pattern)
     permute = spec.permute and parsed.is_nm
+    moe = adapter.is_moe(layer)
     sparsity: dict[str, float] = {}
     decisions: dict[str, dict] = {}
+    report: dict = {"sparsity": sparsity}
     first = None
-    if permute and spec.permute_residual:
+    if permute and spec.permute_residual and moe:
+        decisions["residual"] = {"kept": False, "skipped": "Mixture-of-Experts layer"}
+    elif permute and spec.permute_residual:
         layer, first = _residual(layer, inputs, spec, decisions)
-    for group in GROUPS:
-        if first is not None and group == GROUPS[0]:
+    for group in groups:
+        if first is not None and group == groups[0]:
             _write(layer, adapter, first, sparsity)
             continue
-        key = INPUT_OF[group[0]]
-        hessian = None
-        if method != "magnitude" or (permute and group in (("o",), ("down",))):
-            hessian = collect_hessians(layer, adapter, inputs, (key,))[key]
+        key = INPUT_OF[base_role(group[0])]
+        reorder = permute and base_role(group[0]) in ("o", "down")
+        hessians = {}
+        if method != "magnitude" or reorder:
+            hessians = collect_hessians(layer, adapter, inputs, (key,))
         weights = _weights(layer, adapter, group)
-        pruned = _prune(weights, hessian, method, pattern)
-        if permute and group in (("o",), ("down",)):
-            pruned = _try_order(layer, spec, weights, pruned, hessian, decisions)
+        if expert_of(group[0]) is None:
+            hessian = hessians.get(key)
+            pruned = _prune(weights, hessian, method, pattern)
+            if reorder:
+                pruned = _try_order(layer, spec, weights, pruned, hessian, decisions)
+        else:
+            pruned = _prune_experts(layer, spec, weights, hessians, reorder, decisions, report)
         _write(layer, adapter, pruned, sparsity)
-        del hessian  # free this group's Hessian before the next one is collected
-    report = {"sparsity": sparsity}
+        del hessians  # free this group's Hessians before the next one is collected
     if permute:
         report["permutation"] = decisions
     return layer, report
+
+
+def _prune_experts(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tensor],
+                   hessians: dict[str, torch.Tensor], reorder: bool, decisions: dict,
+                   report: dict) -> Pruned:
+    """Prune each expert's linears with its own Hessian (the tokens routed to it); an expert no
+    calibration token reached is pruned by magnitude, and the report says so."""
+    tokens = hessians.get("tokens")
+    pruned: Pruned = {}
+    for role, w in weights.items():
+        expert = expert_of(role)
+        empty = tokens is not None and int(tokens[expert]) == 0
+        hessian = None if empty else hessians.get(input_of(role))
+        method = "magnitude" if empty else spec.method
+        pruned[role] = prune_weight(w, hessian, method, spec.pattern)
+        if empty and expert not in report.setdefault("experts_without_tokens", []):
+            report["experts_without_tokens"].append(expert)
+        if reorder and not empty:
+            pruned.update(_try_order(layer, spec, {role: w}, {role: pruned[role]}, hessian,
+                                     decisions))
+    if report.get("experts_without_tokens"):
+        report["warning"] = (f"experts {report['experts_without_tokens']} received no calibration "
+                             "token: pruned by magnitude (more calibration text reaches more experts)")
+    return pruned
 
 
 def _try_order(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tensor],
@@ -161,11 +194,12 @@ def _try_order(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tenso
     """o: one head_dim order per KV head; down: one intermediate order (``weights`` holds the one
     role). Applied if it helps."""
     (role,) = weights
+    unit = role[len(base_role(role)):]
     adapter, layout, method = spec.adapter, spec.layout, spec.method
     pattern = parse_pattern(spec.pattern)
     w = weights[role]
     factor = input_factor(hessian, method)
-    if role == "o":
+    if base_role(role) == "o":
         g, nrep, hd = layout.n_kv_heads, layout.n_rep, layout.head_dim
         s = importance(w, factor).reshape(w.shape[0], g, nrep, hd)
         orders = torch.stack([nm_permutation(s[:, kv].reshape(-1, hd), pattern.n, pattern.m)[0]
@@ -173,18 +207,19 @@ def _try_order(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tenso
         full = head_channel_order(layout, orders)[1]
     else:
         full = nm_permutation(importance(w, factor), pattern.n, pattern.m)[0]
+    name = "heads" if role == "o" else f"intermediate{unit}"
     if _is_identity(full):  # nothing to gain: no trial pruning
-        decisions["heads" if role == "o" else "intermediate"] = {"kept": False}
+        decisions[name] = {"kept": False}
         return pruned
     hp = hessian[full][:, full]
     wp = {role: w[:, full]}
     trial = _prune(wp, hp, method, str(pattern))
     before, after = _error(weights, pruned, hessian), _error(wp, trial, hp)
-    decisions["heads" if role == "o" else "intermediate"] = _choice(before, after)
+    decisions[name] = _choice(before, after)
     if not after < before:
         return pruned
     if role == "o":
         permute_heads(layer, adapter, layout, orders)
     else:
-        permute_intermediate(layer, adapter, full)
+        permute_intermediate(layer, adapter, full, unit)
     return trial

@@ -15,13 +15,14 @@ from dataclasses import replace
 
 from torch import nn
 
-from ..models.adapters import ROLES
+from ..models.adapters import base_role
 from .capture import LayerInputs, run_layer
 from .prune import GROUPS, PruneSpec, prune_layer
 from .step import relative_error
 
 GROUP_OF: dict[str, str] = {role: ",".join(group) for group in GROUPS for role in group}
-"""role → the name of its true-sequential group ("q,k,v", "o", "gate,up", "down")."""
+"""role → the name of its true-sequential group ("q,k,v", "o", "gate,up", "down"); an expert's
+role is in its base role's group (all experts' gate/up are pruned as one group)."""
 
 
 def first_batches(inputs: LayerInputs, n: int | None) -> LayerInputs:
@@ -39,27 +40,33 @@ def group_errors(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> dict
     dense_out = run_layer(layer, inputs)
     pruned, _ = prune_layer(copy.deepcopy(layer), inputs, replace(spec, permute=False))
     errors = {}
-    for group in GROUPS:
+    for group in spec.adapter.groups(layer):
         alone = copy.deepcopy(layer)
         for role in group:
             spec.adapter.linear(alone, role).weight.data.copy_(spec.adapter.linear(pruned, role).weight)
-        errors[",".join(group)] = relative_error(run_layer(alone, inputs), dense_out, inputs)
+        name = GROUP_OF[base_role(group[0])]
+        errors[name] = relative_error(run_layer(alone, inputs), dense_out, inputs)
     return errors
 
 
-def weights_from_errors(errors: dict[str, float]) -> dict[str, float]:
-    """w_role = e_g² of its group, divided by the mean over the seven roles (all 1 if every
+def weights_from_errors(errors: dict[str, float],
+                        roles: tuple[str, ...] = tuple(GROUP_OF)) -> dict[str, float]:
+    """w_role = e_g² of its group, divided by the mean over the layer's roles (all 1 if every
     group's error is 0)."""
-    return weights_across_layers([errors])[0]
+    return weights_across_layers([errors], [roles])[0]
 
 
-def weights_across_layers(errors: list[dict[str, float]]) -> list[dict[str, float]]:
+def weights_across_layers(errors: list[dict[str, float]],
+                          roles: list[tuple[str, ...]] | None = None) -> list[dict[str, float]]:
     """Shared R1: w_{layer,role} = e_g² of its layer and group divided by the mean over every
     layer and role, so a layer whose pruning costs more counts more in the summed objective (one
-    Q serves all layers; per layer, :func:`weights_from_errors` normalises each layer alone)."""
-    raw = [{role: e[GROUP_OF[role]] ** 2 for role in ROLES} for e in errors]
+    Q serves all layers; per layer, :func:`weights_from_errors` normalises each layer alone).
+    ``roles``: each layer's roles (default the seven; an MoE layer has every expert's)."""
+    roles = roles or [tuple(GROUP_OF)] * len(errors)
+    raw = [{role: e[GROUP_OF[base_role(role)]] ** 2 for role in rs}
+           for e, rs in zip(errors, roles, strict=True)]
     total = sum(sum(r.values()) for r in raw)
-    mean = total / max(1, len(raw) * len(ROLES))
+    mean = total / max(1, sum(len(r) for r in raw))
     return [{role: (v / mean if mean > 0 else 1.0) for role, v in r.items()} for r in raw]
 
 
@@ -68,4 +75,4 @@ def measured_role_weights(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec
     """(weights per role, group errors) of ``layer``, pruned and measured on its first
     ``batches`` calibration batches (None: all; one batch is enough to rank the groups)."""
     errors = group_errors(layer, first_batches(inputs, batches), spec)
-    return weights_from_errors(errors), errors
+    return weights_from_errors(errors, spec.adapter.roles(layer)), errors

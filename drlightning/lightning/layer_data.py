@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..layer.capture import LayerInputs
 from ..layer.prune import PruneSpec
-from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
+from ..models.adapters import ArchitectureAdapter, HeadLayout
 
 
 class _Steps(Dataset):
@@ -70,10 +70,11 @@ class LayerDataModule(LightningDataModule):
         self.spec = spec
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
-        """Float32 copies of the seven linear weights (after norm folding); copies, so merging and
-        pruning the layer in place later does not change them."""
+        """Float32 copies of the layer's linear weights (the seven, or an MoE layer's q, k, v, o and
+        every expert's gate/up/down; after norm folding); copies, so merging and pruning the layer
+        in place later does not change them."""
         return {r: self.adapter.linear(self.layer, r).weight.detach().to(torch.float32, copy=True)
-                for r in ROLES}
+                for r in self.adapter.roles(self.layer)}
 
     def take_hessians(self) -> dict[str, torch.Tensor] | None:
         """The layer's Hessians, handed over once: the datamodule lets go of them, so the

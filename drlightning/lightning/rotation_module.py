@@ -6,6 +6,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from ..models.adapters import base_role
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
 from ..rotation.objective import (
     FrozenLayer,
@@ -17,6 +18,16 @@ from .rotation_settings import RotationSettings, check_r1_blocks
 
 FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
 """The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
+
+
+def by_base_role(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Objective parts for logging: every expert's part summed into its base role's (an MoE
+    layer logs gate/up/down once, not once per expert)."""
+    out: dict[str, torch.Tensor] = {}
+    for role, value in parts.items():
+        base = base_role(role)
+        out[base] = out[base] + value if base in out else value
+    return out
 
 
 class RotationModule(LightningModule):
@@ -101,6 +112,8 @@ class RotationModule(LightningModule):
         self._final_checked = False
         self.mass_scale: dict[str, float] | None = None
         self._frozen_roles: tuple[str, ...] = ()
+        self._frozen_units: dict[str, tuple[str, ...]] = {}
+        self._expert_weight: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: RotationSettings) -> RotationModule:
@@ -132,6 +145,12 @@ class RotationModule(LightningModule):
             self.register_buffer(f"frozen_{role}", weight, persistent=False)
         for name in FROZEN_MATRICES:
             self.register_buffer(f"frozen_{name}", getattr(frozen, name), persistent=False)
+        for kind in ("m_experts", "c_down_experts"):
+            for unit, tensor in getattr(frozen, kind).items():
+                self.register_buffer(f"frozen_{kind}{unit}", tensor, persistent=False)
+        self._frozen_units = {kind: tuple(getattr(frozen, kind)) for kind in
+                              ("m_experts", "c_down_experts")}
+        self._expert_weight = dict(frozen.expert_weight)
         self._frozen_roles = tuple(frozen.weights)
         if self.rotation.objective_used == "pruned_mass":
             scale = identity_scale(self.frozen, layout, self.rotation.spec, k)
@@ -143,8 +162,11 @@ class RotationModule(LightningModule):
         """The objective's frozen tensors: a view of the module's buffers, wherever they are."""
         if not self._frozen_roles:
             raise RuntimeError("the frozen tensors are loaded by configure_model (Trainer.fit)")
+        experts = {kind: {u: self.get_buffer(f"frozen_{kind}{u}") for u in units}
+                   for kind, units in self._frozen_units.items()}
         return FrozenLayer({role: self.get_buffer(f"frozen_{role}") for role in self._frozen_roles},
-                           *(getattr(self, f"frozen_{name}") for name in FROZEN_MATRICES))
+                           *(getattr(self, f"frozen_{name}") for name in FROZEN_MATRICES),
+                           **experts, expert_weight=self._expert_weight)
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current Q (d×d, or its k diagonal blocks) and R2 (G×hd×hd)."""
@@ -170,7 +192,7 @@ class RotationModule(LightningModule):
         self._track(total, q, r, self.global_step)
         name = "entropy" if self.rotation.objective_used == "entropy" else "pruned_mass"
         self.log(f"{name}/total", total, prog_bar=True)
-        for role, value in parts.items():
+        for role, value in by_base_role(parts).items():
             self.log(f"{name}/{role}", value)
         return total
 
@@ -195,7 +217,13 @@ class RotationModule(LightningModule):
 
     @torch.no_grad()
     def importance(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Importance scores of one linear before (identity) and after the best rotations."""
+        """Importance scores of one linear before (identity) and after the best rotations (for
+        gate/up/down of an MoE layer: of the expert that received the most calibration tokens)."""
+        if role not in self._frozen_roles:  # an MoE layer: the expert with the most tokens
+            experts = [r for r in self._frozen_roles if base_role(r) == role]
+            if not experts:
+                raise KeyError(f"role {role!r} is not in this layer ({', '.join(self._frozen_roles)})")
+            role = max(experts, key=lambda r: self._expert_weight.get(r[len(role):], 1.0))
         q, r = self.best_rotations()
         q, r = q.float().to(self.device), r.float().to(self.device)
         eye_q = torch.eye(q.shape[0], device=q.device)

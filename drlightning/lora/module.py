@@ -8,7 +8,7 @@ import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from ..models.adapters import ADAPTERS, ROLES
+from ..models.adapters import ADAPTERS
 
 PAPER_DEFAULTS = {"r": 8, "alpha": 32, "dropout": 0.1, "lr": 2e-4, "weight_decay": 1e-2,
                   "warmup_steps": 400}
@@ -31,8 +31,15 @@ def target_names(config, targets: list[str] | None) -> list[str]:
     base = getattr(config, "base_model_type", None) or config.model_type
     adapter = next((a for a in ADAPTERS if base in a.model_types), ADAPTERS[0])
     by_role = {role: path.split(".")[-1] for role, path in adapter.linears.items()}
+    if adapter.experts:  # peft has no LoRA for the experts' 3-D weights: attention only
+        if targets and set(targets) & {"gate", "up", "down", *by_role.values()} - \
+                {by_role[r] for r in ("q", "k", "v", "o")}:
+            raise ValueError(f"target_modules={targets}: LoRA on a Mixture-of-Experts model "
+                             f"({adapter.name}) can target the attention only (q, k, v, o); the "
+                             "experts are 3-D weights peft does not wrap")
+        by_role = {r: by_role[r] for r in ("q", "k", "v", "o")}
     if targets is None:
-        return adapter.module_names(ROLES)
+        return adapter.module_names(tuple(by_role))
     if not targets:
         raise ValueError("target_modules is empty; give roles (q k v o gate up down) or module names")
     return list(dict.fromkeys(by_role.get(t, t) for t in targets))

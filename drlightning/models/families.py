@@ -10,8 +10,10 @@ _LAYERNORM = ("uses LayerNorm with a bias (it subtracts the mean); the rotations
               "without a bias, which commutes with an orthogonal rotation once its scale is folded")
 _PARALLEL = ("runs attention and the MLP in parallel from one LayerNorm with a bias; the "
              "rotations need pre-norm RMSNorm layers without biases")
-_MOE = ("has Mixture-of-Experts MLPs (a router and many experts per layer), which this version "
-        "does not rotate yet")
+_SHARED_EXPERT = ("has a shared expert with its own sigmoid gate beside the routed experts, which "
+                  "this version does not rotate yet (Mixtral and Qwen3-MoE are supported)")
+_MLA = ("uses multi-head latent attention (compressed keys and values): there is no v/o pair for "
+        "R2 and no q/k/v block fed by the residual stream alone")
 
 UNSUPPORTED: dict[str, tuple[str, str]] = {
     "gemma": ("Gemma", "scales its embeddings by √d and its RMSNorm computes x·(1+γ); this "
@@ -30,11 +32,9 @@ UNSUPPORTED: dict[str, tuple[str, str]] = {
     "stablelm": ("StableLM", _LAYERNORM),
     "starcoder2": ("StarCoder2", _LAYERNORM),
     "cohere": ("Command-R (Cohere)", _PARALLEL),
-    "mixtral": ("Mixtral", _MOE),
-    "qwen2_moe": ("Qwen2-MoE", _MOE),
-    "qwen3_moe": ("Qwen3-MoE", _MOE),
-    "deepseek_v2": ("DeepSeek-V2", _MOE),
-    "deepseek_v3": ("DeepSeek-V3", _MOE),
+    "qwen2_moe": ("Qwen2-MoE", _SHARED_EXPERT),
+    "deepseek_v2": ("DeepSeek-V2", _MLA),
+    "deepseek_v3": ("DeepSeek-V3", _MLA),
 }
 """``config.model_type`` → (family name, why drlightning does not rotate it)."""
 

@@ -67,3 +67,36 @@ def split_rows(fused: nn.Linear, roles: tuple[str, ...], rows: dict[str, int]) -
         out[role] = RowSlice(fused, start, start + rows[role])
         start += rows[role]
     return out
+
+
+class ExpertSlice:
+    """One expert's gate, up or down matrix inside a Mixture-of-Experts block's 3-D parameters.
+
+    transformers keeps the experts as ``gate_up_proj`` (E, 2·I, d: gate rows, then up rows) and
+    ``down_proj`` (E, d, I); ``weight`` is a view of expert ``e``'s rows ``[start, stop)`` (all
+    rows for down), edited in place like :class:`RowSlice`. An expert has no module of its own,
+    so its inputs are captured from the experts block (see :mod:`drlightning.layer.experts`).
+    """
+
+    bias = None
+
+    def __init__(self, param: torch.Tensor, expert: int, start: int | None = None,
+                 stop: int | None = None) -> None:
+        self.param, self.expert, self.start, self.stop = param, expert, start, stop
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A view of the expert's matrix (shares storage with the 3-D parameter)."""
+        return self.param[self.expert, self.start:self.stop]
+
+    @weight.setter
+    def weight(self, _value) -> None:
+        raise TypeError("an expert's weight is a view: edit it in place with weight.copy_()")
+
+    @property
+    def in_features(self) -> int:
+        return self.param.shape[-1]
+
+    def register_forward_pre_hook(self, hook, **kwargs):
+        raise TypeError("an expert has no module of its own; its inputs come from the experts "
+                        "block (drlightning.layer.experts)")

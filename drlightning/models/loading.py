@@ -103,6 +103,8 @@ def load_model(
     check_finite(model)
     if DTYPES[dtype] == torch.float64:
         float64_norms(model)
+        if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
+            model.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
     model.eval()
     if gguf_path is not None:
         gguf_cache.store(gguf_path, model, tokenizer)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
+from .expert_layout import to_memory
 from .loading import DEFAULT_MODEL, DTYPES, float64_norms, resolve_source
 
 INDEX = "model.safetensors.index.json"
@@ -176,14 +177,15 @@ class LayerwiseModel:
     def layer_tensors(self, index: int,
                       checkpoint: ShardedCheckpoint | None = None) -> dict[str, torch.Tensor]:
         """Layer ``index``'s weights from the shards (of ``checkpoint``, default: the source),
-        keyed as in the layer's state_dict."""
+        keyed as in the layer's state_dict (Mixture-of-Experts experts saved one by one are
+        stacked into the layer's 3-D parameters)."""
         checkpoint = checkpoint or self.checkpoint
         prefix = f"{self.layer_prefix}{index}."
         names = checkpoint.names(prefix)
         if not names:
             raise ValueError(f"{checkpoint.dir} holds no tensors of layer {index} ({prefix}*)")
         tensors = checkpoint.load(names, self.dtype, self.device)
-        return {k.removeprefix(prefix): v for k, v in tensors.items()}
+        return to_memory(self.adapter, {k.removeprefix(prefix): v for k, v in tensors.items()})
 
     def load(self, index: int, tensors: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """Materialise layer ``index`` (from the shards, or from ``tensors``), strictly."""

@@ -74,8 +74,9 @@ def check_pattern_fits(widths: dict[str, int], model_type: str, pattern: str) ->
     if pattern == NO_PRUNING:
         return
     parsed = parse_pattern(pattern)
-    for role in ROLES:
+    for role, width in widths.items():
         try:
-            parsed.validate(widths[role])
+            parsed.validate(width)
         except ValueError as err:
-            raise ValueError(f"{err} ({role}_proj of {model_type})") from None
+            name = "every expert's down_proj" if role.endswith("@") else f"{role}_proj"
+            raise ValueError(f"{err} ({name} of {model_type})") from None

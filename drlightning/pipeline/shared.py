@@ -29,7 +29,7 @@ from ..layer.role_weights import measured_role_weights, weights_across_layers
 from ..layer.step import Rotations, RotationSource, layer_step
 from ..layer.walk import Visited, walk_layers
 from ..lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
-from ..models.adapters import ROLES, ArchitectureAdapter, HeadLayout
+from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..rotation import fold_norms, frozen_layer
 from .sequential import LayerLoop
 
@@ -48,12 +48,13 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         fold_norms(layer, adapter)
         errors = measured_role_weights(layer, inputs, spec)[1] if measure else None
         hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
-        weights = {r: adapter.linear(layer, r).weight.detach().float().cpu() for r in ROLES}
+        weights = {r: adapter.linear(layer, r).weight.detach().float().cpu()
+                   for r in adapter.roles(layer)}
         hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
         frozen = frozen_layer(weights, hessians, settings.score, layout,
                               settings.reference_quirks, int(windows.shape[1]))
         return Visited(layer, None, {"item": layer_item(index, frozen, layout, settings.spec),
-                                     "errors": errors})
+                                     "errors": errors, "roles": tuple(frozen.weights)})
 
     walk = replace(loop.walk, desc="dense pass (shared R1)")
     found = [v.report for _, v in walk_layers(model, adapter, windows, work, walk,
@@ -62,9 +63,10 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     if not measure:
         return items
     errors = [f["errors"] for f in found]
-    return [replace(item, scale={role: v / weights[role] for role, v in item.scale.items()},
+    weights = weights_across_layers(errors, [f["roles"] for f in found])
+    return [replace(item, scale={role: v / w[role] for role, v in item.scale.items()},
                     group_errors=e)
-            for item, e, weights in zip(items, errors, weights_across_layers(errors), strict=True)]
+            for item, e, w in zip(items, errors, weights, strict=True)]
 
 
 def fit_shared(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,

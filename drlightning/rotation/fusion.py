@@ -9,13 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.adapters import ArchitectureAdapter, HeadLayout
+from ..models.adapters import ROUTER, ArchitectureAdapter, HeadLayout, base_role
+
+INPUT_SIDE = ("q", "k", "gate", "up", ROUTER)
+"""Roles that read the residual stream and are not turned by R2: W ← W·Q."""
 
 
 @torch.no_grad()
 def fold_norms(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
     """W ← W·diag(γ) for every linear fed by an RMSNorm, then γ ← 1 (model function unchanged)."""
-    for norm_attr, roles in adapter.norm_feeds.items():
+    for norm_attr in adapter.norm_feeds:
+        roles = adapter.fed_by(layer, norm_attr)
         norm = adapter.norm(layer, norm_attr)
         if getattr(norm, "bias", None) is not None:
             raise ValueError(f"{adapter.name}: {norm_attr} has a bias; the rotations need RMSNorm "
@@ -38,7 +42,8 @@ def merge_rotations(
 ) -> None:
     """Merge R1 = Q (inner uses) and R2 into the weights of a layer whose norms are folded.
 
-    q, k, gate, up: W·Q; v: B_vᵀ·W·Q (bias B_vᵀ·b); o: Qᵀ·W·B_o (bias Qᵀ·b); down: Qᵀ·W (bias Qᵀ·b).
+    q, k, gate, up (every expert's) and an MoE router: W·Q; v: B_vᵀ·W·Q (bias B_vᵀ·b);
+    o: Qᵀ·W·B_o (bias Qᵀ·b); down (every expert's): Qᵀ·W (bias Qᵀ·b).
     The caller must route the layer's input through Qᵀ and its output through Q (RotatedLayer).
     """
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
@@ -48,10 +53,12 @@ def merge_rotations(
         dt = rotation_storage_dtype(lin.weight.dtype)
         qq, rr = q.to(dt).to(lin.weight.device), r.to(dt).to(lin.weight.device)
         lin.weight.copy_(fn_w(lin.weight.to(dt), qq, rr).to(lin.weight.dtype))
-        if fn_b is not None and lin.bias is not None:
+        if fn_b is not None and getattr(lin, "bias", None) is not None:
             lin.bias.copy_(fn_b(lin.bias.to(dt), qq, rr).to(lin.bias.dtype))
 
-    for role in ("q", "k", "gate", "up"):
+    for role in adapter.rotated_roles(layer):
+        if base_role(role) not in INPUT_SIDE:
+            continue
         update(role, lambda w, qq, rr: w @ qq)
     update(
         "v",
@@ -65,7 +72,9 @@ def merge_rotations(
             "dgrj,gjk->dgrk", (qq.T @ w).reshape(-1, g, nrep, hd), rr).reshape(w.shape[0], -1),
         lambda b, qq, rr: qq.T @ b,
     )
-    update("down", lambda w, qq, rr: qq.T @ w, lambda b, qq, rr: qq.T @ b)
+    for role in adapter.roles(layer):
+        if base_role(role) == "down":
+            update(role, lambda w, qq, rr: qq.T @ w, lambda b, qq, rr: qq.T @ b)
 
 
 class RotatedLayer(nn.Module):

@@ -15,11 +15,11 @@ products then cost 1/k of the dense ones and D(QᵀMQ) needs only M's diagonal b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..models.adapters import HeadLayout
+from ..models.adapters import EXPERT, HeadLayout, base_role
 from ..pruning import METHODS
 from ..pruning.importance import damped_inverse
 from ..pruning.patterns import Pattern
@@ -39,6 +39,29 @@ class FrozenLayer:
     c_down: torch.Tensor | None = None
     """Input factor of down_proj (its inputs are never rotated); only the pruned-mass objective
     needs it (it cancels inside the entropy's columns)."""
+    m_experts: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Mixture-of-Experts: M of each expert's gate/up input, keyed by unit (``"@e"``)."""
+    c_down_experts: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Mixture-of-Experts: each expert's down input factor (pruned-mass only), keyed by unit."""
+    expert_weight: dict[str, float] = field(default_factory=dict)
+    """Mixture-of-Experts: how much each expert's linears count — its share of the calibration
+    tokens the router sent to experts, relative to the mean (1.0 when unknown)."""
+
+
+def expert_units(weights: dict) -> list[str]:
+    """The experts present in a layer's roles, as units ``"@e"`` in expert order."""
+    units = {role[len(base_role(role)):] for role in weights if EXPERT in role}
+    return sorted(units, key=lambda u: int(u[1:]))
+
+
+def _token_weights(tokens: torch.Tensor | None, units: list[str]) -> dict[str, float]:
+    """Each expert's token count over the mean count (experts no token reached are dropped
+    before: they are pruned by magnitude and have no Hessian)."""
+    if tokens is None:
+        return {}
+    counts = {u: float(tokens[int(u[1:])]) for u in units}
+    mean = sum(counts.values()) / max(1, len(counts))
+    return {u: (c / mean if mean > 0 else 1.0) for u, c in counts.items()}
 
 
 def frozen_layer(
@@ -59,8 +82,13 @@ def frozen_layer(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     w = {k: v.detach().float() for k, v in weights.items()}
+    tokens = hessians.get("tokens") if hessians else None
+    if tokens is not None:  # an expert without calibration tokens has nothing to concentrate
+        w = {k: v for k, v in w.items() if EXPERT not in k or int(tokens[int(k.split(EXPERT)[1])])}
+    units = expert_units(w)
+    weight = _token_weights(tokens, units)
     if method == "magnitude":
-        return FrozenLayer(w, None, None, None)
+        return FrozenLayer(w, None, None, None, expert_weight=weight)
     assert hessians is not None, "wanda/sparsegpt objectives need Hessians"
 
     def m_of(h: torch.Tensor) -> torch.Tensor:
@@ -69,15 +97,19 @@ def frozen_layer(
             h = h * hessian_scale
         return h if method == "wanda" else damped_inverse(h, quirk=quirks)
 
+    def c_of(h: torch.Tensor) -> torch.Tensor:
+        m_down = torch.diagonal(m_of(h))
+        return m_down if method == "wanda" else 1.0 / m_down
+
     hd, nh = layout.head_dim, layout.n_heads
     m_o = m_of(hessians["o"]).reshape(nh, hd, nh, hd)
     idx = torch.arange(nh, device=m_o.device)
-    c_down = None
-    if "down" in hessians:
-        m_down = torch.diagonal(m_of(hessians["down"]))
-        c_down = m_down if method == "wanda" else 1.0 / m_down
-    return FrozenLayer(w, m_of(hessians["attn_in"]), m_of(hessians["mlp_in"]),
-                       m_o[idx, :, idx, :].contiguous(), c_down)
+    c_down = c_of(hessians["down"]) if "down" in hessians else None
+    m_mlp = m_of(hessians["mlp_in"]) if "mlp_in" in hessians else None
+    m_experts = {u: m_of(hessians[f"mlp_in{u}"]) for u in units}
+    c_experts = {u: c_of(hessians[f"down{u}"]) for u in units if f"down{u}" in hessians}
+    return FrozenLayer(w, m_of(hessians["attn_in"]), m_mlp, m_o[idx, :, idx, :].contiguous(),
+                       c_down, m_experts, c_experts, weight)
 
 
 def _diag_factor(m: torch.Tensor | None, q: torch.Tensor, method: str) -> torch.Tensor | None:
@@ -128,13 +160,14 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 def layer_scores(
     q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout, method: str
 ) -> dict[str, torch.Tensor]:
-    """Importance scores S = W̃² ⊙ c of all seven rotated linears (down: without c, which cancels
-    inside each column). ``q`` is dense (d, d) or block-diagonal blocks (k, d/k, d/k)."""
+    """Importance scores S = W̃² ⊙ c of all rotated linears — the seven, or q, k, v, o and every
+    expert's gate/up/down (down: without c, which cancels inside each column). ``q`` is dense
+    (d, d) or block-diagonal blocks (k, d/k, d/k)."""
     w = frozen.weights
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
     c_attn = _input_factor(frozen.m_attn, q, method)
     c_mlp = _input_factor(frozen.m_mlp, q, method)
-    n_q, n_gate = w["q"].shape[0], w["gate"].shape[0]
+    n_q = w["q"].shape[0]
     qk = _scores(rotate_inputs(torch.cat([w["q"], w["k"]]), q), c_attn)
     wv = rotate_inputs(torch.einsum("gij,gid->gjd", r, w["v"].reshape(g, hd, -1)).reshape(g * hd, -1), q)
     wo = rotate_outputs(q, w["o"]).reshape(-1, g, nrep, hd)
@@ -143,9 +176,24 @@ def layer_scores(
     if frozen.m_o_blocks is not None:
         r_heads = r.repeat_interleave(nrep, dim=0)
         c_o = _diag_factor(frozen.m_o_blocks, r_heads, method).reshape(-1)
-    gu = _scores(rotate_inputs(torch.cat([w["gate"], w["up"]]), q), c_mlp)
-    return {"q": qk[:n_q], "k": qk[n_q:], "v": _scores(wv, c_attn), "o": _scores(wo, c_o),
-            "gate": gu[:n_gate], "up": gu[n_gate:], "down": _scores(rotate_outputs(q, w["down"]), None)}
+    scores = {"q": qk[:n_q], "k": qk[n_q:], "v": _scores(wv, c_attn), "o": _scores(wo, c_o)}
+    units = expert_units(w)
+    for unit in ([""] if "gate" in w else []) + units:
+        c = c_mlp if not unit else _input_factor(frozen.m_experts.get(unit), q, method)
+        gate, up = w[f"gate{unit}"], w[f"up{unit}"]
+        gu = _scores(rotate_inputs(torch.cat([gate, up]), q), c)
+        scores.update({f"gate{unit}": gu[:gate.shape[0]], f"up{unit}": gu[gate.shape[0]:],
+                       f"down{unit}": _scores(rotate_outputs(q, w[f"down{unit}"]), None)})
+    return scores
+
+
+def weighted(parts: dict[str, torch.Tensor], frozen: FrozenLayer) -> dict[str, torch.Tensor]:
+    """Each expert role's part times its expert's token weight (dense roles unchanged)."""
+    if not frozen.expert_weight:
+        return parts
+    return {role: (v if EXPERT not in role else
+                   v * frozen.expert_weight.get(role[len(base_role(role)):], 1.0))
+            for role, v in parts.items()}
 
 
 GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up": (1,), "down": (0,)}
@@ -161,7 +209,7 @@ def _role_scores(role: str, q: torch.Tensor, r: torch.Tensor, c: torch.Tensor | 
     bit for bit; tests/test_objective.py checks both give the same loss and gradient (float64)."""
     w = frozen.weights[role]
     g, hd, nrep = layout.n_kv_heads, layout.head_dim, layout.n_rep
-    if role in ("q", "k", "gate", "up"):
+    if base_role(role) in ("q", "k", "gate", "up"):
         return _scores(rotate_inputs(w, q), c)
     if role == "v":
         wv = torch.einsum("gij,gid->gjd", r, w.reshape(g, hd, -1)).reshape(g * hd, -1)
@@ -185,8 +233,13 @@ def _role_factors(q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout:
     if frozen.m_o_blocks is not None:
         c_o = _diag_factor(frozen.m_o_blocks, r.repeat_interleave(layout.n_rep, dim=0), method)
         c_o = c_o.reshape(-1)
-    return {"q": c_attn, "k": c_attn, "v": c_attn, "o": c_o, "gate": c_mlp, "up": c_mlp,
-            "down": None}
+    factors = {"q": c_attn, "k": c_attn, "v": c_attn, "o": c_o}
+    if "gate" in frozen.weights:
+        factors.update({"gate": c_mlp, "up": c_mlp, "down": None})
+    for unit in expert_units(frozen.weights):
+        c = _input_factor(frozen.m_experts.get(unit), q, method)
+        factors.update({f"gate{unit}": c, f"up{unit}": c, f"down{unit}": None})
+    return factors
 
 
 def _checkpointed_parts(q: torch.Tensor, r: torch.Tensor, frozen: FrozenLayer, layout: HeadLayout,
@@ -213,10 +266,11 @@ def layer_entropy(
     """
     if not low_memory:
         scores = layer_scores(q, r, frozen, layout, method)
-        parts = {role: entropy_over(s, GROUP_DIMS[role]) for role, s in scores.items()}
-        return torch.stack(list(parts.values())).sum(), parts
-    parts = _checkpointed_parts(q, r, frozen, layout, method,
-                                lambda role, s: entropy_over(s, GROUP_DIMS[role]))
+        parts = {role: entropy_over(s, GROUP_DIMS[base_role(role)]) for role, s in scores.items()}
+    else:
+        parts = _checkpointed_parts(q, r, frozen, layout, method,
+                                    lambda role, s: entropy_over(s, GROUP_DIMS[base_role(role)]))
+    parts = weighted(parts, frozen)
     return torch.stack(list(parts.values())).sum(), parts
 
 
@@ -233,6 +287,8 @@ def layer_pruned_mass(
     def part_of(role: str, s: torch.Tensor) -> torch.Tensor:
         if role == "down" and frozen.c_down is not None:
             s = s * frozen.c_down
+        elif base_role(role) == "down" and role[4:] in frozen.c_down_experts:
+            s = s * frozen.c_down_experts[role[4:]]
         value = pruned_mass(s, pattern)
         return value if scale is None else value / scale[role]
 
@@ -241,6 +297,7 @@ def layer_pruned_mass(
     else:
         scores = layer_scores(q, r, frozen, layout, method)
         parts = {role: part_of(role, s) for role, s in scores.items()}
+    parts = weighted(parts, frozen)
     return torch.stack(list(parts.values())).sum(), parts
 
 
@@ -278,5 +335,6 @@ def identity_scale(frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec,
     b = layout.hidden // r1_blocks
     eye_q = torch.eye(b, **kw) if r1_blocks == 1 else torch.eye(b, **kw).repeat(r1_blocks, 1, 1)
     eye_r = torch.eye(layout.head_dim, **kw).repeat(layout.n_kv_heads, 1, 1)
-    _, parts = layer_objective(eye_q, eye_r, frozen, layout, replace(spec, low_memory=False))
+    unweighted = replace(frozen, expert_weight={})  # the token weights multiply the relative parts
+    _, parts = layer_objective(eye_q, eye_r, unweighted, layout, replace(spec, low_memory=False))
     return {role: max(float(v), 1e-30) for role, v in parts.items()}
