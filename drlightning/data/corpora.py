@@ -9,10 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from .speeches import SPEECHES, speech_documents
+
 Part = Literal["calibration", "evaluation"]
 PARTS = ("calibration", "evaluation")
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-NAMED = ("embedded", "c4", "wikitext2", "hf:<dataset>[:<config>]")
+NAMED = ("embedded", "speeches", "c4", "wikitext2", "hf:<dataset>[:<config>]")
 C4_FILES = {
     "calibration": ("train", "en/c4-train.00000-of-01024.json.gz"),
     "evaluation": ("validation", "en/c4-validation.00000-of-00008.json.gz"),
@@ -211,7 +213,8 @@ def _hf(spec: str, part: str, field: str) -> list[str]:
 def load_documents(source: str, part: Part = "calibration", text_field: str = "text") -> list[str]:
     """The documents of ``source`` for calibration or evaluation (single-text sources: one).
 
-    ``source`` is "embedded", "c4" (paper protocol: train shard 0 / validation shard 0),
+    ``source`` is "embedded", "speeches" (a second, held-out domain: State of the Union addresses
+    1934–1979 / 1980 on), "c4" (paper protocol: train shard 0 / validation shard 0),
     "wikitext2" (train / test), "hf:<dataset>[:<config>]" (train / test or validation) or a
     local .txt/.jsonl/.json/.parquet file (also .gz for text and JSON) or a folder of them.
     Local files are used whole for either part.
@@ -219,6 +222,8 @@ def load_documents(source: str, part: Part = "calibration", text_field: str = "t
     _check_part(part)
     if source == "embedded":
         return [embedded_text(part)]
+    if source == SPEECHES:
+        return list(speech_documents(part))
     if source == "c4":
         split, file = C4_FILES[part]
         return _hub("text", "allenai/c4", data_files={split: file}, split=split)
