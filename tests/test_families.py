@@ -3,61 +3,42 @@ every saved weight, fused parts included) and the one-line refusals of unsupport
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2MoeConfig
+from transformers import Gemma2Config, GPT2Config, Qwen2MoeConfig
 
-import drlightning
 from drlightning.cli import DRLightningCLI
 from drlightning.lora.module import target_names
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.rotation import fold_norms
 
-from .tiny import ARCHS, MOE_ARCHS, exact_norms, fit_args, save_tiny_dir, tiny_config, tiny_model
+from .tiny import (
+    ARCHS,
+    MOE_ARCHS,
+    check_float64_rotate_only_run,
+    fit_args,
+    save_tiny_dir,
+    tiny_config,
+    tiny_model,
+)
 
 NEW = ("qwen3", "phi3")
 EVERY = [pytest.param(a, marks=pytest.mark.slow) if a not in NEW else a for a in ARCHS]
 """Every dense family; the ones other tests already run end to end are in the slow part (CI)."""
-IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
 FUSED = {"phi3": {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")}}
-
-
-def _logits64(path, remote: bool) -> torch.Tensor:
-    if remote:
-        model = drlightning.load_pretrained(path, dtype="float64")
-    else:  # plain transformers, no remote code
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
-    exact_norms(model)
-    with torch.no_grad():
-        return model(IDS).logits
 
 
 @pytest.mark.parametrize("arch", EVERY)
 @pytest.mark.parametrize("r1", ["per_layer", "shared"])
 def test_rotate_only_float64_run_keeps_the_dense_logits(arch, r1, tmp_path):
-    src = save_tiny_dir(tmp_path / "tiny", arch, dtype=torch.float64)
-    run = tmp_path / "run"
-    DRLightningCLI(args=fit_args(src, run, pattern="none", steps=10, extra=(
-        "--run.dtype", "float64", "--model.r1", r1, "--model.objective", "entropy")))
-    config = json.loads((run / "model" / "config.json").read_text())
-    shared = r1 == "shared"
-    assert config["model_type"] == (arch if shared else f"drlightning_{arch}")
-    if not shared:  # the per-layer model loads with remote code too (in-process, transformers
-        # may pick the class drlightning registered earlier; tests/test_export.py checks the
-        # remote class itself in a fresh process)
-        model = AutoModelForCausalLM.from_pretrained(run / "model", trust_remote_code=True,
-                                                     dtype=torch.float64)
-        assert type(model).__name__ == "DRLightningForCausalLM"
-    dense, got = _logits64(src, remote=False), _logits64(run / "model", remote=not shared)
+    src, run = check_float64_rotate_only_run(arch, r1, tmp_path)
     down = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(load_file(run / "model" / "model.safetensors")[down],
                            load_file(src / "model.safetensors")[down])  # it was rotated
-    assert ((got - dense).norm() / dense.norm()).item() <= 1e-9
 
 
 def _parts(arch: str, name: str, weight: torch.Tensor, layout: HeadLayout) -> dict[str, torch.Tensor]:

@@ -9,9 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
-import drlightning
 from drlightning.cli import DRLightningCLI
 from drlightning.layer.capture import capture_layer_inputs, collect_hessians
 from drlightning.layer.prune import PruneSpec, prune_layer
@@ -19,9 +17,7 @@ from drlightning.lora.module import target_names
 from drlightning.models import HeadLayout, adapter_for
 from drlightning.models.expert_layout import to_memory, to_saved
 
-from .tiny import MOE_ARCHS, exact_norms, fit_args, save_tiny_dir, tiny_model
-
-IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+from .tiny import MOE_ARCHS, check_float64_rotate_only_run, fit_args, save_tiny_dir, tiny_model
 
 
 def _moe_layer(arch: str = "mixtral"):
@@ -59,38 +55,11 @@ def test_expert_hessians_equal_a_slow_reference():
     assert "mlp_in" not in got and "attn_in" in got
 
 
-def _logits64(path, remote: bool) -> torch.Tensor:
-    if remote:
-        model = drlightning.load_pretrained(path, dtype="float64")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64,
-                                                     experts_implementation="eager").eval()
-    exact_norms(model)
-    with torch.no_grad():
-        return model(IDS).logits
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", MOE_ARCHS)
 @pytest.mark.parametrize("r1", ["per_layer", "shared"])
 def test_rotate_only_float64_run_keeps_the_dense_logits(arch, r1, tmp_path):
-    src = save_tiny_dir(tmp_path / "tiny", arch, dtype=torch.float64)
-    run = tmp_path / "run"
-    DRLightningCLI(args=fit_args(src, run, pattern="none", steps=10, extra=(
-        "--run.dtype", "float64", "--model.r1", r1, "--model.objective", "entropy")))
-    shared = r1 == "shared"
-    config = json.loads((run / "model" / "config.json").read_text())
-    assert config["model_type"] == (arch if shared else f"drlightning_{arch}")
-    if shared:
-        assert "auto_map" not in config
-    if not shared:  # the per-layer model loads with remote code too (in-process, transformers
-        # may pick the class drlightning registered earlier; tests/test_export.py checks the
-        # remote class itself in a fresh process)
-        model = AutoModelForCausalLM.from_pretrained(run / "model", trust_remote_code=True,
-                                                     dtype=torch.float64)
-        assert type(model).__name__ == "DRLightningForCausalLM"
-    dense, got = _logits64(src, remote=False), _logits64(run / "model", remote=not shared)
-    assert ((got - dense).norm() / dense.norm()).item() <= 1e-9
+    check_float64_rotate_only_run(arch, r1, tmp_path)
 
 
 @pytest.mark.parametrize("arch", MOE_ARCHS)

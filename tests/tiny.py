@@ -152,3 +152,41 @@ def rotation_trainer(module, callbacks=(), **kwargs):
     return Trainer(max_steps=module.hparams.steps, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                    callbacks=list(callbacks), **module.rotation.trainer_clipping(), **kwargs)
+
+
+def check_float64_rotate_only_run(arch: str, r1: str, tmp_path) -> tuple:
+    """A whole rotate-only ``drlightning fit`` in float64 (10 entropy steps) keeps the dense
+    model's logits within 1e-9: the per-layer output loads with drlightning and with remote code,
+    the shared-R1 output as the input's own architecture with plain transformers. Returns
+    (source dir, run dir)."""
+    import json
+
+    import drlightning
+    from drlightning.cli import DRLightningCLI
+
+    src = save_tiny_dir(tmp_path / "tiny", arch, dtype=torch.float64)
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, pattern="none", steps=10, extra=(
+        "--run.dtype", "float64", "--model.r1", r1, "--model.objective", "entropy")))
+    shared = r1 == "shared"
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["model_type"] == (arch if shared else f"drlightning_{arch}")
+    assert shared == ("auto_map" not in config)
+    if not shared:  # loads with remote code too (in-process transformers may pick the class
+        # drlightning registered earlier; tests/test_export.py checks the remote module itself)
+        model = AutoModelForCausalLM.from_pretrained(run / "model", trust_remote_code=True,
+                                                     dtype=torch.float64)
+        assert type(model).__name__ == "DRLightningForCausalLM"
+    moe = {"experts_implementation": "eager"} if arch in MOE_ARCHS else {}
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def logits(path, remote: bool) -> torch.Tensor:
+        model = (drlightning.load_pretrained(path, dtype="float64") if remote else
+                 AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64, **moe).eval())
+        exact_norms(model)
+        with torch.no_grad():
+            return model(ids).logits
+
+    dense, got = logits(src, remote=False), logits(run / "model", remote=not shared)
+    assert ((got - dense).norm() / dense.norm()).item() <= 1e-9
+    return src, run

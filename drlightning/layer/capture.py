@@ -33,6 +33,21 @@ class LayerInputs:
     kwargs: list[dict] = field(default_factory=list)
     device: torch.device | None = None
     """Compute device when ``hidden`` is offloaded to host memory (None: hidden is used in place)."""
+    held: int = 0
+    """How many of the last batches are held-out windows: no fit (Hessians, rotations, role
+    weights, the pruner) sees them; selections (the guard) are judged on them."""
+
+    def fitted(self) -> LayerInputs:
+        """The batches the fits may use (all of them without held-out windows)."""
+        if not self.held:
+            return self
+        return LayerInputs(self.hidden[:-self.held], self.kwargs[:-self.held], self.device)
+
+    def held_out(self) -> LayerInputs:
+        """The held-out batches (all batches when none are held out)."""
+        if not self.held:
+            return self
+        return LayerInputs(self.hidden[-self.held:], self.kwargs[-self.held:], self.device)
 
     def batches(self):
         """(hidden on the compute device, kwargs) per batch; offloaded batches move one at a time."""
@@ -51,13 +66,14 @@ class LayerInputs:
 @torch.no_grad()
 def capture_layer_inputs(
     model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, batch_size: int,
-    offload: bool = False,
+    offload: bool = False, held_windows: int = 0,
 ) -> LayerInputs:
     """Inputs of decoder layer 0 for all calibration windows (embeddings + call kwargs).
 
     ``offload`` keeps the hidden states in (pinned) host memory between layers and moves one batch
     at a time to the model's device (calibration activations of large models do not fit next to a
     layer on the GPU: 128 × 2048 tokens × 8192 × 2 bytes = 4.3 GB per copy at 70B).
+    ``held_windows``: the last windows are held out, batched on their own (``LayerInputs.held``).
     """
     first = adapter.decoder_layers(model)[0]
     device = next(model.parameters()).device
@@ -70,14 +86,20 @@ def capture_layer_inputs(
         raise _Stop
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    cut = windows.shape[0] - held_windows
+    if not 0 <= held_windows < windows.shape[0]:
+        raise ValueError(f"held_windows={held_windows}: must leave at least one of the "
+                         f"{windows.shape[0]} calibration windows for the fits")
     try:
-        for start in range(0, windows.shape[0], batch_size):
-            try:
-                model(windows[start : start + batch_size].to(device), use_cache=False)
-            except _Stop:
-                pass
+        for part in (windows[:cut], windows[cut:]):
+            for start in range(0, part.shape[0], batch_size):
+                try:
+                    model(part[start : start + batch_size].to(device), use_cache=False)
+                except _Stop:
+                    pass
     finally:
         handle.remove()
+    captured.held = -(-held_windows // batch_size) if held_windows else 0
     return captured
 
 
@@ -88,7 +110,7 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
     for hidden, kwargs in inputs.batches():
         out = layer(hidden, **kwargs)
         outs.append(inputs.store(out[0] if isinstance(out, tuple) else out))
-    return LayerInputs(hidden=outs, kwargs=inputs.kwargs, device=inputs.device)
+    return LayerInputs(hidden=outs, kwargs=inputs.kwargs, device=inputs.device, held=inputs.held)
 
 
 @torch.no_grad()

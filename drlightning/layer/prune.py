@@ -40,6 +40,8 @@ class PruneSpec:
     report_identity: bool = False
     permute_residual: bool = True
     """False with a shared R1: the residual stream's order must be the same in every layer."""
+    holdout: float = 0.0
+    """Share of the calibration windows held out of the fits, on which the guard judges."""
 
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))

@@ -76,23 +76,41 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     """Prune every candidate layer; return (kept layer, its report, its outputs).
 
     The first candidate is kept unless ``spec.guard`` is set, in which case the one with the lowest
-    pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ on the calibration inputs X wins. The
-    report holds each candidate's error (``pruning_error_<name>``) and, with several, ``guard``:
-    the name of the one kept.
+    pruning error ‖pruned(X) − dense(X)‖ / ‖dense(X) − X‖ on the calibration inputs X wins. With
+    held-out windows (``inputs.held``) the candidates are pruned on the other windows and judged
+    on the held-out ones only; asked to hold windows out (``spec.holdout``) without any, the
+    guard keeps the unrotated candidate (the plain pruner's choice) and says so. The report holds
+    each candidate's error (``pruning_error_<name>``) and, with several, ``guard``: the name of
+    the one kept. The outputs cover every window (the next layer's inputs).
     """
     kept: tuple | None = None
     errors: dict[str, float] = {}
+    fit_errors: dict[str, float] = {}
+    judged = inputs.held_out()  # all windows when none are held out
+    plain_only = spec.holdout > 0 and not inputs.held and "unrotated" in candidates
     start = time.perf_counter()
     for name, candidate in candidates.items():
-        pruned, report = prune_layer(candidate, inputs, spec)
+        pruned, report = prune_layer(candidate, inputs.fitted(), spec)
         out = run_layer(pruned, inputs)
-        errors[name] = relative_error(out, dense_out, inputs)
-        if kept is None or (spec.guard and errors[name] < errors[kept[0]]):
+        errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
+        if inputs.held:
+            fit_errors[name] = relative_error(out.fitted(), dense_out.fitted(), inputs.fitted())
+        better = kept is None or (spec.guard and errors[name] < errors[kept[0]])
+        if plain_only and spec.guard:
+            better = name == "unrotated"
+        if better:
             kept = (name, pruned, report, out)
         del pruned, out
     name, layer, report, out = kept
     report["pruning_error"] = errors[name]
     report["prune_seconds"] = time.perf_counter() - start
+    if inputs.held:
+        report["judged_on"] = "held-out windows"
+        report["pruning_error_fitted"] = fit_errors[name]
+        report.update({f"pruning_error_fitted_{n}": e for n, e in fit_errors.items()})
+    elif plain_only:
+        report["judged_on"] = ("too little calibration text to hold windows out: the plain "
+                               "pruner's layer is kept")
     if len(errors) > 1:
         report["guard"] = name
         report.update({f"pruning_error_{n}": e for n, e in errors.items()})

@@ -32,6 +32,8 @@ class Walk:
     offload: bool = False
     progress: bool = True
     desc: str = "layers"
+    holdout: float = 0.0
+    """Share of the windows held out of the fits (the last ones, batched on their own)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,15 @@ class Visited:
 
 LayerWork = Callable[[int, nn.Module, LayerInputs], Visited]
 """(index, layer, its inputs) → :class:`Visited`."""
+
+
+def held_windows(n: int, holdout: float) -> int:
+    """How many of ``n`` calibration windows a ``holdout`` share holds out: at least one, and at
+    least one left for the fits (0 when there are too few windows: the guard then keeps the
+    plain pruner's layer)."""
+    if holdout <= 0 or n < 2:
+        return 0
+    return min(max(1, round(holdout * n)), n - 1)
 
 
 def progress_note(report: dict) -> dict | None:
@@ -84,7 +95,8 @@ def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     """
     layers = adapter.decoder_layers(model)
     stop = len(layers) if stop is None else stop
-    inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload)
+    inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload,
+                                  held_windows(windows.shape[0], walk.holdout))
     bar = tqdm(range(stop), desc=walk.desc, disable=not walk.progress)
     for i in bar:
         visited = work(i, _get(layers, i, layerwise, in_place, restored), inputs)

@@ -78,6 +78,11 @@ class RotationModule(LightningModule):
             pruned-mass objective, steps > 0; "equal" otherwise). The layer loop
             measures the weights and hands them over in the ``LayerDataModule``; on a hand-built
             datamodule without weights "auto" fits equal weights and "measured" is refused.
+        holdout: the share of calibration windows held out of every fit (the role weights, the
+            Hessians of the objective and of the pruner) and used only to judge: the guard keeps
+            the candidate with the lower pruning error on them. 0 (the default) judges on the
+            fitted windows, as before; with too few windows to hold any out, the guard keeps
+            the plain pruner's layer and the report says so.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class RotationModule(LightningModule):
         r1: str = "per_layer",
         layers_per_step: int | None = None,
         role_weights: str = "auto",
+        holdout: float = 0.0,
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in RotationSettings.names()}

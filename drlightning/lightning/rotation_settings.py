@@ -81,6 +81,10 @@ def check_settings(s: dict) -> None:
     if s["layers_per_step"] is not None:
         _whole("layers_per_step", s["layers_per_step"], 1, "or null for every layer")
     _choice("rotation_score", s["rotation_score"], SCORES)
+    if isinstance(s["holdout"], bool) or not isinstance(s["holdout"], int | float) \
+            or not 0 <= s["holdout"] < 1:
+        raise ValueError(f"holdout={s['holdout']!r}; allowed: a share of the calibration windows "
+                         "in [0, 1), e.g. 0.25 (0 = judge on the fitted windows)")
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
     if s["role_weights"] == "measured" and (s["objective"] == "entropy" or s["pattern"] == NO_PRUNING):
         raise ValueError(f"role_weights={s['role_weights']!r} weights the linears of the pruned-mass "
@@ -111,6 +115,7 @@ class RotationSettings:
     r1: str = "per_layer"
     layers_per_step: int | None = None
     role_weights: str = "auto"
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         check_settings(asdict(self))
@@ -174,7 +179,8 @@ class RotationSettings:
         hp = self.effective()
         per_layer = self.r1 == "per_layer"
         return PruneSpec(adapter, layout, self.method, self.pattern, hp["permute"], hp["guard"],
-                         report_identity and self.steps > 0 and self.prunes and per_layer, per_layer)
+                         report_identity and self.steps > 0 and self.prunes and per_layer, per_layer,
+                         self.holdout)
 
     def needed_stats(self) -> tuple[str, ...]:
         """The Hessians (capture keys) the objective needs from the calibration inputs."""

@@ -8,6 +8,7 @@ all first over the ranks of a torchrun launch, or one shared rotation for the wh
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import warnings
@@ -15,10 +16,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_write_text
 from ..data import load_eval_text, tokenize_text
 from ..eval.dense_cache import cache_dir, load_dense, save_dense
+from ..eval.perplexity import perplexity
 from ..export.card import model_card
+from ..layer.walk import held_windows
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
 from ..lightning.rotation_settings import RotationSettings
@@ -46,6 +51,26 @@ from .state import RunClock, RunState
 from .trainers import default_trainer_factory
 
 __all__ = ["RunOptions", "quiet_lightning", "run_job"]
+
+
+def window_split(n: int, holdout: float) -> dict:
+    """Which calibration windows the fits use and which are held out to judge (``holdout`` > 0)."""
+    if holdout <= 0:
+        return {}
+    held = held_windows(n, holdout)
+    return {"fitted_windows": list(range(n - held)), "held_out_windows": list(range(n - held, n)),
+            **({} if held else {"held_out_note": "too few windows to hold any out: the guard "
+                                                 "kept the plain pruner's layers"})}
+
+
+def held_out_perplexity(model, windows: torch.Tensor, holdout: float, whole: bool) -> float | None:
+    """The finished model's perplexity on the held-out calibration windows (no fit saw them):
+    the run's own judge of the whole model, comparable with the plain pruner's run of the same
+    calibration (None without held-out windows, or layer by layer)."""
+    held = held_windows(windows.shape[0], holdout)
+    if not held or not whole:
+        return None
+    return perplexity(model, windows[-held:].reshape(1, -1), windows.shape[1], progress=False)
 
 
 def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
@@ -89,12 +114,15 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
             schedule.stop()
             return {"rank": plan.rank}
         layer_reports = rotate_and_prune(model, adapter, windows, loop, state, plan, place.layerwise)
+    held_ppl = held_out_perplexity(model, windows, rotation.holdout, place.layerwise is None)
     export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen, plan.shared_q)
     hp = rotation.as_dict()
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
-        "calibration": {**data.protocol(), "tokens": int(windows.numel())},
+        "calibration": {**data.protocol(), "tokens": int(windows.numel()),
+                        **window_split(windows.shape[0], rotation.holdout),
+                        **({"held_out_ppl": held_ppl} if held_ppl is not None else {})},
         **final, "dense_ppl": (dense or {}).get("ppl", {}),
         "dense_zero_shot": (dense or {}).get("zero_shot", {}),
         "eval": {"seqlen": seqlen, "max_windows": opts.eval.max_windows,
@@ -125,8 +153,15 @@ def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule,
                                  export=replace(opts.export, save=False)),
             make_trainer, settings=kw.get("settings"))
     print("\nDenoiseRotator:", flush=True)
-    return run_job(module, data, replace(opts, monitor=replace(
+    results = run_job(module, data, replace(opts, monitor=replace(
         opts.monitor, plain_baseline=False, baseline_run=str(plain_dir))), make_trainer, **kw)
+    plain_held = json.loads((plain_dir / "results.json").read_text())["calibration"].get("held_out_ppl")
+    ours = results.get("calibration", {}).get("held_out_ppl")
+    if plain_held is not None and ours is not None and ours > plain_held:
+        print(f"warning: on the held-out calibration windows DenoiseRotator's model is worse than "
+              f"the plain pruner's (perplexity {ours:.3f} > {plain_held:.3f}): the plain model "
+              f"may be the better one; it is in {plain_dir}", flush=True)
+    return results
 
 
 def layer_loop(rotation: RotationSettings, make_trainer: TrainerFactory, batch_size: int,

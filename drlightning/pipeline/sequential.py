@@ -58,7 +58,8 @@ class LayerLoop:
 
     @property
     def walk(self) -> Walk:
-        return Walk(self.batch_size, self.offload, self.progress)
+        return Walk(self.batch_size, self.offload, self.progress,
+                    holdout=self.settings.holdout)
 
     def prune_spec(self, model: nn.Module, adapter: ArchitectureAdapter) -> PruneSpec:
         """How this run prunes the layers of ``model``."""
@@ -74,10 +75,11 @@ def fit_rotation(task: LayerTask, loop: LayerLoop,
     settings, spec = loop.settings, task.spec
     weights, measured = None, {}
     if settings.role_weights_used == "measured":
-        weights, errors = measured_role_weights(task.layer, task.inputs, spec)
+        weights, errors = measured_role_weights(task.layer, task.inputs.fitted(), spec)
         measured = {"role_weights": weights, "group_errors": errors}
     stats = settings.needed_stats()
-    hessians = collect_hessians(task.layer, spec.adapter, task.inputs, stats) if stats else None
+    fitted = task.inputs.fitted()  # held-out windows never reach a fit
+    hessians = collect_hessians(task.layer, spec.adapter, fitted, stats) if stats else None
     dm = LayerDataModule(task.index, task.layer, spec.adapter, spec.layout, task.inputs, hessians,
                          settings.steps, weights, dense_out=task.dense_out, others=task.others,
                          spec=spec)

@@ -46,8 +46,9 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
 
     def work(index: int, layer: nn.Module, inputs: LayerInputs) -> Visited:
         fold_norms(layer, adapter)
-        errors = measured_role_weights(layer, inputs, spec)[1] if measure else None
-        hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
+        fitted = inputs.fitted()  # held-out windows never reach a fit
+        errors = measured_role_weights(layer, fitted, spec)[1] if measure else None
+        hessians = collect_hessians(layer, adapter, fitted, stats) if stats else None
         weights = {r: adapter.linear(layer, r).weight.detach().float().cpu()
                    for r in adapter.roles(layer)}
         hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None

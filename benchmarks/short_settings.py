@@ -1,0 +1,146 @@
+"""Never worse than the plain pruner? Every pruner × pattern at short settings, on two domains.
+
+    python benchmarks/short_settings.py run --worker 0/2 &     # two single-thread workers
+    python benchmarks/short_settings.py run --worker 1/2 &
+    python benchmarks/short_settings.py report                 # table → docs/benchmarks.md
+
+Short settings: each smollm2 config with 8 × 256 calibration tokens and 20 rotation steps per layer
+(as a user trying things quickly would run it), 16 evaluation windows of each domain — the
+embedded split (the calibration's own domain, Python's documentation) and ``speeches`` (U.S. State
+of the Union addresses, a domain the calibration never saw). Per (pruner, pattern): ``plain``
+(0 steps, no permutation), ``default`` (the config as it is), ``holdout`` (the config with
+``model.holdout: 0.25``: the guard judges on 2 calibration windows no fit saw) and
+``plain-holdout`` (the plain pruner fitted without those 2 windows, to compare both final models
+on them). 1 BLAS thread per
+run. Runs live in ``runs/short/<config>/<setting>`` (a finished one is skipped); ``report`` keeps
+their numbers in ``benchmarks/results/short_settings.json``, so they count after the runs are gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblock import write_block  # noqa: E402
+from quick_path import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = Path(os.environ.get("DRL_SHORT_RUNS", ROOT / "runs" / "short"))
+RECORDS = ROOT / "benchmarks" / "results" / "short_settings.json"
+CONFIGS = [f"{m}-{p}" for p in ("2of4", "4of8", "50pct") for m in ("magnitude", "wanda", "sparsegpt")]
+SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
+            "default": ["--model.steps", "20"],
+            "holdout": ["--model.steps", "20", "--model.holdout", "0.25"],
+            "plain-holdout": ["--model.steps", "0", "--model.permute", "false",
+                              "--model.holdout", "0.25"]}
+SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
+         "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
+         "--run.export.save", "false", "--run.monitor.tensorboard", "false",
+         "--run.monitor.progress", "false"]
+
+
+def jobs() -> list[tuple[str, str]]:
+    return [(c, s) for c in CONFIGS for s in SETTINGS]
+
+
+def run(worker: int, workers: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # this checkout's code
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for i, (config, setting) in enumerate(jobs()):
+        out = RUNS / config / setting
+        if i % workers != worker or (out / "results.json").is_file():
+            continue
+        config_file = ROOT / "configs" / "smollm2" / f"{config}.yaml"
+        cmd = [sys.executable, "-m", "drlightning.cli", "fit", "--config", str(config_file),
+               *SETTINGS[setting], *SHORT, "--run.output_dir", str(out)]
+        print(f"[{worker}] {config} {setting}", flush=True)
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+
+def record(out: Path) -> dict:
+    res = json.loads((out / "results.json").read_text())
+    kept = [layer.get("guard") for layer in res["layers"] if "guard" in layer]
+    return {"ppl": res["ppl"], "dense_ppl": res["dense_ppl"], "minutes": res["seconds"] / 60,
+            "held_out_ppl": res["calibration"].get("held_out_ppl"),
+            "rotated_kept": sum(k != "unrotated" for k in kept) if kept else None,
+            "layers": len(res["layers"]), "device": res["device"], "machine": machine()}
+
+
+def _cell(rec: dict | None, domain: str, plain: float) -> tuple[str, str]:
+    if rec is None:
+        return "–", "–"
+    return f"{rec['ppl'][domain]:.2f}", f"{rec['ppl'][domain] / plain:.2f}"
+
+
+def _kept(rec: dict | None) -> str:
+    if rec is None or rec["rotated_kept"] is None:
+        return "–"
+    return f"{rec['rotated_kept']}/{rec['layers']}"
+
+
+def _held(plain: dict | None, ours: dict | None) -> str:
+    """Both runs' perplexity on the 2 held-out calibration windows (what a model-wide judge sees)."""
+    if not plain or not ours or plain.get("held_out_ppl") is None or ours.get("held_out_ppl") is None:
+        return "–"
+    return f"{plain['held_out_ppl']:.1f} → {ours['held_out_ppl']:.1f}"
+
+
+def table(records: dict) -> str:
+    rows = ["| config | domain | dense | plain | default | default ÷ plain | holdout | holdout ÷ plain "
+            "| rotated layers kept (default / holdout) | held-out calibration windows: plain → "
+            "holdout |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for config in CONFIGS:
+        recs = {s: records.get(f"{config}/{s}") for s in SETTINGS}
+        if recs["plain"] is None:
+            continue
+        for domain in recs["plain"]["ppl"]:
+            plain = recs["plain"]["ppl"][domain]
+            d, dr = _cell(recs["default"], domain, plain)
+            h, hr = _cell(recs["holdout"], domain, plain)
+            kept = " / ".join(_kept(recs[s]) for s in ("default", "holdout"))
+            judge = _held(recs["plain-holdout"], recs["holdout"]) if domain == "embedded" else ""
+            rows.append(f"| {config} | {domain} | {recs['plain']['dense_ppl'][domain]:.2f} | "
+                        f"{plain:.2f} | {d} | {dr} | {h} | {hr} | {kept} | {judge} |")
+    return "\n".join(rows)
+
+
+def report() -> None:
+    records = json.loads(RECORDS.read_text()) if RECORDS.is_file() else {}
+    for config, setting in jobs():
+        out = RUNS / config / setting
+        if (out / "results.json").is_file():
+            records[f"{config}/{setting}"] = record(out)
+    RECORDS.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    some = next(iter(records.values()), None)
+    head = ("Every pruner × pattern at short settings (8 × 256 calibration tokens, 20 steps, 16 "
+            "evaluation windows per domain; `embedded` is the calibration's own domain, "
+            "`speeches` one it never saw), 1 BLAS thread per run"
+            + (f", {some['machine']}" if some else "") + ". Command: "
+            "`python benchmarks/short_settings.py run --worker 0/2 & … 1/2; python "
+            "benchmarks/short_settings.py report`. Ratios above 1: worse than the plain pruner.")
+    write_block(ROOT / "docs" / "benchmarks.md", "shortsettings",
+                "Short settings: never worse than the plain pruner?", head + "\n\n" + table(records))
+    print(table(records))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--worker", default="0/1")
+    sub.add_parser("report")
+    args = p.parse_args()
+    if args.cmd == "run":
+        worker, workers = (int(x) for x in args.worker.split("/"))
+        run(worker, workers)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
