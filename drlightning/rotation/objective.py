@@ -24,6 +24,7 @@ from ..pruning import METHODS
 from ..pruning.importance import damped_inverse
 from ..pruning.patterns import Pattern
 from .entropy import entropy_over
+from .experts import expert_units, token_weights, weighted
 from .pruned_mass import pruned_mass
 
 
@@ -48,22 +49,6 @@ class FrozenLayer:
     tokens the router sent to experts, relative to the mean (1.0 when unknown)."""
 
 
-def expert_units(weights: dict) -> list[str]:
-    """The experts present in a layer's roles, as units ``"@e"`` in expert order."""
-    units = {role[len(base_role(role)):] for role in weights if EXPERT in role}
-    return sorted(units, key=lambda u: int(u[1:]))
-
-
-def _token_weights(tokens: torch.Tensor | None, units: list[str]) -> dict[str, float]:
-    """Each expert's token count over the mean count (experts no token reached are dropped
-    before: they are pruned by magnitude and have no Hessian)."""
-    if tokens is None:
-        return {}
-    counts = {u: float(tokens[int(u[1:])]) for u in units}
-    mean = sum(counts.values()) / max(1, len(counts))
-    return {u: (c / mean if mean > 0 else 1.0) for u, c in counts.items()}
-
-
 def frozen_layer(
     weights: dict[str, torch.Tensor],
     hessians: dict[str, torch.Tensor] | None,
@@ -86,7 +71,7 @@ def frozen_layer(
     if tokens is not None:  # an expert without calibration tokens has nothing to concentrate
         w = {k: v for k, v in w.items() if EXPERT not in k or int(tokens[int(k.split(EXPERT)[1])])}
     units = expert_units(w)
-    weight = _token_weights(tokens, units)
+    weight = token_weights(tokens, units)
     if method == "magnitude":
         return FrozenLayer(w, None, None, None, expert_weight=weight)
     assert hessians is not None, "wanda/sparsegpt objectives need Hessians"
@@ -187,15 +172,6 @@ def layer_scores(
     return scores
 
 
-def weighted(parts: dict[str, torch.Tensor], frozen: FrozenLayer) -> dict[str, torch.Tensor]:
-    """Each expert role's part times its expert's token weight (dense roles unchanged)."""
-    if not frozen.expert_weight:
-        return parts
-    return {role: (v if EXPERT not in role else
-                   v * frozen.expert_weight.get(role[len(base_role(role)):], 1.0))
-            for role, v in parts.items()}
-
-
 GROUP_DIMS = {"q": (1,), "k": (1,), "v": (1, 0), "o": (1, 0), "gate": (1,), "up": (1,), "down": (0,)}
 """Dimensions over which each role's scores are normalised (1: per row, 0: per column)."""
 
@@ -270,7 +246,7 @@ def layer_entropy(
     else:
         parts = _checkpointed_parts(q, r, frozen, layout, method,
                                     lambda role, s: entropy_over(s, GROUP_DIMS[base_role(role)]))
-    parts = weighted(parts, frozen)
+    parts = weighted(parts, frozen.expert_weight)
     return torch.stack(list(parts.values())).sum(), parts
 
 
@@ -297,7 +273,7 @@ def layer_pruned_mass(
     else:
         scores = layer_scores(q, r, frozen, layout, method)
         parts = {role: part_of(role, s) for role, s in scores.items()}
-    parts = weighted(parts, frozen)
+    parts = weighted(parts, frozen.expert_weight)
     return torch.stack(list(parts.values())).sum(), parts
 
 
