@@ -137,8 +137,7 @@ def collect_hessians(
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(hooked, 0)
     handles = []
-    experts = ExpertStats(_get(getattr(layer, "inner", layer), adapter.experts), routed) \
-        if routed else None
+    experts = ExpertStats(adapter.experts_block(layer), routed) if routed else None
 
     def make_hook(key: str, last: bool):
         def hook(_module, args):
@@ -172,9 +171,3 @@ def collect_hessians(
             h.remove()
     out = {k: sums[k] * (2.0 / counts[k]) for k in hooked}
     return {**out, **experts.hessians()} if experts is not None else out
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.adapters import INPUT_OF, ArchitectureAdapter, HeadLayout, base_role, expert_of, input_of
+from ..models.adapters import (
+    INPUT_OF,
+    ArchitectureAdapter,
+    HeadLayout,
+    base_role,
+    expert_of,
+    input_of,
+    unit_of,
+)
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
 from ..pruning.importance import importance, input_factor
 from ..pruning.permutation import nm_permutation
@@ -196,7 +204,7 @@ def _try_order(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tenso
     """o: one head_dim order per KV head; down: one intermediate order (``weights`` holds the one
     role). Applied if it helps."""
     (role,) = weights
-    unit = role[len(base_role(role)):]
+    unit = unit_of(role)
     adapter, layout, method = spec.adapter, spec.layout, spec.method
     pattern = parse_pattern(spec.pattern)
     w = weights[role]

@@ -6,7 +6,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from ..models.adapters import base_role
+from ..models.adapters import base_role, unit_of
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
 from ..rotation.objective import (
     FrozenLayer,
@@ -229,7 +229,7 @@ class RotationModule(LightningModule):
             experts = [r for r in self._frozen_roles if base_role(r) == role]
             if not experts:
                 raise KeyError(f"role {role!r} is not in this layer ({', '.join(self._frozen_roles)})")
-            role = max(experts, key=lambda r: self._expert_weight.get(r[len(role):], 1.0))
+            role = max(experts, key=lambda r: self._expert_weight.get(unit_of(r), 1.0))
         q, r = self.best_rotations()
         q, r = q.float().to(self.device), r.float().to(self.device)
         eye_q = torch.eye(q.shape[0], device=q.device)

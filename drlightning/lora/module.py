@@ -32,8 +32,8 @@ def target_names(config, targets: list[str] | None) -> list[str]:
     adapter = next((a for a in ADAPTERS if base in a.model_types), ADAPTERS[0])
     by_role = {role: path.split(".")[-1] for role, path in adapter.linears.items()}
     if adapter.experts:  # peft has no LoRA for the experts' 3-D weights: attention only
-        if targets and set(targets) & {"gate", "up", "down", *by_role.values()} - \
-                {by_role[r] for r in ("q", "k", "v", "o")}:
+        mlp = {"gate", "up", "down", *(by_role[r] for r in ("gate", "up", "down"))}
+        if targets and set(targets) & mlp:
             raise ValueError(f"target_modules={targets}: LoRA on a Mixture-of-Experts model "
                              f"({adapter.name}) can target the attention only (q, k, v, o); the "
                              "experts are 3-D weights peft does not wrap")

@@ -43,6 +43,11 @@ def base_role(role: str) -> str:
     return role.split(EXPERT, 1)[0]
 
 
+def unit_of(role: str) -> str:
+    """``gate@3`` → ``"@3"`` (the suffix naming its expert); ``""`` for a dense role."""
+    return role[len(base_role(role)):]
+
+
 def expert_of(role: str) -> int | None:
     """``gate@3`` → 3; None for a dense role."""
     return int(role.split(EXPERT, 1)[1]) if EXPERT in role else None
@@ -102,11 +107,13 @@ class ArchitectureAdapter:
         """Whether this decoder layer's MLP is a Mixture-of-Experts block."""
         return bool(self.experts) and _has(getattr(layer, "inner", layer), self.experts)
 
+    def experts_block(self, layer: nn.Module) -> nn.Module:
+        """An MoE layer's experts block (its 3-D ``gate_up_proj`` and ``down_proj``)."""
+        return _get(getattr(layer, "inner", layer), self.experts)
+
     def n_experts(self, layer: nn.Module) -> int:
         """Number of experts of an MoE layer (0 for a dense one)."""
-        if not self.is_moe(layer):
-            return 0
-        return _get(getattr(layer, "inner", layer), self.experts).gate_up_proj.shape[0]
+        return self.experts_block(layer).gate_up_proj.shape[0] if self.is_moe(layer) else 0
 
     def roles(self, layer: nn.Module) -> tuple[str, ...]:
         """The layer's prunable roles: the seven, or q, k, v, o and every expert's gate/up/down."""
@@ -144,7 +151,7 @@ class ArchitectureAdapter:
             return _get(layer, self.router)
         expert = expert_of(role)
         if expert is not None:
-            block = _get(layer, self.experts)
+            block = self.experts_block(layer)
             if base_role(role) == "down":
                 return ExpertSlice(block.down_proj, expert)
             width = block.gate_up_proj.shape[1] // 2

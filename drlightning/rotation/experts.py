@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from ..models.adapters import EXPERT, base_role
+from ..models.adapters import EXPERT, unit_of
 
 
 def expert_units(weights: dict) -> list[str]:
     """The experts present in a layer's roles, as units ``"@e"`` in expert order."""
-    units = {role[len(base_role(role)):] for role in weights if EXPERT in role}
+    units = {unit_of(role) for role in weights if EXPERT in role}
     return sorted(units, key=lambda u: int(u[1:]))
 
 
@@ -30,5 +30,5 @@ def weighted(parts: dict[str, torch.Tensor],
     if not expert_weight:
         return parts
     return {role: (v if EXPERT not in role else
-                   v * expert_weight.get(role[len(base_role(role)):], 1.0))
+                   v * expert_weight.get(unit_of(role), 1.0))
             for role, v in parts.items()}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..models.adapters import EXPERT, HeadLayout, base_role
+from ..models.adapters import EXPERT, HeadLayout, base_role, unit_of
 from ..pruning import METHODS
 from ..pruning.importance import damped_inverse
 from ..pruning.patterns import Pattern
@@ -263,8 +263,8 @@ def layer_pruned_mass(
     def part_of(role: str, s: torch.Tensor) -> torch.Tensor:
         if role == "down" and frozen.c_down is not None:
             s = s * frozen.c_down
-        elif base_role(role) == "down" and role[4:] in frozen.c_down_experts:
-            s = s * frozen.c_down_experts[role[4:]]
+        elif base_role(role) == "down" and unit_of(role) in frozen.c_down_experts:
+            s = s * frozen.c_down_experts[unit_of(role)]
         value = pruned_mass(s, pattern)
         return value if scale is None else value / scale[role]
 
