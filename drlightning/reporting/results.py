@@ -53,8 +53,9 @@ def ensure_writable(path: Path) -> None:
     """Create ``path`` and prove a file can be written there, or raise a clear error."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / ".write-test", "ok\n")
-        (path / ".write-test").unlink()
+        probe = path / f".write-test-{os.getpid()}"  # one per process: torchrun ranks probe at once
+        atomic_write_text(probe, "ok\n")
+        probe.unlink()
     except OSError as err:
         raise PermissionError(f"output_dir {str(path)!r} is not writable ({err}); "
                               "choose another run.output_dir") from err
