@@ -34,24 +34,26 @@ RUNS = Path(os.environ.get("DRL_SHORT_RUNS", ROOT / "runs" / "short"))
 RECORDS = ROOT / "benchmarks" / "results" / "short_settings.json"
 CONFIGS = [f"{m}-{p}" for p in ("2of4", "4of8", "50pct") for m in ("magnitude", "wanda", "sparsegpt")]
 SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
+            "judged": ["--model.steps", "20", "--model.holdout", "0.25", "--run.judge", "true"],
             "default": ["--model.steps", "20"],
             "holdout": ["--model.steps", "20", "--model.holdout", "0.25"],
             "plain-holdout": ["--model.steps", "0", "--model.permute", "false",
                               "--model.holdout", "0.25"]}
+"""In the order the workers take them (every config's plain run first, then the judged ones)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
          "--run.export.save", "false", "--run.monitor.tensorboard", "false",
          "--run.monitor.progress", "false"]
 
 
-def jobs() -> list[tuple[str, str]]:
-    return [(c, s) for c in CONFIGS for s in SETTINGS]
+def jobs(settings: list[str] | None = None) -> list[tuple[str, str]]:
+    return [(c, s) for s in settings or SETTINGS for c in CONFIGS]
 
 
-def run(worker: int, workers: int) -> None:
+def run(worker: int, workers: int, settings: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # this checkout's code
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    for i, (config, setting) in enumerate(jobs()):
+    for i, (config, setting) in enumerate(jobs(settings)):
         out = RUNS / config / setting
         if i % workers != worker or (out / "results.json").is_file():
             continue
@@ -133,11 +135,12 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--worker", default="0/1")
+    r.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="only these settings")
     sub.add_parser("report")
     args = p.parse_args()
     if args.cmd == "run":
         worker, workers = (int(x) for x in args.worker.split("/"))
-        run(worker, workers)
+        run(worker, workers, args.settings)
     else:
         report()
 

@@ -10,7 +10,8 @@ from lightning.pytorch.cli import LightningCLI
 from .cli_errors import CLI_SETTINGS, USER_ERRORS, FriendlyParsing
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
-from .pipeline.job import quiet_lightning, run_with_plain_baseline
+from .pipeline.baselines import run_with_plain_baseline
+from .pipeline.job import quiet_lightning
 from .pipeline.options import RunOptions, moved_keys
 from .pipeline.trainers import TRAINER_DEFAULTS, check_logger, check_precision, default_trainer_factory
 

@@ -16,7 +16,7 @@ from drlightning.layer.walk import held_windows
 from drlightning.lightning.rotation_settings import RotationSettings
 from drlightning.models import HeadLayout, adapter_for
 
-from .tiny import fit_args, save_tiny_dir, tiny_model
+from .tiny import fit_args, save_tiny_dir, tiny_model, tiny_tokenizer
 
 
 def test_held_windows_are_batched_on_their_own_and_disjoint():
@@ -97,3 +97,108 @@ def test_a_run_with_holdout_records_the_split_and_fits_without_it(tmp_path, monk
     for layer in results["layers"]:
         assert layer["judged_on"] == "held-out windows"
         assert {"pruning_error_rotated", "pruning_error_fitted_rotated"} <= set(layer)
+
+
+def _saved(path, tag: str):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"tag": tag}))
+    return path
+
+
+def _finished(run_dir, held_ppl: float, eval_ppl: float, saved: bool = True) -> dict:
+    path = _saved(run_dir / "model", str(run_dir)) if saved else None
+    return {"model": "tiny", "method": "wanda", "pattern": "2:4", "steps": 5,
+            "calibration": {"held_out_ppl": held_ppl, "held_out_windows": [6, 7]},
+            "ppl": {"embedded": eval_ppl}, "export": {"path": str(path)} if saved else {}}
+
+
+@pytest.mark.parametrize("plain_held, kept", [(9.0, "denoiserotator"), (11.0, "denoiserotator"),
+                                              (7.0, "plain")])
+def test_the_judge_keeps_the_model_better_on_held_out_windows(tmp_path, plain_held, kept):
+    from drlightning.pipeline.baselines import judge
+
+    run = tmp_path / "run"
+    ours = _finished(run, 9.0 if plain_held != 11.0 else 10.0, 20.0)
+    plain = _finished(run / "plain", plain_held, 30.0)
+    result = judge(ours, plain, run, run / "plain")
+    assert result["judge"]["kept"] == kept
+    assert result["judge"]["held_out_ppl"]["plain"] == plain_held
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["judge"]["kept"] == kept and saved["ppl"] == result["ppl"]
+    tag = json.loads((run / "model" / "config.json").read_text())["tag"]
+    if kept == "plain":  # the plain model and numbers are the run's; DenoiseRotator's moved aside
+        assert tag == str(run / "plain") and result["ppl"] == {"embedded": 30.0}
+        assert result["export"]["path"] == str(run / "model")
+        assert json.loads((run / "rotated" / "model" / "config.json").read_text())["tag"] == str(run)
+        assert result["judge"]["rotated"]["ppl"] == {"embedded": 20.0}
+        assert (run / "rotated" / "results.json").is_file() and (run / "report.md").is_file()
+    else:
+        assert tag == str(run) and result["ppl"] == {"embedded": 20.0}
+        assert not (run / "rotated").exists()
+
+
+def test_the_judge_without_held_out_windows_keeps_the_plain_model(tmp_path):
+    from drlightning.pipeline.baselines import judge
+
+    run = tmp_path / "run"
+    ours, plain = _finished(run, 9.0, 20.0, saved=False), _finished(run / "plain", 7.0, 30.0, False)
+    ours["calibration"]["held_out_ppl"] = plain["calibration"]["held_out_ppl"] = None
+    result = judge(ours, plain, run, run / "plain")
+    assert result["judge"]["kept"] == "plain" and "too little text" in result["judge"]["note"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"holdout": 0.0}, "holds none out"), ({"steps": 0}, "is the plain pruner"),
+])
+def test_the_judge_refuses_what_it_cannot_judge(change, message):
+    from drlightning.pipeline.options import RunOptions
+    from drlightning.pipeline.setup import check_options
+
+    settings = RotationSettings(**{"steps": 5, "holdout": 0.25, **change})
+    with pytest.raises(ValueError, match=message):
+        check_options(RunOptions(judge=True), settings)
+    from dataclasses import replace
+
+    from drlightning.pipeline.options import LaunchOptions
+    with pytest.raises(ValueError, match="layerwise"):
+        check_options(replace(RunOptions(judge=True), launch=LaunchOptions(layerwise=True)),
+                      RotationSettings(steps=5, holdout=0.25))
+
+
+@pytest.mark.parametrize("method, pattern", [
+    ("magnitude", "2:4"),
+    pytest.param("magnitude", "50%", marks=pytest.mark.slow),
+    pytest.param("magnitude", "4:8", marks=pytest.mark.slow),
+    pytest.param("wanda", "2:4", marks=pytest.mark.slow),
+    pytest.param("wanda", "4:8", marks=pytest.mark.slow),
+    pytest.param("wanda", "50%", marks=pytest.mark.slow),
+    pytest.param("sparsegpt", "2:4", marks=pytest.mark.slow),
+    pytest.param("sparsegpt", "4:8", marks=pytest.mark.slow),
+    pytest.param("sparsegpt", "50%", marks=pytest.mark.slow),
+])
+def test_a_judged_run_is_never_worse_than_plain_on_held_out_windows(tmp_path, method, pattern):
+    """A whole judged run: the kept model is the one with the lower held-out perplexity, its
+    saved copy reproduces it, and the run's numbers are the kept run's."""
+    from drlightning.eval.perplexity import perplexity
+    from drlightning.lightning.calibration import CalibrationDataModule
+    from drlightning import load_pretrained
+
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, method=method, pattern=pattern, steps=5,
+                                 extra=("--model.holdout", "0.25", "--run.judge", "true",
+                                        "--model.lr", "0.05")))
+    results = json.loads((run / "results.json").read_text())
+    plain = json.loads((run / "plain" / "results.json").read_text())
+    verdict = results["judge"]
+    held = verdict["held_out_ppl"]
+    assert held["plain"] == plain["calibration"]["held_out_ppl"]
+    assert verdict["kept"] == ("plain" if held["plain"] < held["denoiserotator"] else "denoiserotator")
+    assert min(held.values()) <= held["plain"]
+    if verdict["kept"] == "plain":
+        assert results["ppl"] == plain["ppl"] and results["steps"] == 0
+        assert (run / "rotated" / "model" / "config.json").is_file()
+    model = load_pretrained(str(run / "model"))  # either kind of output
+    windows = CalibrationDataModule(nsamples=8, seqlen=64).calibration(tiny_tokenizer())
+    again = perplexity(model, windows[-2:].reshape(1, -1), 64, progress=False)
+    assert again == pytest.approx(held[verdict["kept"]], rel=1e-4)

@@ -8,7 +8,6 @@ all first over the ranks of a torchrun launch, or one shared rotation for the wh
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -135,32 +134,6 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     }
     write_outputs(results, run_dir, monitor, opts.monitor.baseline_run)
     schedule.stop()
-    return results
-
-
-def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
-                            make_trainer: TrainerFactory | None = None, **kw) -> dict:
-    """:func:`run_job`, after the plain pruner (steps 0, same calibration and evaluation, nothing
-    saved) into ``<output_dir>/plain`` when ``run.monitor.plain_baseline`` asks for it: the run
-    then ends with dense, plain and DenoiseRotator side by side (``kw``: run_job's keywords)."""
-    if not opts.monitor.plain_baseline:
-        return run_job(module, data, opts, make_trainer, **kw)
-    plain_dir = Path(opts.output_dir) / "plain"
-    print(f"the plain pruner first, as the baseline: {plain_dir}", flush=True)
-    plain = type(module).from_settings(replace(module.rotation, steps=0))
-    monitor = replace(opts.monitor, plain_baseline=False, tensorboard=False, picture_layers=[])
-    run_job(plain, data, replace(opts, output_dir=str(plain_dir), monitor=monitor,
-                                 export=replace(opts.export, save=False)),
-            make_trainer, settings=kw.get("settings"))
-    print("\nDenoiseRotator:", flush=True)
-    results = run_job(module, data, replace(opts, monitor=replace(
-        opts.monitor, plain_baseline=False, baseline_run=str(plain_dir))), make_trainer, **kw)
-    plain_held = json.loads((plain_dir / "results.json").read_text())["calibration"].get("held_out_ppl")
-    ours = results.get("calibration", {}).get("held_out_ppl")
-    if plain_held is not None and ours is not None and ours > plain_held:
-        print(f"warning: on the held-out calibration windows DenoiseRotator's model is worse than "
-              f"the plain pruner's (perplexity {ours:.3f} > {plain_held:.3f}): the plain model "
-              f"may be the better one; it is in {plain_dir}", flush=True)
     return results
 
 

@@ -107,6 +107,11 @@ class RunOptions:
         export: the saved model.
         monitor: progress, TensorBoard, pictures, report extras.
         launch: whole model or layer by layer; sequential or parallel rotations.
+        judge: the model-wide judge: also run the plain pruner (steps 0, the same fitted
+            windows) and keep whichever finished model has the lower perplexity on the
+            calibration windows no fit saw (needs ``model.holdout`` > 0). When the plain pruner's
+            wins, it becomes the run's model and results; DenoiseRotator's go to
+            ``output_dir/rotated``. results.json records the verdict (``judge``).
     """
 
     model: str = DEFAULT_MODEL
@@ -119,6 +124,7 @@ class RunOptions:
     export: ExportOptions = field(default_factory=ExportOptions)
     monitor: MonitorOptions = field(default_factory=MonitorOptions)
     launch: LaunchOptions = field(default_factory=LaunchOptions)
+    judge: bool = False
 
 
 MOVED = {

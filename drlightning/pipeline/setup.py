@@ -32,7 +32,28 @@ def check_options(opts: RunOptions, settings: RotationSettings) -> None:
     if opts.monitor.picture_role not in ROLES:
         raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
                          f"{', '.join(ROLES)}")
+    check_judge(opts, settings)
     check_layerwise_options(opts)
+
+
+def check_judge(opts: RunOptions, settings: RotationSettings) -> None:
+    """The model-wide judge needs held-out windows, rotations to judge and the whole model."""
+    if not opts.judge:
+        return
+    if settings.steps == 0:
+        raise ValueError("run.judge=true compares DenoiseRotator's model with the plain pruner's; "
+                         "model.steps=0 is the plain pruner: set model.steps > 0 or run.judge=false")
+    if settings.holdout <= 0:
+        raise ValueError(f"run.judge=true decides on calibration windows no fit saw; "
+                         f"model.holdout={settings.holdout!r} holds none out: set a share, e.g. "
+                         "model.holdout=0.125")
+    if opts.launch.layerwise:
+        raise ValueError("run.judge=true measures both finished models on the held-out windows "
+                         "in memory; run.launch.layerwise=true does not hold the model: use one "
+                         "or the other")
+    if opts.launch.mode != "sequential":
+        raise ValueError(f"run.judge=true runs in run.launch.mode='sequential' only, not "
+                         f"{opts.launch.mode!r}")
 
 
 def check_layerwise_options(opts: RunOptions) -> None:
