@@ -179,9 +179,9 @@ def test_the_judge_refuses_what_it_cannot_judge(change, message):
 def test_a_judged_run_is_never_worse_than_plain_on_held_out_windows(tmp_path, method, pattern):
     """A whole judged run: the kept model is the one with the lower held-out perplexity, its
     saved copy reproduces it, and the run's numbers are the kept run's."""
+    from drlightning import load_pretrained
     from drlightning.eval.perplexity import perplexity
     from drlightning.lightning.calibration import CalibrationDataModule
-    from drlightning import load_pretrained
 
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     run = tmp_path / "run"
