@@ -38,7 +38,9 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "default": ["--model.steps", "20"],
             "holdout": ["--model.steps", "20", "--model.holdout", "0.25"],
             "plain-holdout": ["--model.steps", "0", "--model.permute", "false",
-                              "--model.holdout", "0.25"]}
+                              "--model.holdout", "0.25"],
+            "plain-refit": ["--model.steps", "0", "--model.permute", "false", "--model.refit", "rows"],
+            "default-refit": ["--model.steps", "20", "--model.refit", "rows"]}
 """In the order the workers take them (every config's plain run first, then the judged ones)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
@@ -46,14 +48,15 @@ SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows
          "--run.monitor.progress", "false"]
 
 
-def jobs(settings: list[str] | None = None) -> list[tuple[str, str]]:
-    return [(c, s) for s in settings or SETTINGS for c in CONFIGS]
+def jobs(settings: list[str] | None = None, configs: list[str] | None = None) -> list[tuple[str, str]]:
+    return [(c, s) for s in settings or SETTINGS for c in configs or CONFIGS]
 
 
-def run(worker: int, workers: int, settings: list[str] | None = None) -> None:
+def run(worker: int, workers: int, settings: list[str] | None = None,
+        configs: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # this checkout's code
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    for i, (config, setting) in enumerate(jobs(settings)):
+    for i, (config, setting) in enumerate(jobs(settings, configs)):
         out = RUNS / config / setting
         if i % workers != worker or (out / "results.json").is_file():
             continue
@@ -136,11 +139,12 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--worker", default="0/1")
     r.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="only these settings")
+    r.add_argument("--configs", nargs="+", choices=CONFIGS, help="only these configs")
     sub.add_parser("report")
     args = p.parse_args()
     if args.cmd == "run":
         worker, workers = (int(x) for x in args.worker.split("/"))
-        run(worker, workers, args.settings)
+        run(worker, workers, args.settings, args.configs)
     else:
         report()
 

@@ -27,6 +27,7 @@ from ..models.adapters import (
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
 from ..pruning.importance import importance, input_factor
 from ..pruning.permutation import nm_permutation
+from ..pruning.refit import refit_rows
 from .capture import LayerInputs, collect_hessians
 from .permute import head_channel_order, permute_heads, permute_intermediate, permute_residual
 
@@ -50,6 +51,9 @@ class PruneSpec:
     """False with a shared R1: the residual stream's order must be the same in every layer."""
     holdout: float = 0.0
     """Share of the calibration windows held out of the fits, on which the guard judges."""
+    refit: str = "none"
+    """Refit of the kept weights after each group is pruned (see :mod:`..pruning.refit`)."""
+    refit_damping: float = 0.01
 
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
@@ -151,14 +155,18 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
         decisions["residual"] = {"kept": False, "skipped": "Mixture-of-Experts layer"}
     elif permute and spec.permute_residual:
         layer, first = _residual(layer, inputs, spec, decisions)
+    refit = spec.refit != "none"
     for group in groups:
+        key = INPUT_OF[base_role(group[0])]
         if first is not None and group == groups[0]:
+            if refit:  # the residual order is applied: the Hessian in that order
+                first = _refit(layer, spec, group, first,
+                               collect_hessians(layer, adapter, inputs, (key,)), report)
             _write(layer, adapter, first, sparsity)
             continue
-        key = INPUT_OF[base_role(group[0])]
         reorder = permute and base_role(group[0]) in ("o", "down")
         hessians = {}
-        if method != "magnitude" or reorder:
+        if method != "magnitude" or reorder or refit:
             hessians = collect_hessians(layer, adapter, inputs, (key,))
         weights = _weights(layer, adapter, group)
         if expert_of(group[0]) is None:
@@ -168,11 +176,37 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
                 pruned = _try_order(layer, spec, weights, pruned, hessian, decisions)
         else:
             pruned = _prune_experts(layer, spec, weights, hessians, reorder, decisions, report)
+        if refit:  # after a kept reorder the layer's columns moved: the Hessian in that order
+            fresh = collect_hessians(layer, adapter, inputs, (key,)) if reorder else hessians
+            pruned = _refit(layer, spec, group, pruned, fresh, report)
         _write(layer, adapter, pruned, sparsity)
         del hessians  # free this group's Hessians before the next one is collected
     if permute:
         report["permutation"] = decisions
     return layer, report
+
+
+def _refit(layer: nn.Module, spec: PruneSpec, group: tuple[str, ...], pruned: Pruned,
+           hessians: dict[str, torch.Tensor], report: dict) -> Pruned:
+    """Re-solve each pruned role's kept weights (``spec.refit``) against the layer's dense weights
+    (not yet overwritten) with the masks fixed; adds the summed relative output error before and
+    after to ``report["refit"]``. An expert without calibration tokens keeps its pruned weights."""
+    tokens = hessians.get("tokens")
+    out: Pruned = {}
+    summary = report.setdefault("refit", {"method": spec.refit, "damping": spec.refit_damping,
+                                          "error_before": 0.0, "error_after": 0.0})
+    for role in group:
+        expert, hessian = expert_of(role), hessians.get(input_of(role))
+        idle = expert is not None and tokens is not None and int(tokens[expert]) == 0
+        if hessian is None or idle:
+            out[role] = pruned[role]
+            continue
+        dense = spec.adapter.linear(layer, role).weight.data
+        new, mask = pruned[role]
+        out[role] = (refit_rows(dense, mask, hessian, spec.refit_damping), mask)
+        summary["error_before"] += relative_output_error(dense, new, hessian)
+        summary["error_after"] += relative_output_error(dense, out[role][0], hessian)
+    return out
 
 
 def _prune_experts(layer: nn.Module, spec: PruneSpec, weights: dict[str, torch.Tensor],

@@ -83,6 +83,11 @@ class RotationModule(LightningModule):
             the candidate with the lower pruning error on them. 0 (the default) judges on the
             fitted windows, as before; with too few windows to hold any out, the guard keeps
             the plain pruner's layer and the report says so.
+        refit: after pruning each group of linears, re-solve the kept weights with the mask
+            fixed: "none" (the default) or "rows" (each row's kept weights by damped least
+            squares against the dense row's output on the fitted windows' inputs; pruned
+            entries stay zero). Judge it on held-out text: it fits the calibration domain.
+        refit_damping: λ of the row refit, as a share of the Hessian's mean diagonal (> 0).
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class RotationModule(LightningModule):
         layers_per_step: int | None = None,
         role_weights: str = "auto",
         holdout: float = 0.0,
+        refit: str = "none",
+        refit_damping: float = 0.01,
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in RotationSettings.names()}

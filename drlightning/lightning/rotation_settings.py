@@ -13,6 +13,7 @@ from ..layer.capture import OBJECTIVE_STATS
 from ..layer.prune import PruneSpec
 from ..models.adapters import ArchitectureAdapter, HeadLayout
 from ..pruning import NO_PRUNING, parse_pattern
+from ..pruning.refit import REFITS
 from ..rotation import METHODS
 from ..rotation.objective import OBJECTIVES, ObjectiveSpec
 
@@ -86,6 +87,14 @@ def check_settings(s: dict) -> None:
         raise ValueError(f"holdout={s['holdout']!r}; allowed: a share of the calibration windows "
                          "in [0, 1), e.g. 0.25 (0 = judge on the fitted windows)")
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
+    _choice("refit", s["refit"], REFITS)
+    if isinstance(s["refit_damping"], bool) or not isinstance(s["refit_damping"], int | float) \
+            or not s["refit_damping"] > 0:
+        raise ValueError(f"refit_damping={s['refit_damping']!r}; allowed: a share of the "
+                         "Hessian's mean diagonal > 0, e.g. 0.01")
+    if s["refit"] != "none" and s["pattern"] == NO_PRUNING:
+        raise ValueError(f"refit={s['refit']!r} re-solves the weights a pruner kept; "
+                         "pattern='none' prunes nothing: set refit='none'")
     if s["role_weights"] == "measured" and (s["objective"] == "entropy" or s["pattern"] == NO_PRUNING):
         raise ValueError(f"role_weights={s['role_weights']!r} weights the linears of the pruned-mass "
                          f"objective; objective={s['objective']!r} with pattern={s['pattern']!r} "
@@ -116,6 +125,8 @@ class RotationSettings:
     layers_per_step: int | None = None
     role_weights: str = "auto"
     holdout: float = 0.0
+    refit: str = "none"
+    refit_damping: float = 0.01
 
     def __post_init__(self) -> None:
         check_settings(asdict(self))
@@ -180,7 +191,7 @@ class RotationSettings:
         per_layer = self.r1 == "per_layer"
         return PruneSpec(adapter, layout, self.method, self.pattern, hp["permute"], hp["guard"],
                          report_identity and self.steps > 0 and self.prunes and per_layer, per_layer,
-                         self.holdout)
+                         self.holdout, self.refit, self.refit_damping)
 
     def needed_stats(self) -> tuple[str, ...]:
         """The Hessians (capture keys) the objective needs from the calibration inputs."""
