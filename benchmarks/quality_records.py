@@ -12,7 +12,11 @@ Record = dict
 """One finished (pruner, setting, seed): ppl, dense_ppl, layer_errors (per layer, or None when only
 the mean was archived), layer_error, rotated_kept, perms_kept (None when not applicable), minutes,
 device, rotation_seconds and peak_rss_mib of the whole run (absent from records archived before
-they were kept)."""
+they were kept), held_ppl and held_dense_ppl: the same on the held-out domain ``HELD_OUT`` (absent
+from runs evaluated in-domain only)."""
+
+HELD_OUT = "speeches"
+"""The evaluation domain the calibration never saw (U.S. State of the Union addresses, 1980 on)."""
 
 
 def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
@@ -29,7 +33,9 @@ def from_run(pruner: str, setting: str, seed: int, r: dict) -> Record:
                               for space in (layer.get("permutation") or {}).values()) if permuted else None,
             "minutes": r["seconds"] / 60, "device": r["device"],
             "rotation_seconds": rotation_seconds(r),
-            "peak_rss_mib": r.get("memory", {}).get("peak_rss_mib")}
+            "peak_rss_mib": r.get("memory", {}).get("peak_rss_mib"),
+            **({"held_ppl": r["ppl"][HELD_OUT], "held_dense_ppl": r["dense_ppl"][HELD_OUT]}
+               if HELD_OUT in r["ppl"] else {})}
 
 
 def rotation_seconds(r: dict) -> float | None:

@@ -18,8 +18,10 @@ from . import perplexity
 from .plan import PLAN_FIELDS, EvalPlan
 from .zeroshot import CONTINUATION, zero_shot
 
-PROTOCOL_WINDOWS = {"c4": 256}
-"""Evaluation windows fixed by a dataset's protocol (C4: 256 × seqlen tokens) when none are given."""
+PROTOCOL_WINDOWS = {"c4": 256, "speeches": 128}
+"""Evaluation windows fixed by a dataset's protocol when none are given: C4 256 × seqlen tokens,
+speeches the first 128 windows (at seqlen 512: 64k tokens, three times the embedded split; the
+whole text would be twenty times)."""
 
 
 def protocol_windows(name: str, max_windows: int | None) -> int | None:

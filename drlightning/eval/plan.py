@@ -14,11 +14,12 @@ class EvalPlan:
     """What one evaluation measures.
 
     Args:
-        data: perplexity datasets: "embedded", "wikitext2", "c4" (256 windows), "hf:<id>" or local
-            paths.
+        data: perplexity datasets: "embedded", "speeches" (128 windows), "wikitext2", "c4" (256
+            windows), "hf:<id>" or local paths.
         seqlen: perplexity window length (None: the calibration seqlen in a fit, the source run's
             in the LoRA stage, else 512).
-        max_windows: evaluate only the first N windows (None = all; C4: its protocol's 256).
+        max_windows: evaluate only the first N windows (None = all; C4 and speeches: their
+            protocol's 256 and 128).
         batch_size: windows per forward pass, and lm-eval's batch size for the zero-shot tasks.
         zero_shot: lm-eval tasks evaluated 0-shot, e.g. [piqa, hellaswag, arc_easy,
             arc_challenge, winogrande] or [drl_continuation] (offline, generated from
