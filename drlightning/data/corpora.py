@@ -9,12 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from .mix import FICTION, MIX, fiction_documents, mixed_documents
 from .speeches import SPEECHES, speech_documents
 
 Part = Literal["calibration", "evaluation"]
 PARTS = ("calibration", "evaluation")
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-NAMED = ("embedded", "speeches", "c4", "wikitext2", "hf:<dataset>[:<config>]")
+NAMED = ("embedded", "speeches", "fiction", "mix", "mix:<source>,<source>", "c4", "wikitext2",
+         "hf:<dataset>[:<config>]")
 C4_FILES = {
     "calibration": ("train", "en/c4-train.00000-of-01024.json.gz"),
     "evaluation": ("validation", "en/c4-validation.00000-of-00008.json.gz"),
@@ -214,7 +216,9 @@ def load_documents(source: str, part: Part = "calibration", text_field: str = "t
     """The documents of ``source`` for calibration or evaluation (single-text sources: one).
 
     ``source`` is "embedded", "speeches" (a second, held-out domain: State of the Union addresses
-    1934–1979 / 1980 on), "c4" (paper protocol: train shard 0 / validation shard 0),
+    1934–1979 / 1980 on), "fiction" (Sherlock Holmes stories: eight / four), "mix" or
+    "mix:<source>,<source>,…" (offline sources in equal shares, see :mod:`.mix`), "c4" (paper
+    protocol: train shard 0 / validation shard 0),
     "wikitext2" (train / test), "hf:<dataset>[:<config>]" (train / test or validation) or a
     local .txt/.jsonl/.json/.parquet file (also .gz for text and JSON) or a folder of them.
     Local files are used whole for either part.
@@ -224,6 +228,10 @@ def load_documents(source: str, part: Part = "calibration", text_field: str = "t
         return [embedded_text(part)]
     if source == SPEECHES:
         return list(speech_documents(part))
+    if source == FICTION:
+        return list(fiction_documents(part))
+    if source == MIX or source.startswith(MIX + ":"):
+        return mixed_documents(source, part, load_documents)
     if source == "c4":
         split, file = C4_FILES[part]
         return _hub("text", "allenai/c4", data_files={split: file}, split=split)

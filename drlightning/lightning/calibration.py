@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from ..data import calibration_windows, check_chat_source, load_documents, render_chats
 from ..data.chat import check_chat_tokenizer, located_conversations
 
-LATER_DEFAULTS = {"chat_template": False}
+LATER_DEFAULTS = {"chat_template": False, "held_out": 0}
 """Settings added later, with the value that reproduces the earlier behaviour: ``protocol()`` (and
 so a run directory's fingerprint) leaves them out while at that value, so older runs still resume."""
 
@@ -30,6 +30,12 @@ class CalibrationDataModule(LightningDataModule):
             (or bare message list) per line; each is rendered with the tokenizer's chat template
             (``apply_chat_template(messages, tokenize=False)``) into one document. ``text_field``
             is not used. False (default): plain text.
+        held_out: extra windows drawn after the ``nsamples`` ones from the same source, sharing
+            no text with them: no fit sees them (rotations, role weights, the pruner's
+            statistics); every selection judges on them — the per-layer guard, the shared
+            rotation's model-wide guard and ``run.judge``. 0 (default): none. Unlike
+            ``model.holdout`` (a share of the ``nsamples`` windows), the fits keep all
+            ``nsamples`` windows.
     """
 
     def __init__(
@@ -41,11 +47,12 @@ class CalibrationDataModule(LightningDataModule):
         batch_size: int = 8,
         text_field: str = "text",
         chat_template: bool = False,
+        held_out: int = 0,
     ) -> None:
         super().__init__()
         for name, value, low in (("nsamples", nsamples, 1), ("seqlen", seqlen, 2),
-                                 ("batch_size", batch_size, 1)):
-            if not isinstance(value, int) or value < low:
+                                 ("batch_size", batch_size, 1), ("held_out", held_out, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer ≥ {low}")
         if not isinstance(chat_template, bool):
             raise ValueError(f"chat_template={chat_template!r} must be true or false")
@@ -74,8 +81,14 @@ class CalibrationDataModule(LightningDataModule):
             # a rendered chat already holds its special tokens (BOS, turn markers)
             self.windows = calibration_windows(tokenizer, self.documents(tokenizer), hp.nsamples,
                                                hp.seqlen, hp.seed,
-                                               add_special_tokens=not hp.get("chat_template", False))
+                                               add_special_tokens=not hp.get("chat_template", False),
+                                               held_out=hp.get("held_out", 0))
         return self.windows
+
+    @property
+    def held_out(self) -> int:
+        """Extra held-out windows at the end of :meth:`calibration`'s windows (``held_out``)."""
+        return int(self.hparams.get("held_out", 0))
 
     def protocol(self) -> dict:
         """The calibration settings, for results.json and the run fingerprint (settings added

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
+from ..lightning.rotation_settings import RotationSettings
 from ..reporting.report import report_markdown
 from ..reporting.results import write_json
 from .job import run_job
@@ -24,8 +25,8 @@ OURS, PLAIN = "denoiserotator", "plain"
 
 def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
                             make_trainer: TrainerFactory | None = None, **kw) -> dict:
-    """:func:`run_job`, after the plain pruner (steps 0, the same calibration windows, the same
-    held-out split and evaluation) into ``<output_dir>/plain`` when ``run.monitor.plain_baseline``
+    """:func:`run_job`, after the plain pruner (:func:`plain_settings`: the same calibration
+    windows, held-out split and evaluation) into ``<output_dir>/plain`` when ``run.monitor.plain_baseline``
     or ``run.judge`` asks for it. With the judge, the finished model that is better on the held-out
     calibration windows is the run's result (see :func:`judge`); else the run ends with dense,
     plain and DenoiseRotator side by side (``kw``: run_job's keywords)."""
@@ -33,7 +34,7 @@ def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule,
         return run_job(module, data, opts, make_trainer, **kw)
     plain_dir = Path(opts.output_dir) / "plain"
     print(f"the plain pruner first, as the baseline: {plain_dir}", flush=True)
-    plain = type(module).from_settings(replace(module.rotation, steps=0))
+    plain = type(module).from_settings(plain_settings(module.rotation))
     monitor = replace(opts.monitor, plain_baseline=False, tensorboard=False, picture_layers=[])
     run_job(plain, data, replace(opts, output_dir=str(plain_dir), monitor=monitor, judge=False,
                                  export=replace(opts.export, save=opts.judge and opts.export.save)),
@@ -53,6 +54,12 @@ def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule,
               f"the plain pruner's (perplexity {ours:.3f} > {theirs:.3f}): the plain model "
               f"may be the better one; it is in {plain_dir} (run.judge=true keeps it)", flush=True)
     return results
+
+
+def plain_settings(settings: RotationSettings) -> RotationSettings:
+    """The plain pruner of a run: no rotation, no channel permutation and no refit (each of
+    those can fit the calibration domain; a judged run's baseline must not), the rest as set."""
+    return replace(settings, steps=0, permute=False, refit="none")
 
 
 def verdict(ours: dict, plain: dict) -> dict:

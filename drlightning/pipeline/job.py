@@ -52,21 +52,21 @@ from .trainers import default_trainer_factory
 __all__ = ["RunOptions", "quiet_lightning", "run_job"]
 
 
-def window_split(n: int, holdout: float) -> dict:
-    """Which calibration windows the fits use and which are held out to judge (``holdout`` > 0)."""
-    if holdout <= 0:
+def window_split(n: int, holdout: float, held_out: int = 0) -> dict:
+    """Which calibration windows the fits use and which are held out to judge (``holdout`` > 0
+    or ``held_out`` extra windows)."""
+    if holdout <= 0 and not held_out:
         return {}
-    held = held_windows(n, holdout)
+    held = held_windows(n, holdout, held_out)
     return {"fitted_windows": list(range(n - held)), "held_out_windows": list(range(n - held, n)),
             **({} if held else {"held_out_note": "too few windows to hold any out: the guard "
                                                  "kept the plain pruner's layers"})}
 
 
-def held_out_perplexity(model, windows: torch.Tensor, holdout: float, whole: bool) -> float | None:
+def held_out_perplexity(model, windows: torch.Tensor, held: int, whole: bool) -> float | None:
     """The finished model's perplexity on the held-out calibration windows (no fit saw them):
     the run's own judge of the whole model, comparable with the plain pruner's run of the same
     calibration (None without held-out windows, or layer by layer)."""
-    held = held_windows(windows.shape[0], holdout)
     if not held or not whole:
         return None
     return perplexity(model, windows[-held:].reshape(1, -1), windows.shape[1], progress=False)
@@ -86,7 +86,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     """
     start, run_dir, rotation = time.perf_counter(), Path(opts.output_dir), module.rotation
     ensure_writable(run_dir)
-    check_options(opts, rotation)
+    check_options(opts, rotation, data.held_out)
     preflight(opts, rotation, data, loaded[0].config if loaded else None)  # nothing written
     state = RunState(run_dir, fingerprint(rotation, data, opts, settings))
     reclaim = state.check()  # refuses finished work of other settings; writes nothing
@@ -105,7 +105,7 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
     loop, monitor = layer_loop(rotation, make_trainer or default_trainer_factory(opts, run_dir),
                                data.hparams.batch_size, opts, run_dir, clock)
-    loop = replace(loop, module_class=type(module))
+    loop = replace(loop, module_class=type(module), held_out=data.held_out)
     with quiet_lightning():
         plan = schedule.prepare(model, adapter, windows, loop, run_dir, place.layerwise)
         if not schedule.is_main:  # a rank > 0: its layers are trained and saved
@@ -113,14 +113,15 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
             schedule.stop()
             return {"rank": plan.rank}
         layer_reports = rotate_and_prune(model, adapter, windows, loop, state, plan, place.layerwise)
-    held_ppl = held_out_perplexity(model, windows, rotation.holdout, place.layerwise is None)
+    held = held_windows(windows.shape[0], rotation.holdout, data.held_out)
+    held_ppl = held_out_perplexity(model, windows, held, place.layerwise is None)
     export, final = place.finish(state, windows, run_dir, eval_tokens, seqlen, plan.shared_q)
     hp = rotation.as_dict()
     results = {
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
         "calibration": {**data.protocol(), "tokens": int(windows.numel()),
-                        **window_split(windows.shape[0], rotation.holdout),
+                        **window_split(windows.shape[0], rotation.holdout, data.held_out),
                         **({"held_out_ppl": held_ppl} if held_ppl is not None else {})},
         **final, "dense_ppl": (dense or {}).get("ppl", {}),
         "dense_zero_shot": (dense or {}).get("zero_shot", {}),

@@ -55,9 +55,9 @@ class MonitorOptions:
             next to the rotated one (the guard does this anyway).
         baseline_run: run directory of a baseline (e.g. the plain pruner, steps 0) for report.md's
             "gap closed" column.
-        plain_baseline: run the plain pruner first (steps 0, the same calibration and evaluation)
-            into ``<output_dir>/plain`` and end with dense, plain and DenoiseRotator side by side,
-            with the share of the gap closed (sets ``baseline_run``).
+        plain_baseline: run the plain pruner first (steps 0, no permutation or refit; the same
+            calibration and evaluation) into ``<output_dir>/plain`` and end with dense, plain and
+            DenoiseRotator side by side, with the share of the gap closed (sets ``baseline_run``).
     """
 
     tensorboard: bool = True
@@ -107,11 +107,12 @@ class RunOptions:
         export: the saved model.
         monitor: progress, TensorBoard, pictures, report extras.
         launch: whole model or layer by layer; sequential or parallel rotations.
-        judge: the model-wide judge: also run the plain pruner (steps 0, the same fitted
-            windows) and keep whichever finished model has the lower perplexity on the
-            calibration windows no fit saw (needs ``model.holdout`` > 0). When the plain pruner's
-            wins, it becomes the run's model and results; DenoiseRotator's go to
-            ``output_dir/rotated``. results.json records the verdict (``judge``).
+        judge: the model-wide judge: also run the plain pruner (steps 0, no permutation or
+            refit; the same fitted windows) and keep whichever finished model has the lower
+            perplexity on the calibration windows no fit saw (needs held-out windows:
+            ``data.held_out`` or ``model.holdout``). When the plain pruner's wins, it becomes
+            the run's model and results; DenoiseRotator's go to ``output_dir/rotated``.
+            results.json records the verdict (``judge``).
     """
 
     model: str = DEFAULT_MODEL

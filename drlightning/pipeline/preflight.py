@@ -11,6 +11,7 @@ import torch
 
 from ..data.corpora import NAMED, local_files, text_bytes
 from ..data.hub import cache_dirs, is_cached, offline_reason, source_dataset
+from ..data.mix import mix_sources
 from ..eval.task_index import known_to_lm_eval, task_dataset, task_files
 from ..eval.zeroshot import CONTINUATION, local_spec
 from ..lightning.calibration import CalibrationDataModule
@@ -42,7 +43,9 @@ def check_device(name: str) -> None:
 def check_local_text(setting: str, source: str) -> int | None:
     """A local text source must exist and hold UTF-8 text. Returns a bound on its tokens: one
     per byte of text plus one per file (``None`` for embedded, Hub and Parquet sources)."""
-    if source in NAMED or source.startswith("hf:") or source_dataset(source):
+    if source in NAMED or source.startswith(("hf:", "mix:")) or source_dataset(source):
+        if source.startswith("mix:"):
+            mix_sources(source)  # a bad name fails here, before anything loads
         return None
     counts = [text_bytes(f) for f in local_files(source, setting)]
     if None not in counts and sum(counts) == 0:

@@ -53,13 +53,15 @@ class LayerLoop:
     unrotated_error: bool = False
     on_fit: Callable[[int, RotationModule], None] | None = None
     on_layer: Callable[[dict], None] | None = None
+    held_out: int = 0
+    """Extra held-out windows at the end of the calibration windows (``data.held_out``)."""
     module_class: type[RotationModule] = RotationModule
     """The LightningModule each layer's fit builds from ``settings`` (a subclass, e.g. a study's)."""
 
     @property
     def walk(self) -> Walk:
         return Walk(self.batch_size, self.offload, self.progress,
-                    holdout=self.settings.holdout)
+                    holdout=self.settings.holdout, held_out=self.held_out)
 
     def prune_spec(self, model: nn.Module, adapter: ArchitectureAdapter) -> PruneSpec:
         """How this run prunes the layers of ``model``."""

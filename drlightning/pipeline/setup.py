@@ -15,7 +15,7 @@ LAUNCH_MODES = ("sequential", "parallel")
 """``run.launch.mode``: rotations learned layer after layer, or all first over torchrun ranks."""
 
 
-def check_options(opts: RunOptions, settings: RotationSettings) -> None:
+def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 0) -> None:
     """Refuse run options that are invalid on their own or with the rotation settings."""
     if opts.export.rotation_dtype not in ROTATION_DTYPES:
         raise ValueError(f"run.export.rotation_dtype={opts.export.rotation_dtype!r}; allowed: "
@@ -32,21 +32,26 @@ def check_options(opts: RunOptions, settings: RotationSettings) -> None:
     if opts.monitor.picture_role not in ROLES:
         raise ValueError(f"run.monitor.picture_role={opts.monitor.picture_role!r}; allowed: "
                          f"{', '.join(ROLES)}")
-    check_judge(opts, settings)
+    if held_out and settings.holdout > 0:
+        raise ValueError(f"data.held_out={held_out} draws extra held-out windows and "
+                         f"model.holdout={settings.holdout!r} holds a share of the others out: "
+                         "choose one (set model.holdout=0 or data.held_out=0)")
+    check_judge(opts, settings, held_out)
     check_layerwise_options(opts)
 
 
-def check_judge(opts: RunOptions, settings: RotationSettings) -> None:
+def check_judge(opts: RunOptions, settings: RotationSettings, held_out: int = 0) -> None:
     """The model-wide judge needs held-out windows, rotations to judge and the whole model."""
     if not opts.judge:
         return
     if settings.steps == 0:
         raise ValueError("run.judge=true compares DenoiseRotator's model with the plain pruner's; "
                          "model.steps=0 is the plain pruner: set model.steps > 0 or run.judge=false")
-    if settings.holdout <= 0:
+    if settings.holdout <= 0 and not held_out:
         raise ValueError(f"run.judge=true decides on calibration windows no fit saw; "
-                         f"model.holdout={settings.holdout!r} holds none out: set a share, e.g. "
-                         "model.holdout=0.125")
+                         f"model.holdout={settings.holdout!r} and data.held_out=0 hold none out: "
+                         "draw extra ones (e.g. data.held_out=4) or hold a share out (e.g. "
+                         "model.holdout=0.125)")
     if opts.launch.layerwise:
         raise ValueError("run.judge=true measures both finished models on the held-out windows "
                          "in memory; run.launch.layerwise=true does not hold the model: use one "
