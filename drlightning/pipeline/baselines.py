@@ -19,6 +19,7 @@ from ..reporting.results import write_json
 from .job import run_job
 from .options import RunOptions
 from .sequential import TrainerFactory
+from .setup import check_options
 
 OURS, PLAIN = "denoiserotator", "plain"
 
@@ -32,6 +33,7 @@ def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule,
     plain and DenoiseRotator side by side (``kw``: run_job's keywords)."""
     if not (opts.monitor.plain_baseline or opts.judge):
         return run_job(module, data, opts, make_trainer, **kw)
+    check_options(opts, module.rotation, data.held_out)  # before the plain run, not after it
     plain_dir = Path(opts.output_dir) / "plain"
     print(f"the plain pruner first, as the baseline: {plain_dir}", flush=True)
     plain = type(module).from_settings(plain_settings(module.rotation))
