@@ -90,6 +90,7 @@ def test_a_refitted_layer_keeps_the_pattern_and_refits_each_group_on_its_inputs(
         torch.testing.assert_close(got, refit_rows(w0, mask, h, 0.01))
 
 
+@pytest.mark.slow
 def test_a_refit_run_saves_exact_patterns_and_reports_the_refit(tmp_path):
     import json
 
