@@ -52,12 +52,12 @@ from .trainers import default_trainer_factory
 __all__ = ["RunOptions", "quiet_lightning", "run_job"]
 
 
-def window_split(n: int, holdout: float, held_out: int = 0) -> dict:
-    """Which calibration windows the fits use and which are held out to judge (``holdout`` > 0
-    or ``held_out`` extra windows)."""
-    if holdout <= 0 and not held_out:
+def window_split(n: int, held: int, asked: bool) -> dict:
+    """Which of the ``n`` calibration windows the fits use and which (the last ``held``) are held
+    out to judge; nothing when no hold-out was ``asked`` for (``model.holdout`` or
+    ``data.held_out``)."""
+    if not asked:
         return {}
-    held = held_windows(n, holdout, held_out)
     return {"fitted_windows": list(range(n - held)), "held_out_windows": list(range(n - held, n)),
             **({} if held else {"held_out_note": "too few windows to hold any out: the guard "
                                                  "kept the plain pruner's layers"})}
@@ -121,7 +121,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
         "model": opts.model, "method": hp["method"], "pattern": str(hp["pattern"]),
         "steps": hp["steps"], "rotation": hp,
         "calibration": {**data.protocol(), "tokens": int(windows.numel()),
-                        **window_split(windows.shape[0], rotation.holdout, data.held_out),
+                        **window_split(windows.shape[0], held,
+                                       rotation.holdout > 0 or data.held_out > 0),
                         **({"held_out_ppl": held_ppl} if held_ppl is not None else {})},
         **final, "dense_ppl": (dense or {}).get("ppl", {}),
         "dense_zero_shot": (dense or {}).get("zero_shot", {}),
