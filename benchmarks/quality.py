@@ -73,6 +73,10 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "pm-rw+guard": ("DR, pruned mass weighted by the measured role errors + guard",
                     {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                      "role_weights": "measured"}),
+    "pm-rw+guard+held8": ("DR default, the guard deciding on 8 extra held-out windows "
+                          "(data.held_out 8)",
+                          {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
+                           "role_weights": "measured", "data.held_out": 8}),
     "pm-rw+guard+refit": ("DR default + row refit (damping 0.01)",
                           {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                            "role_weights": "measured", "refit": "rows", "refit_damping": 0.01}),
@@ -107,6 +111,8 @@ PLAN = [
     ("sparsegpt-4of8", ["dr"], [0, 1, 2]),
     ("sparsegpt-50pct", ["dr"], [0, 1, 2]),
     ("sparsegpt-2of4", ["plain+refit", "plain+refit0.1", "pm-rw+guard+refit"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
+    ("wanda-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
 ]
 
 
@@ -130,7 +136,8 @@ def command(pruner: str, setting: str, seed: int) -> list[str]:
             "--run.monitor.tensorboard", "false",
             "--run.monitor.progress", "false"]
     for option, value in overrides.items():
-        args += [f"--model.{option}", str(value).lower() if isinstance(value, bool) else str(value)]
+        name = option if "." in option else f"model.{option}"  # bare names are model settings
+        args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args
 
 
