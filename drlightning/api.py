@@ -12,9 +12,10 @@ holds what a ``fit`` run directory holds, the saved model included, and a re-run
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .eval.plan import EvalPlan
@@ -99,7 +100,8 @@ def run_options(model, output_dir: Path, run: dict, saving: bool) -> RunOptions:
 
 def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2:4",
           calibration="embedded", nsamples: int = 32, seqlen: int = 512, steps: int = 50,
-          output_dir: str | Path | None = None, **options) -> PruneResult:
+          held_out: int = 0, judge: bool = False, output_dir: str | Path | None = None,
+          **options) -> PruneResult:
     """Rotate and prune ``model``; returns the pruned model and the report.
 
     Args:
@@ -111,6 +113,11 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
             steps per layer (0: the plain pruner).
         calibration: "embedded", "c4", "wikitext2", "hf:<id>", a path, a ``datasets.Dataset``
             (its "text" column) or a list of strings; ``nsamples`` windows of ``seqlen`` tokens.
+        held_out: extra calibration windows no fit sees (``data.held_out``): the guard and the
+            judge decide on them.
+        judge: also run the plain pruner and return whichever finished model is better on the
+            held-out windows (``run.judge``; needs ``held_out`` or ``holdout``). A loaded model
+            is copied once for the plain run (twice its memory while both exist).
         output_dir: keep a run directory there (results.json, report.md, the saved model; a
             re-run resumes); None: nothing is written but the report.
         options: any other rotation setting (objective, guard, permute, role_weights, r1, …), and
@@ -121,7 +128,8 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
     from .lightning.calibration import CalibrationDataModule
     from .lightning.rotation_module import RotationModule
     from .models import load_model
-    from .pipeline.job import run_job
+    from .pipeline.baselines import PLAIN, run_with_plain_baseline
+    from .pipeline.setup import check_options
 
     rotation, run = split_options(options)
     settings = RotationSettings(method=method, pattern=pattern, steps=steps, **rotation)
@@ -133,9 +141,14 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
     with tempfile.TemporaryDirectory(prefix="drl-prune-") as tmp:
         work = Path(tmp)
         out = Path(output_dir) if output_dir is not None else work / "run"
-        opts = run_options(model, out, run, saving=output_dir is not None)
+        opts = replace(run_options(model, out, run, saving=output_dir is not None), judge=judge)
         data = CalibrationDataModule(source=calibration_source(calibration, work), nsamples=nsamples,
-                                     seqlen=seqlen)
-        report = run_job(RotationModule.from_settings(settings), data, opts,
-                         loaded=(model, tokenizer), settings={"api": "drlightning.prune"})
+                                     seqlen=seqlen, held_out=held_out)
+        check_options(opts, settings, held_out)  # a refused judge copies nothing
+        plain = (copy.deepcopy(model), tokenizer) if judge else None
+        report = run_with_plain_baseline(RotationModule.from_settings(settings), data, opts,
+                                         loaded=(model, tokenizer), plain_loaded=plain,
+                                         settings={"api": "drlightning.prune"})
+    if plain is not None and report["judge"]["kept"] == PLAIN:
+        model = plain[0]
     return PruneResult(model, tokenizer, report)

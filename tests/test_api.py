@@ -55,3 +55,29 @@ def test_prune_refuses_unknown_options_and_a_model_without_its_tokenizer(tiny_di
         drlightning.prune(str(tiny_dir("llama")), stepz=3)
     with pytest.raises(ValueError, match="needs its tokenizer"):
         drlightning.prune(AutoModelForCausalLM.from_pretrained(tiny_dir("llama")))
+
+
+def test_prune_with_the_judge_returns_the_model_it_kept(tiny_dir, tmp_path, monkeypatch):
+    """``judge=True``: the plain pruner prunes a copy, DenoiseRotator the model given; the result
+    is the one with the lower perplexity on the ``held_out`` windows, whichever it is."""
+    monkeypatch.chdir(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir("llama"))
+    tok = AutoTokenizer.from_pretrained(tiny_dir("llama"))
+    texts = load_documents("embedded", "calibration")[0].split("\n\n")[:400]
+    result = drlightning.prune(model, tok, method="magnitude", pattern="2:4", calibration=texts,
+                               held_out=2, judge=True, **SMALL)
+    verdict = result.report["judge"]
+    held = verdict["held_out_ppl"]
+    assert len(verdict["held_out_windows"]) == 2 and set(held) == {"plain", "denoiserotator"}
+    assert held[verdict["kept"]] == min(held.values())
+    assert (result.model is model) == (verdict["kept"] == "denoiserotator")
+    for name, w in decoder_linears(result.model).items():  # the kept model is pruned 2:4
+        assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all(), name
+    assert list(tmp_path.iterdir()) == []  # nothing written without an output_dir
+
+
+def test_prune_refuses_a_judge_without_held_out_windows(tiny_dir):
+    import pytest
+
+    with pytest.raises(ValueError, match="judge"):
+        drlightning.prune(str(tiny_dir("llama")), judge=True, **SMALL)

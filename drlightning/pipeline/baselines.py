@@ -25,12 +25,15 @@ OURS, PLAIN = "denoiserotator", "plain"
 
 
 def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
-                            make_trainer: TrainerFactory | None = None, **kw) -> dict:
+                            make_trainer: TrainerFactory | None = None, *,
+                            plain_loaded: tuple | None = None, **kw) -> dict:
     """:func:`run_job`, after the plain pruner (:func:`plain_settings`: the same calibration
     windows, held-out split and evaluation) into ``<output_dir>/plain`` when ``run.monitor.plain_baseline``
     or ``run.judge`` asks for it. With the judge, the finished model that is better on the held-out
     calibration windows is the run's result (see :func:`judge`); else the run ends with dense,
-    plain and DenoiseRotator side by side (``kw``: run_job's keywords)."""
+    plain and DenoiseRotator side by side (``kw``: run_job's keywords; ``plain_loaded``: the
+    (model, tokenizer) the plain pruner prunes when ``kw`` has a loaded model — a second copy,
+    since each run prunes its model in place)."""
     if not (opts.monitor.plain_baseline or opts.judge):
         return run_job(module, data, opts, make_trainer, **kw)
     check_options(opts, module.rotation, data.held_out)  # before the plain run, not after it
@@ -40,7 +43,7 @@ def run_with_plain_baseline(module: RotationModule, data: CalibrationDataModule,
     monitor = replace(opts.monitor, plain_baseline=False, tensorboard=False, picture_layers=[])
     run_job(plain, data, replace(opts, output_dir=str(plain_dir), monitor=monitor, judge=False,
                                  export=replace(opts.export, save=opts.judge and opts.export.save)),
-            make_trainer, settings=kw.get("settings"))
+            make_trainer, settings=kw.get("settings"), loaded=plain_loaded)
     print("\nDenoiseRotator:", flush=True)
     results = run_job(module, data, replace(opts, judge=False, monitor=replace(
         opts.monitor, plain_baseline=False, baseline_run=str(plain_dir))), make_trainer, **kw)
