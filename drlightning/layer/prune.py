@@ -54,6 +54,9 @@ class PruneSpec:
     refit: str = "none"
     """Refit of the kept weights after each group is pruned (see :mod:`..pruning.refit`)."""
     refit_damping: float = 0.01
+    refit_steps: int = 100
+    """Most optimiser steps of the whole-layer refit (``refit: layer``)."""
+    refit_lr: float = 1e-4
 
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
@@ -155,7 +158,7 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
         decisions["residual"] = {"kept": False, "skipped": "Mixture-of-Experts layer"}
     elif permute and spec.permute_residual:
         layer, first = _residual(layer, inputs, spec, decisions)
-    refit = spec.refit != "none"
+    refit = spec.refit == "rows"  # per group here; the whole-layer refit runs after the layer
     for group in groups:
         key = INPUT_OF[base_role(group[0])]
         if first is not None and group == groups[0]:

@@ -91,6 +91,11 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     start = time.perf_counter()
     for name, candidate in candidates.items():
         pruned, report = prune_layer(candidate, inputs.fitted(), spec)
+        if spec.refit == "layer":
+            from ..lightning.layer_refit import refit_layer  # Lightning only where it is used
+
+            pruned, report["refit"] = refit_layer(pruned, spec.adapter, inputs, dense_out,
+                                                  spec.refit_steps, spec.refit_lr)
         out = run_layer(pruned, inputs)
         errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
         if inputs.held:

@@ -84,10 +84,15 @@ class RotationModule(LightningModule):
             fitted windows, as before; with too few windows to hold any out, the guard keeps
             the plain pruner's layer and the report says so.
         refit: after pruning each group of linears, re-solve the kept weights with the mask
-            fixed: "none" (the default) or "rows" (each row's kept weights by damped least
-            squares against the dense row's output on the fitted windows' inputs; pruned
-            entries stay zero). Judge it on held-out text: it fits the calibration domain.
+            fixed: "none" (the default), "rows" (each row's kept weights by damped least
+            squares against the dense row's output on the fitted windows' inputs) or "layer"
+            (after the whole layer is pruned, Adam steps on all its kept weights against the
+            dense layer's outputs on the fitted windows, stopped early and the best iterate
+            kept on the held-out windows: needs ``data.held_out`` or ``holdout``). Pruned
+            entries stay zero. Judge refits on held-out text: they fit the calibration domain.
         refit_damping: λ of the row refit, as a share of the Hessian's mean diagonal (> 0).
+        refit_steps: the layer refit's most optimiser steps (one batch of fitted windows each).
+        refit_lr: the layer refit's Adam learning rate.
     """
 
     def __init__(
@@ -110,6 +115,8 @@ class RotationModule(LightningModule):
         holdout: float = 0.0,
         refit: str = "none",
         refit_damping: float = 0.01,
+        refit_steps: int = 100,
+        refit_lr: float = 1e-4,
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in RotationSettings.names()}

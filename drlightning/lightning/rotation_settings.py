@@ -92,6 +92,11 @@ def check_settings(s: dict) -> None:
             or not s["refit_damping"] > 0:
         raise ValueError(f"refit_damping={s['refit_damping']!r}; allowed: a share of the "
                          "Hessian's mean diagonal > 0, e.g. 0.01")
+    _whole("refit_steps", s["refit_steps"], 1, "optimiser steps of the layer refit")
+    if isinstance(s["refit_lr"], bool) or not isinstance(s["refit_lr"], int | float) \
+            or not s["refit_lr"] > 0:
+        raise ValueError(f"refit_lr={s['refit_lr']!r}; allowed: an Adam learning rate > 0, "
+                         "e.g. 1e-4")
     if s["refit"] != "none" and s["pattern"] == NO_PRUNING:
         raise ValueError(f"refit={s['refit']!r} re-solves the weights a pruner kept; "
                          "pattern='none' prunes nothing: set refit='none'")
@@ -127,6 +132,8 @@ class RotationSettings:
     holdout: float = 0.0
     refit: str = "none"
     refit_damping: float = 0.01
+    refit_steps: int = 100
+    refit_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         check_settings(asdict(self))
@@ -191,7 +198,8 @@ class RotationSettings:
         per_layer = self.r1 == "per_layer"
         return PruneSpec(adapter, layout, self.method, self.pattern, hp["permute"], hp["guard"],
                          report_identity and self.steps > 0 and self.prunes and per_layer, per_layer,
-                         self.holdout, self.refit, self.refit_damping)
+                         self.holdout, self.refit, self.refit_damping, self.refit_steps,
+                         self.refit_lr)
 
     def needed_stats(self) -> tuple[str, ...]:
         """The Hessians (capture keys) the objective needs from the calibration inputs."""

@@ -36,6 +36,10 @@ def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 
         raise ValueError(f"data.held_out={held_out} draws extra held-out windows and "
                          f"model.holdout={settings.holdout!r} holds a share of the others out: "
                          "choose one (set model.holdout=0 or data.held_out=0)")
+    if settings.refit == "layer" and settings.holdout <= 0 and not held_out:
+        raise ValueError("model.refit='layer' stops early on held-out calibration windows and "
+                         f"model.holdout={settings.holdout!r} and data.held_out=0 hold none out: "
+                         "draw extra ones (e.g. data.held_out=4) or hold a share out")
     check_judge(opts, settings, held_out)
     check_layerwise_options(opts)
 

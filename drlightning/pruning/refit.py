@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import torch
 
-REFITS = ("none", "rows")
-"""``model.refit`` values: no refit, or the row refit above."""
+REFITS = ("none", "rows", "layer")
+"""``model.refit`` values: no refit, the row refit above, or the whole-layer refit
+(:mod:`drlightning.lightning.layer_refit`: gradient steps on every kept weight of a layer against
+the dense layer's outputs, early-stopped on held-out windows)."""
 
 
 def refit_rows(weight: torch.Tensor, pruned_mask: torch.Tensor, hessian: torch.Tensor,
