@@ -43,7 +43,12 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "default-refit": ["--model.steps", "20", "--model.refit", "rows"],
             "plain-mix": ["--model.steps", "0", "--model.permute", "false", "--data.source", "mix"],
             "default-mix": ["--model.steps", "20", "--data.source", "mix"],
-            "default-extra2": ["--model.steps", "20", "--data.held_out", "2"]}
+            "default-extra2": ["--model.steps", "20", "--data.held_out", "2"],
+            "judged-extra2": ["--model.steps", "20", "--data.held_out", "2", "--run.judge", "true"],
+            "plain-layerfit": ["--model.steps", "0", "--model.permute", "false", "--model.refit",
+                               "layer", "--data.held_out", "2"],
+            "default-layerfit": ["--model.steps", "20", "--model.refit", "layer",
+                                 "--data.held_out", "2"]}
 """In the order the workers take them (every config's plain run first, then the judged ones)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
@@ -124,6 +129,9 @@ def table(records: dict) -> str:
 OTHERS = {"holdout": "default, `model.holdout: 0.25` (guard on 2 of the 8 windows)",
           "plain-holdout": "plain, fitted without those 2 windows",
           "default-extra2": "default, `data.held_out: 2` (guard on 2 extra windows)",
+          "judged-extra2": "default, `data.held_out: 2` + `run.judge: true`",
+          "plain-layerfit": "plain + layer refit (`model.refit: layer`, `data.held_out: 2`)",
+          "default-layerfit": "default + layer refit (`data.held_out: 2`)",
           "plain-refit": "plain + row refit (`model.refit: rows`)",
           "default-refit": "default + row refit",
           "plain-mix": "plain, calibrated on `mix` (documentation + fiction)",
