@@ -103,7 +103,7 @@ def test_the_guard_compares_refitted_candidates():
 
 @pytest.mark.parametrize("change, message", [({"refit_steps": 0}, "refit_steps=0"),
                                              ({"refit_lr": 0}, "refit_lr=0"),
-                                             ({"refit": "alps"}, "refit='alps'")])
+                                             ({"refit": "svd"}, "refit='svd'")])
 def test_layer_refit_settings_are_checked(change, message):
     from drlightning.lightning.rotation_settings import RotationSettings
 

@@ -113,7 +113,7 @@ def test_a_refit_run_saves_exact_patterns_and_reports_the_refit(tmp_path):
             assert ((p.reshape(-1, 8) != 0).sum(1) <= 4).all(), name
 
 
-@pytest.mark.parametrize("change, message", [({"refit": "admm"}, "refit='admm'"),
+@pytest.mark.parametrize("change, message", [({"refit": "alps"}, "refit='alps'"),
                                              ({"refit_damping": 0}, "refit_damping=0"),
                                              ({"refit": "rows", "pattern": "none",
                                                "objective": "entropy"}, "prunes nothing")])

@@ -25,6 +25,7 @@ from ..models.adapters import (
     unit_of,
 )
 from ..pruning import NO_PRUNING, parse_pattern, prune_weight
+from ..pruning.admm import admm_prune
 from ..pruning.importance import importance, input_factor
 from ..pruning.permutation import nm_permutation
 from ..pruning.refit import refit_rows
@@ -58,6 +59,9 @@ class PruneSpec:
     """Most optimiser steps of the whole-layer refit (``refit: layer``)."""
     refit_lr: float = 1e-4
 
+
+GROUP_REFITS = ("rows", "admm")
+"""Refits run after each true-sequential group (``layer`` runs once the whole layer is pruned)."""
 
 GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 """True-sequential order: statistics are re-collected on the partially pruned layer per group."""
@@ -158,7 +162,7 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
         decisions["residual"] = {"kept": False, "skipped": "Mixture-of-Experts layer"}
     elif permute and spec.permute_residual:
         layer, first = _residual(layer, inputs, spec, decisions)
-    refit = spec.refit == "rows"  # per group here; the whole-layer refit runs after the layer
+    refit = spec.refit in GROUP_REFITS  # per group here; the whole-layer refit runs after the layer
     for group in groups:
         key = INPUT_OF[base_role(group[0])]
         if first is not None and group == groups[0]:
@@ -192,7 +196,8 @@ def prune_layer(layer: nn.Module, inputs: LayerInputs, spec: PruneSpec) -> tuple
 def _refit(layer: nn.Module, spec: PruneSpec, group: tuple[str, ...], pruned: Pruned,
            hessians: dict[str, torch.Tensor], report: dict) -> Pruned:
     """Re-solve each pruned role's kept weights (``spec.refit``) against the layer's dense weights
-    (not yet overwritten) with the masks fixed; adds the summed relative output error before and
+    (not yet overwritten): with the masks fixed (``rows``) or alternating masks and weights within
+    the pattern (``admm``); adds the summed relative output error before and
     after to ``report["refit"]``. An expert without calibration tokens keeps its pruned weights."""
     tokens = hessians.get("tokens")
     out: Pruned = {}
@@ -206,7 +211,10 @@ def _refit(layer: nn.Module, spec: PruneSpec, group: tuple[str, ...], pruned: Pr
             continue
         dense = spec.adapter.linear(layer, role).weight.data
         new, mask = pruned[role]
-        out[role] = (refit_rows(dense, mask, hessian, spec.refit_damping), mask)
+        if spec.refit == "admm":
+            out[role] = admm_prune(dense, mask, hessian, spec.pattern, damping=spec.refit_damping)
+        else:
+            out[role] = (refit_rows(dense, mask, hessian, spec.refit_damping), mask)
         summary["error_before"] += relative_output_error(dense, new, hessian)
         summary["error_after"] += relative_output_error(dense, out[role][0], hessian)
     return out

@@ -85,7 +85,10 @@ class RotationModule(LightningModule):
             the plain pruner's layer and the report says so.
         refit: after pruning each group of linears, re-solve the kept weights with the mask
             fixed: "none" (the default), "rows" (each row's kept weights by damped least
-            squares against the dense row's output on the fitted windows' inputs) or "layer"
+            squares against the dense row's output on the fitted windows' inputs), "admm"
+            (masks and weights alternated from the pruner's result, each linear's
+            reconstruction error on the fitted windows; the mask stays within the pattern) or
+            "layer"
             (after the whole layer is pruned, Adam steps on all its kept weights against the
             dense layer's outputs on the fitted windows, stopped early and the best iterate
             kept on the held-out windows: needs ``data.held_out`` or ``holdout``). Pruned

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-REFITS = ("none", "rows", "layer")
-"""``model.refit`` values: no refit, the row refit above, or the whole-layer refit
+REFITS = ("none", "rows", "admm", "layer")
+"""``model.refit`` values: no refit, the row refit above, the mask-and-weights alternation
+(:mod:`.admm`: the mask may change within the pattern), or the whole-layer refit
 (:mod:`drlightning.lightning.layer_refit`: gradient steps on every kept weight of a layer against
 the dense layer's outputs, early-stopped on held-out windows)."""
 
