@@ -48,7 +48,9 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "plain-layerfit": ["--model.steps", "0", "--model.permute", "false", "--model.refit",
                                "layer", "--data.held_out", "2"],
             "default-layerfit": ["--model.steps", "20", "--model.refit", "layer",
-                                 "--data.held_out", "2"]}
+                                 "--data.held_out", "2"],
+            "plain-admm": ["--model.steps", "0", "--model.permute", "false", "--model.refit", "admm"],
+            "default-admm": ["--model.steps", "20", "--model.refit", "admm"]}
 """In the order the workers take them (every config's plain run first, then the judged ones)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
@@ -132,6 +134,8 @@ OTHERS = {"holdout": "default, `model.holdout: 0.25` (guard on 2 of the 8 window
           "judged-extra2": "default, `data.held_out: 2` + `run.judge: true`",
           "plain-layerfit": "plain + layer refit (`model.refit: layer`, `data.held_out: 2`)",
           "default-layerfit": "default + layer refit (`data.held_out: 2`)",
+          "plain-admm": "plain + mask-and-weights alternation (`model.refit: admm`)",
+          "default-admm": "default + mask-and-weights alternation",
           "plain-refit": "plain + row refit (`model.refit: rows`)",
           "default-refit": "default + row refit",
           "plain-mix": "plain, calibrated on `mix` (documentation + fiction)",
