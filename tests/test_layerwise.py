@@ -104,6 +104,7 @@ def test_layerwise_plain_pruner_with_tied_embeddings(tmp_path):
     assert a["ppl"] == b["ppl"]
 
 
+@pytest.mark.slow
 def test_layerwise_parallel_mode_equals_whole_model_parallel_mode(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "qwen2")
     parallel = ("--run.launch.mode", "parallel")

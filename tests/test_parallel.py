@@ -27,6 +27,7 @@ def _launch(nproc: int, args: list[str]) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # 36 s: two processes; the slow part of CI runs it
 def test_two_processes_give_the_one_process_model_and_layer0_matches_sequential(tmp_path):
     src = save_tiny_dir(tmp_path / "tiny", "llama", num_hidden_layers=4)
     runs = {name: tmp_path / name for name in ("w1", "w2", "seq")}
