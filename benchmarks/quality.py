@@ -77,6 +77,19 @@ SETTINGS: dict[str, tuple[str, dict]] = {
                           "(data.held_out 8)",
                           {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                            "role_weights": "measured", "data.held_out": 8}),
+    "pm-rw+guard+mix": ("DR default calibrated on the mix (documentation + fiction; the speeches "
+                        "stay held out)",
+                        {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
+                         "role_weights": "measured", "data.source": "mix"}),
+    "plain+admm": ("plain + mask-and-weights alternation (admm)",
+                   {**PAPER, "steps": 0, "refit": "admm"}),
+    "plain+layer": ("plain + whole-layer refit (8 extra held-out windows stop it)",
+                    {**PAPER, "steps": 0, "refit": "layer", "data.held_out": 8}),
+    "pm-rw+guard+held8+layer": ("DR default + whole-layer refit (guard and refit on 8 extra "
+                                "held-out windows)",
+                                {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
+                                 "role_weights": "measured", "refit": "layer",
+                                 "data.held_out": 8}),
     "pm-rw+guard+refit": ("DR default + row refit (damping 0.01)",
                           {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                            "role_weights": "measured", "refit": "rows", "refit_damping": 0.01}),
@@ -113,6 +126,8 @@ PLAN = [
     ("sparsegpt-2of4", ["plain+refit", "plain+refit0.1", "pm-rw+guard+refit"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
     ("wanda-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["pm-rw+guard+mix", "plain+admm", "plain+layer", "pm-rw+guard+held8+layer"],
+     [0, 1, 2]),
 ]
 
 
