@@ -119,6 +119,8 @@ def test_a_layer_refit_without_held_out_windows_is_refused():
     with pytest.raises(ValueError, match="refit='layer'.*data.held_out"):
         check_options(RunOptions(), RotationSettings(refit="layer"))
     check_options(RunOptions(), RotationSettings(refit="layer"), held_out=2)  # accepted
+    with pytest.raises(ValueError, match="run.dtype='bfloat16'"):
+        check_options(RunOptions(dtype="bfloat16"), RotationSettings(refit="layer"), held_out=2)
 
 
 def test_a_layer_refit_run_saves_exact_patterns_and_reports_each_refit(tmp_path):

@@ -40,6 +40,10 @@ def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 
         raise ValueError("model.refit='layer' stops early on held-out calibration windows and "
                          f"model.holdout={settings.holdout!r} and data.held_out=0 hold none out: "
                          "draw extra ones (e.g. data.held_out=4) or hold a share out")
+    if settings.refit == "layer" and opts.dtype not in ("float32", "float64"):
+        raise ValueError(f"model.refit='layer' trains the kept weights in the model's dtype and "
+                         f"run.dtype={opts.dtype!r} rounds its small Adam steps away: use "
+                         "run.dtype=float32 (or another refit)")
     check_judge(opts, settings, held_out)
     check_layerwise_options(opts)
 
