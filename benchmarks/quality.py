@@ -149,7 +149,8 @@ def command(pruner: str, setting: str, seed: int) -> list[str]:
             "--data.seed", str(seed), "--run.output_dir", str(run_dir(pruner, setting, seed)),
             "--run.eval.zero_shot", "[]", "--run.eval.data", f"[embedded,{HELD_OUT}]",
             "--run.monitor.tensorboard", "false",
-            "--run.monitor.progress", "false"]
+            "--run.monitor.progress", "false",
+            "--data.held_out", "0", "--run.judge", "false"]  # as before the configs drew them
     for option, value in overrides.items():
         name = option if "." in option else f"model.{option}"  # bare names are model settings
         args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]

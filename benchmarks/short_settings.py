@@ -8,7 +8,8 @@ Short settings: each smollm2 config with 8 × 256 calibration tokens and 20 rota
 (as a user trying things quickly would run it), 16 evaluation windows of each domain — the
 embedded split (the calibration's own domain, Python's documentation) and ``speeches`` (U.S. State
 of the Union addresses, a domain the calibration never saw). Per (pruner, pattern): ``plain``
-(0 steps, no permutation), ``default`` (the config as it is), ``holdout`` (the config with
+(0 steps, no permutation), ``default`` (the config's rotation settings, without its extra
+held-out windows and judge), ``holdout`` (the config with
 ``model.holdout: 0.25``: the guard judges on 2 calibration windows no fit saw) and
 ``plain-holdout`` (the plain pruner fitted without those 2 windows, to compare both final models
 on them). 1 BLAS thread per
@@ -52,6 +53,9 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "plain-admm": ["--model.steps", "0", "--model.permute", "false", "--model.refit", "admm"],
             "default-admm": ["--model.steps", "20", "--model.refit", "admm"]}
 """In the order the workers take them (every config's plain run first, then the judged ones)."""
+PINNED = ["--data.held_out", "0", "--run.judge", "false"]
+"""Before each setting's own arguments: the configs' extra held-out windows and judge off, so
+``default`` stays the setting these rows measured (settings that want them set them again)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
          "--run.export.save", "false", "--run.monitor.tensorboard", "false",
@@ -72,7 +76,7 @@ def run(worker: int, workers: int, settings: list[str] | None = None,
             continue
         config_file = ROOT / "configs" / "smollm2" / f"{config}.yaml"
         cmd = [sys.executable, "-m", "drlightning.cli", "fit", "--config", str(config_file),
-               *SETTINGS[setting], *SHORT, "--run.output_dir", str(out)]
+               *PINNED, *SETTINGS[setting], *SHORT, "--run.output_dir", str(out)]
         print(f"[{worker}] {config} {setting}", flush=True)
         subprocess.run(cmd, env=env, check=True, capture_output=True)
 
@@ -170,7 +174,8 @@ def report() -> None:
             + (f", {some['machine']}" if some else "") + ". Command: "
             "`python benchmarks/short_settings.py run --worker 0/2 & … 1/2; python "
             "benchmarks/short_settings.py report`. Ratios above 1: worse than the plain pruner. "
-            "`plain`: steps 0, no permutation; `default`: the config as it is, 20 steps; "
+            "`plain`: steps 0, no permutation; `default`: the config's rotation settings "
+            "(without the configs' extra held-out windows and judge), 20 steps; "
             "`judged`: the default with `model.holdout: 0.25` and `run.judge: true` — the plain "
             "pruner and DenoiseRotator both fitted on 6 windows, the model with the lower "
             "perplexity on the other 2 kept.")

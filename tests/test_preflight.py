@@ -69,6 +69,8 @@ CASES = [  # (rotation settings, calibration settings, run options, message)
     ({}, {"source": "{tmp}/latin1.txt"}, {}, "latin1.txt: not valid UTF-8 at byte 3"),
     ({}, {"source": "{tmp}/bad.txt.gz"}, {}, "bad.txt.gz: not a valid gzip file"),
     ({}, {"source": "{tmp}/short.txt"}, {}, "too little calibration text.*at most 27 tokens.*= 32"),
+    ({}, {"source": "{tmp}/short.txt", "held_out": 2}, {},
+     r"at most 27 tokens.*\(nsamples \+ held_out\).*lower data.nsamples/data.seqlen/data.held_out"),
     ({}, {"source": "c4"}, {}, "Hub is not available.*data.source='c4' .Hub dataset allenai/c4"),
     ({}, {}, {"eval": {"data": ["hf:someone/corpus:en"]}}, "run.eval.data.*someone/corpus"),
     ({}, {}, {"eval": {"zero_shot": ["piqa", "drl_continuation"]}}, "zero_shot 'piqa' .*baber/piqa"),

@@ -38,13 +38,25 @@ class _TokenCache:
         return self.tokens[index]
 
 
-def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int) -> None:
-    """Raise unless documents longer than ``seqlen`` hold ≥ nsamples × seqlen tokens.
+def windows_needed(nsamples: int, seqlen: int, held_out: int = 0) -> str:
+    """``nsamples × seqlen = … tokens`` (with ``held_out`` extra windows counted in)."""
+    if not held_out:
+        return f"nsamples × seqlen = {nsamples} × {seqlen} = {nsamples * seqlen} tokens"
+    return (f"(nsamples + held_out) × seqlen = ({nsamples} + {held_out}) × {seqlen} = "
+            f"{(nsamples + held_out) * seqlen} tokens")
+
+
+def knobs(held_out: int = 0) -> str:
+    """The settings that ask for less text."""
+    return "data.nsamples/data.seqlen" + ("/data.held_out" if held_out else "")
+
+def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int, held_out: int = 0) -> None:
+    """Raise unless documents longer than ``seqlen`` hold ≥ (nsamples + held_out) × seqlen tokens.
 
     Documents are tokenised in order only until enough text is found, so a large corpus
     (a C4 shard) is not tokenised whole.
     """
-    need = nsamples * seqlen
+    need = (nsamples + held_out) * seqlen
     held, longest = 0, 0
     for index in range(len(cache.documents)):
         count = cache(index).numel()
@@ -56,9 +68,9 @@ def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int) -> None:
     if held == 0:
         raise ValueError(f"no calibration document is longer than seqlen={seqlen} tokens (the "
                          f"longest has {longest}); lower seqlen or give longer text")
-    raise ValueError(f"too little calibration text: need nsamples × seqlen = {nsamples} × "
-                     f"{seqlen} = {need} tokens, the text holds {held} (in documents longer "
-                     "than seqlen); lower nsamples/seqlen or give more text")
+    raise ValueError(f"too little calibration text: need {windows_needed(nsamples, seqlen, held_out)}"
+                     f", the text holds {held} (in documents longer than seqlen); lower "
+                     f"{knobs(held_out)} or give more text")
 
 
 HELD_OUT_TRIES = 1000
@@ -88,7 +100,7 @@ def calibration_windows(
     if not isinstance(held_out, int) or isinstance(held_out, bool) or held_out < 0:
         raise ValueError(f"held_out={held_out!r} must be an integer ≥ 0 (extra windows)")
     cache = _TokenCache(tokenizer, documents, add_special_tokens)
-    _check_enough(cache, nsamples + held_out, seqlen)
+    _check_enough(cache, nsamples, seqlen, held_out)
     rng = random.Random(seed)
 
     def draw() -> tuple[int, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.calibration import knobs, windows_needed
 from ..data.corpora import NAMED, local_files, text_bytes
 from ..data.hub import cache_dirs, is_cached, offline_reason, source_dataset
 from ..data.mix import mix_sources
@@ -54,16 +55,17 @@ def check_local_text(setting: str, source: str) -> int | None:
     return None if None in counts else sum(counts) + len(counts)  # + one BOS token per file
 
 
-def check_enough_text(source: str, most: int | None, nsamples: int, seqlen: int) -> None:
+def check_enough_text(source: str, most: int | None, nsamples: int, seqlen: int,
+                      held_out: int = 0) -> None:
     """Cheap check before tokenising (the exact count follows it): ``most`` tokens at most."""
     if most is None or not isinstance(nsamples, int) or not isinstance(seqlen, int):
         return
-    if most < nsamples * seqlen:
+    if most < (nsamples + held_out) * seqlen:
         raise ValueError(f"too little calibration text: data.source={source!r} holds at most "
-                         f"{most} tokens (one per byte of text, plus one per file); nsamples × "
-                         f"seqlen = {nsamples} × {seqlen} = "
-                         f"{nsamples * seqlen} tokens are needed; lower data.nsamples/data.seqlen "
-                         "or give more text")
+                         f"{most} tokens (one per byte of text, plus one per file); "
+                         f"{windows_needed(nsamples, seqlen, held_out)} are needed; "
+                         f"lower {knobs(held_out)} or give more text")
+
 
 
 def check_hub(opts: RunOptions, source: str) -> None:
@@ -117,7 +119,7 @@ def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDat
         if context and seqlen and seqlen > context:
             raise ValueError(f"{setting}={seqlen} exceeds the model context of {context} tokens")
     check_enough_text(cal.source, check_local_text("data.source", cal.source), cal.nsamples,
-                      cal.seqlen)
+                      cal.seqlen, data.held_out)
     for source in opts.eval.data:
         check_local_text("run.eval.data", source)
     if CONTINUATION in opts.eval.zero_shot:
