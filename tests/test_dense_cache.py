@@ -62,3 +62,19 @@ def test_unwritable_cache_is_skipped(tmp_path, counted, monkeypatch):
     assert _run(src, tmp_path / "a")["dense_ppl"]["embedded"] > 1
     _run(src, tmp_path / "b")
     assert len(counted) == 4  # nothing cached, nothing broken
+
+
+def test_the_key_depends_on_the_machine_arithmetic(monkeypatch):
+    """A machine that rounds the probe product differently gets another key (its dense numbers are
+    measured again, not taken from another machine's cache)."""
+    import torch
+
+    from drlightning.eval import dense_cache
+
+    model = torch.nn.Linear(4, 4)
+    tokens = {"embedded": torch.arange(8)}
+    same = dense_cache.dense_key(model, tokens, {"seqlen": 8})
+    assert dense_cache.dense_key(model, tokens, {"seqlen": 8}) == same  # deterministic
+    assert dense_cache.arithmetic_probe() == dense_cache.arithmetic_probe()
+    monkeypatch.setattr(dense_cache, "arithmetic_probe", lambda device="cpu": "other rounding")
+    assert dense_cache.dense_key(model, tokens, {"seqlen": 8}) != same

@@ -3,7 +3,8 @@
 A dense model's perplexity and zero-shot numbers depend only on its weights and on the evaluation
 protocol, so runs of several pruners on one model need them once. The key is a digest of every
 weight (name, dtype, shape, bytes), of every evaluation token, of the evaluation settings, the
-thread count, the device type and the library versions; any change gives another key. Entries are
+thread count, the device type, the library versions and the machine's float rounding (a
+probe product, :func:`arithmetic_probe`); any change gives another key. Entries are
 small JSON files in ``dense_eval/`` of drlightning's cache (:mod:`drlightning.cache`); deleting
 them is always safe.
 """
@@ -46,11 +47,23 @@ def bytes_digest(items: Iterable[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
+def arithmetic_probe(device: torch.device | str = "cpu") -> str:
+    """Digest of a fixed float32 matrix product on ``device``: machines (or BLAS kernels) that
+    round differently give different digests, so a dense evaluation made on one is not reused on
+    another (their perplexities differ in the 5th–7th decimal, and their pruned results more)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(96, 640, generator=g).to(device)
+    b = torch.randn(640, 256, generator=g).to(device)
+    return tensors_digest([("probe", (a @ b).float())])
+
+
 def dense_key(model: torch.nn.Module, eval_tokens: dict[str, torch.Tensor], protocol: dict) -> str:
     """The cache key of ``model`` evaluated on ``eval_tokens`` under ``protocol`` (JSON-able)."""
+    device = next(model.parameters()).device
     parts = {"weights": tensors_digest(model.state_dict().items()),
              "tokens": {name: tensors_digest([(name, t)]) for name, t in sorted(eval_tokens.items())},
-             "protocol": protocol, "threads": torch.get_num_threads(), "versions": versions()}
+             "protocol": protocol, "threads": torch.get_num_threads(), "versions": versions(),
+             "arithmetic": arithmetic_probe(device if device.type != "meta" else "cpu")}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                            digest_size=20).hexdigest()
 
