@@ -83,9 +83,9 @@ def test_without_held_out_windows_the_layer_refit_trains_nothing_and_says_so():
         assert torch.equal(adapter.linear(pruned, role).weight, adapter.linear(start, role).weight)
 
 
-def test_the_guard_compares_refitted_candidates():
-    """prune_candidates with refit='layer': each candidate is refitted before the guard judges it
-    on the held-out windows; the report carries the kept one's refit."""
+def test_the_guard_keeps_a_candidate_and_refits_it():
+    """prune_candidates with refit='layer': the guard picks on the held-out windows, then the kept
+    candidate is refitted; the report carries its refit and its refitted error."""
     _, adapter, layout, inputs, layer = tiny_first_layer("llama", windows=6)
     inputs = _held(inputs)
     dense_out = run_layer(layer, inputs)

@@ -81,7 +81,9 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     on the held-out ones only; asked to hold windows out (``spec.holdout``) without any, the
     guard keeps the unrotated candidate (the plain pruner's choice) and says so. The report holds
     each candidate's error (``pruning_error_<name>``) and, with several, ``guard``: the name of
-    the one kept. The outputs cover every window (the next layer's inputs).
+    the one kept. The outputs cover every window (the next layer's inputs). With
+    ``spec.refit == "layer"`` the kept candidate is then refitted (its errors are the refitted
+    layer's; the others' stay as pruned).
     """
     kept: tuple | None = None
     errors: dict[str, float] = {}
@@ -91,11 +93,6 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     start = time.perf_counter()
     for name, candidate in candidates.items():
         pruned, report = prune_layer(candidate, inputs.fitted(), spec)
-        if spec.refit == "layer":
-            from ..lightning.layer_refit import refit_layer  # Lightning only where it is used
-
-            pruned, report["refit"] = refit_layer(pruned, spec.adapter, inputs, dense_out,
-                                                  spec.refit_steps, spec.refit_lr)
         out = run_layer(pruned, inputs)
         errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
         if inputs.held:
@@ -107,6 +104,15 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
             kept = (name, pruned, report, out)
         del pruned, out
     name, layer, report, out = kept
+    if spec.refit == "layer":  # the kept candidate only: one refit per layer
+        from ..lightning.layer_refit import refit_layer  # Lightning only where it is used
+
+        layer, report["refit"] = refit_layer(layer, spec.adapter, inputs, dense_out,
+                                             spec.refit_steps, spec.refit_lr)
+        out = run_layer(layer, inputs)
+        errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
+        if inputs.held:
+            fit_errors[name] = relative_error(out.fitted(), dense_out.fitted(), inputs.fitted())
     report["pruning_error"] = errors[name]
     report["prune_seconds"] = time.perf_counter() - start
     if inputs.held:
