@@ -73,8 +73,8 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "pm-rw+guard": ("DR, pruned mass weighted by the measured role errors + guard",
                     {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                      "role_weights": "measured"}),
-    "pm-rw+guard+held8": ("DR default, the guard deciding on 8 extra held-out windows "
-                          "(data.held_out 8)",
+    "pm-rw+guard+held8": ("DR, pruned mass weighted by the measured role errors + guard on 8 "
+                          "extra held-out windows (its layer error is on those windows)",
                           {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                            "role_weights": "measured", "data.held_out": 8}),
     "pm-rw+guard+mix": ("DR default calibrated on the mix (documentation + fiction; the speeches "

@@ -64,7 +64,7 @@ def side_by_side(rows: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard"}
+DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard", "sparsegpt-2of4": "pm-rw+guard+held8"}
 """Each pruner's default setting in the configs (others: ``PER_LAYER``)."""
 README_SETTINGS = ("plain", "dr", "dr-released", "shared-rw")
 """The README's rows besides each pruner's default: the plain pruner, the paper's method, the
