@@ -50,6 +50,7 @@ def knobs(held_out: int = 0) -> str:
     """The settings that ask for less text."""
     return "data.nsamples/data.seqlen" + ("/data.held_out" if held_out else "")
 
+
 def _check_enough(cache: _TokenCache, nsamples: int, seqlen: int, held_out: int = 0) -> None:
     """Raise unless documents longer than ``seqlen`` hold ≥ (nsamples + held_out) × seqlen tokens.
 

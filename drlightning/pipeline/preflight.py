@@ -67,7 +67,6 @@ def check_enough_text(source: str, most: int | None, nsamples: int, seqlen: int,
                          f"lower {knobs(held_out)} or give more text")
 
 
-
 def check_hub(opts: RunOptions, source: str) -> None:
     """Hub datasets and lm-eval tasks must be known, and reachable or already cached."""
     local = opts.eval.task_data_dir is not None

@@ -36,16 +36,23 @@ def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 
         raise ValueError(f"data.held_out={held_out} draws extra held-out windows and "
                          f"model.holdout={settings.holdout!r} holds a share of the others out: "
                          "choose one (set model.holdout=0 or data.held_out=0)")
-    if settings.refit == "layer" and settings.holdout <= 0 and not held_out:
-        raise ValueError("model.refit='layer' stops early on held-out calibration windows and "
-                         f"model.holdout={settings.holdout!r} and data.held_out=0 hold none out: "
-                         "draw extra ones (e.g. data.held_out=4) or hold a share out")
+    if settings.refit == "layer":
+        need_held_out("model.refit='layer' stops early on held-out calibration windows", settings,
+                      held_out)
     if settings.refit == "layer" and opts.dtype not in ("float32", "float64"):
         raise ValueError(f"model.refit='layer' trains the kept weights in the model's dtype and "
                          f"run.dtype={opts.dtype!r} rounds its small Adam steps away: use "
                          "run.dtype=float32 (or another refit)")
     check_judge(opts, settings, held_out)
     check_layerwise_options(opts)
+
+
+def need_held_out(what: str, settings: RotationSettings, held_out: int) -> None:
+    """Refuse ``what`` (a setting that decides on held-out windows) when none are held out."""
+    if settings.holdout <= 0 and not held_out:
+        raise ValueError(f"{what}; model.holdout={settings.holdout!r} and data.held_out=0 hold "
+                         "none out: draw extra ones (e.g. data.held_out=4) or hold a share out "
+                         "(e.g. model.holdout=0.125)")
 
 
 def check_judge(opts: RunOptions, settings: RotationSettings, held_out: int = 0) -> None:
@@ -55,11 +62,7 @@ def check_judge(opts: RunOptions, settings: RotationSettings, held_out: int = 0)
     if settings.steps == 0:
         raise ValueError("run.judge=true compares DenoiseRotator's model with the plain pruner's; "
                          "model.steps=0 is the plain pruner: set model.steps > 0 or run.judge=false")
-    if settings.holdout <= 0 and not held_out:
-        raise ValueError(f"run.judge=true decides on calibration windows no fit saw; "
-                         f"model.holdout={settings.holdout!r} and data.held_out=0 hold none out: "
-                         "draw extra ones (e.g. data.held_out=4) or hold a share out (e.g. "
-                         "model.holdout=0.125)")
+    need_held_out("run.judge=true decides on calibration windows no fit saw", settings, held_out)
     if opts.launch.layerwise:
         raise ValueError("run.judge=true measures both finished models on the held-out windows "
                          "in memory; run.launch.layerwise=true does not hold the model: use one "
