@@ -101,6 +101,11 @@ SETTINGS: dict[str, tuple[str, dict]] = {
                   "layer + permutation + guard (the shared default)",
                   {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True, "guard": True,
                    "r1": "shared", "role_weights": "measured"}),
+    "shared-rw+held8": ("DR with one shared R1 as `shared-rw`, the model-wide guard and the "
+                        "per-layer guard on 8 extra held-out windows",
+                        {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True,
+                         "guard": True, "r1": "shared", "role_weights": "measured",
+                         "data.held_out": 8}),
     "shared-200": ("DR with one shared R1 as `shared` (equal role weights), 200 steps",
                    {**PAPER, "steps": 200, "objective": "pruned_mass", "permute": True,
                     "guard": True, "r1": "shared", "role_weights": "equal"}),
@@ -126,6 +131,7 @@ PLAN = [
     ("sparsegpt-2of4", ["plain+refit", "plain+refit0.1", "pm-rw+guard+refit"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
     ("wanda-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["shared-rw+held8"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+mix", "plain+admm", "plain+layer", "pm-rw+guard+held8+layer"],
      [0, 1, 2]),
 ]
