@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("DRL_QUALITY_RUNS", ROOT / "runs" / "quality"))
 """Where the runs live (``DRL_QUALITY_RUNS`` overrides it, e.g. to report on runs made elsewhere)."""
 PAPER = {"objective": "entropy", "rotation_score": "pruner", "permute": False, "guard": False,
-         "reference_quirks": False}
+         "reference_quirks": False, "best_on": "fitted"}
 SETTINGS: dict[str, tuple[str, dict]] = {
     "plain": ("plain pruner", {**PAPER, "steps": 0}),
     "plain+perm": ("plain + permutation", {**PAPER, "steps": 0, "permute": True}),
@@ -77,6 +77,11 @@ SETTINGS: dict[str, tuple[str, dict]] = {
                           "extra held-out windows (its layer error is on those windows)",
                           {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                            "role_weights": "measured", "data.held_out": 8}),
+    "pm-rw+guard+held8+best": ("DR default with each fit's iterate and the guard chosen on 8 extra "
+                               "held-out windows (`model.best_on: held_out`)",
+                               {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
+                                "role_weights": "measured", "data.held_out": 8,
+                                "best_on": "held_out"}),
     "pm-rw+guard+mix": ("DR default calibrated on the mix (documentation + fiction; the speeches "
                         "stay held out)",
                         {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
@@ -132,6 +137,7 @@ PLAN = [
     ("sparsegpt-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
     ("wanda-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
     ("sparsegpt-2of4", ["shared-rw+held8"], [0, 1, 2]),
+    ("sparsegpt-2of4", ["pm-rw+guard+held8+best"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+mix", "plain+admm", "plain+layer", "pm-rw+guard+held8+layer"],
      [0, 1, 2]),
 ]

@@ -46,6 +46,8 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "default-mix": ["--model.steps", "20", "--data.source", "mix"],
             "default-extra2": ["--model.steps", "20", "--data.held_out", "2"],
             "judged-extra2": ["--model.steps", "20", "--data.held_out", "2", "--run.judge", "true"],
+            "default-extra2-best": ["--model.steps", "20", "--data.held_out", "2",
+                                    "--model.best_on", "held_out"],
             "plain-layerfit": ["--model.steps", "0", "--model.permute", "false", "--model.refit",
                                "layer", "--data.held_out", "2"],
             "default-layerfit": ["--model.steps", "20", "--model.refit", "layer",
@@ -53,9 +55,10 @@ SETTINGS = {"plain": ["--model.steps", "0", "--model.permute", "false"],
             "plain-admm": ["--model.steps", "0", "--model.permute", "false", "--model.refit", "admm"],
             "default-admm": ["--model.steps", "20", "--model.refit", "admm"]}
 """In the order the workers take them (every config's plain run first, then the judged ones)."""
-PINNED = ["--data.held_out", "0", "--run.judge", "false"]
-"""Before each setting's own arguments: the configs' extra held-out windows and judge off, so
-``default`` stays the setting these rows measured (settings that want them set them again)."""
+PINNED = ["--data.held_out", "0", "--run.judge", "false", "--model.best_on", "fitted"]
+"""Before each setting's own arguments: the configs' extra held-out windows, the judge and the
+held-out choice of each fit's iterate off, so ``default`` stays the setting these rows measured
+(settings that want them set them again)."""
 SHORT = ["--data.nsamples", "8", "--data.seqlen", "256", "--run.eval.max_windows", "16",
          "--run.eval.zero_shot", "[]", "--run.eval.data", "[embedded,speeches]",
          "--run.export.save", "false", "--run.monitor.tensorboard", "false",
@@ -136,6 +139,8 @@ OTHERS = {"holdout": "default, `model.holdout: 0.25` (guard on 2 of the 8 window
           "plain-holdout": "plain, fitted without those 2 windows",
           "default-extra2": "default, `data.held_out: 2` (guard on 2 extra windows)",
           "judged-extra2": "default, `data.held_out: 2` + `run.judge: true`",
+          "default-extra2-best": "default, `data.held_out: 2`, each fit's iterate kept on them "
+                                 "(`model.best_on: held_out`)",
           "plain-layerfit": "plain + layer refit (`model.refit: layer`, `data.held_out: 2`)",
           "default-layerfit": "default + layer refit (`data.held_out: 2`)",
           "plain-admm": "plain + mask-and-weights alternation (`model.refit: admm`)",

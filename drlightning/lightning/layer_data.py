@@ -36,8 +36,9 @@ class LayerDataModule(LightningDataModule):
 
     What the merge and prune callbacks need besides: ``dense_out`` (the dense layer's outputs on
     the inputs; a :class:`~drlightning.callbacks.PruneLayer` measures them before the merge when
-    None), ``others`` (the guard's other candidates, e.g. the unrotated layer) and ``spec`` (how
-    the layer is pruned; None: from the module's settings).
+    None), ``others`` (the guard's other candidates, e.g. the unrotated layer), ``spec`` (how
+    the layer is pruned; None: from the module's settings) and ``held_hessians`` (the held-out
+    windows' Hessians: the best iterate is kept on them).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class LayerDataModule(LightningDataModule):
         dense_out: LayerInputs | None = None,
         others: dict[str, nn.Module] | None = None,
         spec: PruneSpec | None = None,
+        held_hessians: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.index = index
@@ -68,6 +70,9 @@ class LayerDataModule(LightningDataModule):
         self.dense_out = dense_out
         self.others = dict(others or {})
         self.spec = spec
+        self.held_hessians = held_hessians
+        """The held-out windows' Hessians: the module keeps the iterate whose objective is lowest
+        on them (None: the lowest on the fitted windows)."""
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Float32 copies of the layer's linear weights (the seven, or an MoE layer's q, k, v, o and
@@ -80,6 +85,11 @@ class LayerDataModule(LightningDataModule):
         """The layer's Hessians, handed over once: the datamodule lets go of them, so the
         objective's reduced copies (M, M_o blocks) are all that stays in memory."""
         hessians, self.hessians = self.hessians, None
+        return hessians
+
+    def take_held_hessians(self) -> dict[str, torch.Tensor] | None:
+        """The held-out windows' Hessians, handed over once (as :meth:`take_hessians`)."""
+        hessians, self.held_hessians = self.held_hessians, None
         return hessians
 
     def tokens_per_sequence(self) -> int:

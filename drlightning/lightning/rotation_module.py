@@ -14,10 +14,8 @@ from ..rotation.objective import (
     layer_objective,
     layer_scores,
 )
+from .frozen_buffers import FrozenKeys, frozen_view, register_frozen
 from .rotation_settings import RotationSettings, check_r1_blocks
-
-FROZEN_MATRICES = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
-"""The per-input matrices of :class:`FrozenLayer` (registered as buffers ``frozen_<name>``)."""
 
 
 def by_base_role(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,6 +94,11 @@ class RotationModule(LightningModule):
         refit_damping: λ of the row refit, as a share of the Hessian's mean diagonal (> 0).
         refit_steps: the layer refit's most optimiser steps (one batch of fitted windows each).
         refit_lr: the layer refit's Adam learning rate.
+        best_on: which iterate is kept: the one with the lowest objective on the fitted windows
+            ("fitted", the default), or on the held-out windows' Hessians ("held_out": the
+            objective of the same rotations measured on text the fit never saw; needs
+            ``data.held_out`` or ``holdout``) or "auto" (held_out where windows are held out and
+            the score uses Hessians, fitted otherwise; a shared R1 keeps the fitted choice).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class RotationModule(LightningModule):
         refit_damping: float = 0.01,
         refit_steps: int = 100,
         refit_lr: float = 1e-4,
+        best_on: str = "fitted",
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in RotationSettings.names()}
@@ -134,9 +138,12 @@ class RotationModule(LightningModule):
         self.best: tuple[torch.Tensor, torch.Tensor] | None = None
         self._final_checked = False
         self.mass_scale: dict[str, float] | None = None
-        self._frozen_roles: tuple[str, ...] = ()
-        self._frozen_units: dict[str, tuple[str, ...]] = {}
-        self._expert_weight: dict[str, float] = {}
+        self._keys: FrozenKeys | None = None
+        self._held_keys: FrozenKeys | None = None
+        self.held_scale: dict[str, float] | None = None
+        self.held_curve: list[float] = []
+        """The held-out objective of every evaluated iterate (empty when kept on the fitted one)."""
+        self.best_fitted_loss: float | None = None
 
     @classmethod
     def from_settings(cls, settings: RotationSettings) -> RotationModule:
@@ -162,34 +169,37 @@ class RotationModule(LightningModule):
         self.A = nn.Parameter(torch.eye(layout.hidden) if k == 1 else
                               torch.eye(layout.hidden // k).repeat(k, 1, 1))
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
-        frozen = frozen_layer(dm.frozen_weights(), dm.take_hessians(), self.rotation.score, layout,
-                              self.rotation.reference_quirks, dm.tokens_per_sequence())
-        for role, weight in frozen.weights.items():
-            self.register_buffer(f"frozen_{role}", weight, persistent=False)
-        for name in FROZEN_MATRICES:
-            self.register_buffer(f"frozen_{name}", getattr(frozen, name), persistent=False)
-        for kind in ("m_experts", "c_down_experts"):
-            for unit, tensor in getattr(frozen, kind).items():
-                self.register_buffer(f"frozen_{kind}{unit}", tensor, persistent=False)
-        self._frozen_units = {kind: tuple(getattr(frozen, kind)) for kind in
-                              ("m_experts", "c_down_experts")}
-        self._expert_weight = dict(frozen.expert_weight)
-        self._frozen_roles = tuple(frozen.weights)
-        if self.rotation.objective_used == "pruned_mass":
-            scale = identity_scale(self.frozen, layout, self.rotation.spec, k)
-            weights = dm.role_weights or {}
-            self.mass_scale = {role: v / weights.get(role, 1.0) for role, v in scale.items()}
+        weights = dm.frozen_weights()
+        settings = self.rotation
+        held = getattr(dm, "take_held_hessians", lambda: None)()
+        self._keys = register_frozen(self, "frozen", frozen_layer(
+            weights, dm.take_hessians(), settings.score, layout, settings.reference_quirks,
+            dm.tokens_per_sequence()))
+        if held is not None:  # the same weights (shared storage), the held-out windows' Hessians
+            self._held_keys = register_frozen(self, "held", frozen_layer(
+                weights, held, settings.score, layout, settings.reference_quirks,
+                dm.tokens_per_sequence()))
+        if settings.objective_used == "pruned_mass":
+            role_weights = dm.role_weights or {}
+            self.mass_scale = self._scale(self.frozen, role_weights)
+            if held is not None:
+                self.held_scale = self._scale(self.held_frozen, role_weights)
+
+    def _scale(self, frozen: FrozenLayer, role_weights: dict[str, float]) -> dict[str, float]:
+        scale = identity_scale(frozen, self.layout, self.rotation.spec, self.rotation.r1_blocks)
+        return {role: v / role_weights.get(role, 1.0) for role, v in scale.items()}
 
     @property
     def frozen(self) -> FrozenLayer:
         """The objective's frozen tensors: a view of the module's buffers, wherever they are."""
-        if not self._frozen_roles:
+        if self._keys is None:
             raise RuntimeError("the frozen tensors are loaded by configure_model (Trainer.fit)")
-        experts = {kind: {u: self.get_buffer(f"frozen_{kind}{u}") for u in units}
-                   for kind, units in self._frozen_units.items()}
-        return FrozenLayer({role: self.get_buffer(f"frozen_{role}") for role in self._frozen_roles},
-                           *(getattr(self, f"frozen_{name}") for name in FROZEN_MATRICES),
-                           **experts, expert_weight=self._expert_weight)
+        return frozen_view(self, self._keys)
+
+    @property
+    def held_frozen(self) -> FrozenLayer | None:
+        """The objective's tensors from the held-out windows' Hessians (None: kept on fitted)."""
+        return None if self._held_keys is None else frozen_view(self, self._held_keys)
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current Q (d×d, or its k diagonal blocks) and R2 (G×hd×hd)."""
@@ -203,11 +213,20 @@ class RotationModule(LightningModule):
         return total, parts, q, r
 
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:
-        value = float(loss.detach())
+        """Keep (Q, R2) if it is the best iterate so far: by the fitted objective, or with
+        held-out Hessians by the same objective measured on them."""
+        fitted = float(loss.detach())
         if self.initial_loss is None:
-            self.initial_loss = value
+            self.initial_loss = fitted
+        value = fitted
+        held = self.held_frozen
+        if held is not None:
+            with torch.no_grad():
+                value = float(layer_objective(q.detach(), r.detach(), held, self.layout,
+                                              self.rotation.spec, self.held_scale)[0])
+            self.held_curve.append(value)
         if value < self.best_loss:
-            self.best_loss, self.best_step = value, step
+            self.best_loss, self.best_step, self.best_fitted_loss = value, step, fitted
             self.best = (q.detach().clone(), r.detach().clone())
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -215,6 +234,8 @@ class RotationModule(LightningModule):
         self._track(total, q, r, self.global_step)
         name = "entropy" if self.rotation.objective_used == "entropy" else "pruned_mass"
         self.log(f"{name}/total", total, prog_bar=True)
+        if self.held_curve:
+            self.log(f"{name}/held_out", self.held_curve[-1])
         for role, value in by_base_role(parts).items():
             self.log(f"{name}/{role}", value)
         return total
@@ -242,11 +263,13 @@ class RotationModule(LightningModule):
     def importance(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance scores of one linear before (identity) and after the best rotations (for
         gate/up/down of an MoE layer: of the expert that received the most calibration tokens)."""
-        if role not in self._frozen_roles:  # an MoE layer: the expert with the most tokens
-            experts = [r for r in self._frozen_roles if base_role(r) == role]
+        roles = self.frozen.weights
+        if role not in roles:  # an MoE layer: the expert with the most tokens
+            experts = [r for r in roles if base_role(r) == role]
             if not experts:
-                raise KeyError(f"role {role!r} is not in this layer ({', '.join(self._frozen_roles)})")
-            role = max(experts, key=lambda r: self._expert_weight.get(unit_of(r), 1.0))
+                raise KeyError(f"role {role!r} is not in this layer ({', '.join(roles)})")
+            weight = self.frozen.expert_weight
+            role = max(experts, key=lambda r: weight.get(unit_of(r), 1.0))
         q, r = self.best_rotations()
         q, r = q.float().to(self.device), r.float().to(self.device)
         eye_q = torch.eye(q.shape[0], device=q.device)
@@ -257,10 +280,15 @@ class RotationModule(LightningModule):
     def report(self) -> dict:
         """Per-layer numbers for results.json: the objective and its value before and after."""
         q, r = self.best_rotations()
-        return {
+        out = {
             "objective": self.rotation.objective_used,
             "initial_loss": self.initial_loss,
-            "best_loss": self.best_loss,
+            "best_loss": self.best_loss if not self.held_curve else self.best_fitted_loss,
             "best_step": self.best_step,
             "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r)),
         }
+        if self.held_curve:  # kept on the held-out windows' objective
+            out.update({"best_on": "held_out", "held_out_initial_loss": self.held_curve[0],
+                        "held_out_best_loss": self.best_loss,
+                        "held_out_final_loss": self.held_curve[-1]})
+        return out

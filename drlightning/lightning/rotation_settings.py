@@ -24,6 +24,10 @@ ROLE_WEIGHTS = ("auto", "equal", "measured")
 """How the pruned-mass objective weights the linears: equally, or by the layer error they cause
 ("auto": measured wherever it applies — pruned mass, rotation steps; per-layer or shared R1)."""
 
+BEST_ON = ("auto", "fitted", "held_out")
+"""Which iterate of a rotation fit is kept: the lowest objective on the fitted windows, on the
+held-out windows, or ("auto") held_out wherever windows are held out and it can act."""
+
 R1_MODES = ("per_layer", "shared")
 """Residual rotations: one per layer (with boundary rotations), or one for the whole model."""
 
@@ -88,6 +92,11 @@ def check_settings(s: dict) -> None:
                          "in [0, 1), e.g. 0.25 (0 = judge on the fitted windows)")
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
     _choice("refit", s["refit"], REFITS)
+    _choice("best_on", s["best_on"], BEST_ON)
+    if s["best_on"] == "held_out" and s["r1"] == "shared":
+        raise ValueError("best_on='held_out' keeps a per-layer fit's iterate on held-out windows; "
+                         "r1='shared' keeps its iterate on the fitted windows (its model-wide "
+                         "guard decides on held-out ones): set best_on='auto' or 'fitted'")
     if isinstance(s["refit_damping"], bool) or not isinstance(s["refit_damping"], int | float) \
             or not s["refit_damping"] > 0:
         raise ValueError(f"refit_damping={s['refit_damping']!r}; allowed: a share of the "
@@ -134,6 +143,7 @@ class RotationSettings:
     refit_damping: float = 0.01
     refit_steps: int = 100
     refit_lr: float = 1e-4
+    best_on: str = "fitted"
 
     def __post_init__(self) -> None:
         check_settings(asdict(self))
@@ -173,6 +183,15 @@ class RotationSettings:
         mass = self.objective_used == "pruned_mass"
         return ObjectiveSpec(self.objective_used, self.score,
                              parse_pattern(self.pattern) if mass else None, self.low_memory)
+
+    def best_on_used(self, held_out: bool) -> str:
+        """Where the fit keeps its best iterate (``auto`` resolved) when ``held_out`` windows are
+        there or not: held-out windows count only for a per-layer fit whose score uses Hessians
+        (magnitude's does not look at the inputs)."""
+        if self.best_on != "auto":
+            return self.best_on
+        acts = held_out and self.r1 == "per_layer" and self.score != "magnitude" and self.steps > 0
+        return "held_out" if acts else "fitted"
 
     @property
     def prunes(self) -> bool:

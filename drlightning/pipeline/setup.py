@@ -39,6 +39,9 @@ def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 
     if settings.refit == "layer":
         need_held_out("model.refit='layer' stops early on held-out calibration windows", settings,
                       held_out)
+    if settings.best_on == "held_out":
+        need_held_out("model.best_on='held_out' keeps each fit's iterate on held-out windows",
+                      settings, held_out)
     if settings.refit == "layer" and opts.dtype not in ("float32", "float64"):
         raise ValueError(f"model.refit='layer' trains the kept weights in the model's dtype and "
                          f"run.dtype={opts.dtype!r} rounds its small Adam steps away: use "
@@ -99,7 +102,9 @@ def fingerprint(settings: RotationSettings, data, opts: RunOptions,
     Settings added after a release are left out while at their default, so run directories made
     before them still resume.
     """
-    shaping = {k: v for k, v in settings.effective().items() if LATER_DEFAULTS.get(k, object()) != v}
+    held = settings.holdout > 0 or getattr(data, "held_out", 0) > 0
+    effective = {**settings.effective(), "best_on": settings.best_on_used(held)}
+    shaping = {k: v for k, v in effective.items() if LATER_DEFAULTS.get(k, object()) != v}
     run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
     if opts.launch.mode != "sequential":
         run["mode"] = opts.launch.mode

@@ -41,7 +41,8 @@ CONFIG_KEY = {"run.mode": "run.launch.mode"}
 LATER_DEFAULTS = {"r1_blocks": 1, "low_memory": False, "objective": "entropy",
                   "rotation_score": "pruner", "permute": False, "guard": False, "r1": "per_layer",
                   "layers_per_step": None, "role_weights": "equal", "holdout": 0.0,
-                  "refit": "none", "refit_damping": 0.01, "refit_steps": 100, "refit_lr": 1e-4}
+                  "refit": "none", "refit_damping": 0.01, "refit_steps": 100, "refit_lr": 1e-4,
+                  "best_on": "fitted"}
 """RotationModule settings added later, with the value that reproduces the earlier behaviour: a
 fingerprint leaves them out while at that value, so older run directories still resume."""
 
