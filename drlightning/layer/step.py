@@ -91,12 +91,18 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     judged = inputs.held_out()  # all windows when none are held out
     plain_only = spec.holdout > 0 and not inputs.held and "unrotated" in candidates
     start = time.perf_counter()
-    for name, candidate in candidates.items():
-        pruned, report = prune_layer(candidate, inputs.fitted(), spec)
-        out = run_layer(pruned, inputs)
+
+    def measure(name: str, layer: nn.Module) -> LayerInputs:
+        """Run ``layer`` on every window; note its error on the judged (and fitted) ones."""
+        out = run_layer(layer, inputs)
         errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
         if inputs.held:
             fit_errors[name] = relative_error(out.fitted(), dense_out.fitted(), inputs.fitted())
+        return out
+
+    for name, candidate in candidates.items():
+        pruned, report = prune_layer(candidate, inputs.fitted(), spec)
+        out = measure(name, pruned)
         better = kept is None or (spec.guard and errors[name] < errors[kept[0]])
         if plain_only and spec.guard:
             better = name == "unrotated"
@@ -109,10 +115,7 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
 
         layer, report["refit"] = refit_layer(layer, spec.adapter, inputs, dense_out,
                                              spec.refit_steps, spec.refit_lr)
-        out = run_layer(layer, inputs)
-        errors[name] = relative_error(out.held_out(), dense_out.held_out(), judged)
-        if inputs.held:
-            fit_errors[name] = relative_error(out.fitted(), dense_out.fitted(), inputs.fitted())
+        out = measure(name, layer)
     report["pruning_error"] = errors[name]
     report["prune_seconds"] = time.perf_counter() - start
     if inputs.held:
