@@ -64,11 +64,13 @@ def side_by_side(rows: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard", "sparsegpt-2of4": "pm-rw+guard+held8"}
+DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard", "sparsegpt-2of4": "pm-rw+guard+held8",
+                   "wanda-2of4": "pm-rw+guard+held8"}
 """Each pruner's default setting in the configs (others: ``PER_LAYER``)."""
-README_SETTINGS = ("plain", "dr", "dr-released", "shared-rw")
+README_SETTINGS = ("plain", "dr", "dr-released", "shared-rw", "shared-rw+held8")
 """The README's rows besides each pruner's default: the plain pruner, the paper's method, the
-authors' released code and the standard checkpoint (every row: docs/benchmarks.md)."""
+authors' released code and the standard checkpoint, without and with the held-out windows of the
+configs (every row: docs/benchmarks.md)."""
 
 
 def pruner_tables(rows: list[dict], pruners: dict[str, tuple[str, str]]) -> list[str]:
