@@ -156,3 +156,14 @@ def test_a_run_with_held_out_windows_keeps_every_layers_iterate_on_them(tmp_path
         assert layer["best_on"] == "held_out"
         assert layer["held_out_best_loss"] <= layer["held_out_initial_loss"]
         assert 0 <= layer["best_step"] <= 4
+
+
+def test_too_little_text_to_hold_out_keeps_the_fitted_choice(tmp_path):
+    """One calibration window cannot be split: the fits keep their iterate on it (no held-out
+    curve), as the guard keeps the plain pruner's layer."""
+    src = save_tiny_dir(tmp_path / "tiny", "llama")
+    run = tmp_path / "run"
+    DRLightningCLI(args=fit_args(src, run, method="wanda", steps=3, nsamples=1,
+                                 extra=("--model.holdout", "0.5", "--model.best_on", "held_out")))
+    for layer in json.loads((run / "results.json").read_text())["layers"]:
+        assert "best_on" not in layer and "too little calibration text" in layer["judged_on"]
