@@ -171,7 +171,7 @@ class RotationModule(LightningModule):
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(layout.n_kv_heads, 1, 1))
         weights = dm.frozen_weights()
         settings = self.rotation
-        held = getattr(dm, "take_held_hessians", lambda: None)()
+        held = dm.take_held_hessians()
         self._keys = register_frozen(self, "frozen", frozen_layer(
             weights, dm.take_hessians(), settings.score, layout, settings.reference_quirks,
             dm.tokens_per_sequence()))
@@ -283,7 +283,7 @@ class RotationModule(LightningModule):
         out = {
             "objective": self.rotation.objective_used,
             "initial_loss": self.initial_loss,
-            "best_loss": self.best_loss if not self.held_curve else self.best_fitted_loss,
+            "best_loss": self.best_fitted_loss,  # the fitted objective at the kept iterate
             "best_step": self.best_step,
             "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r)),
         }

@@ -102,7 +102,7 @@ def fingerprint(settings: RotationSettings, data, opts: RunOptions,
     Settings added after a release are left out while at their default, so run directories made
     before them still resume.
     """
-    held = settings.holdout > 0 or getattr(data, "held_out", 0) > 0
+    held = settings.holdout > 0 or data.held_out > 0
     effective = {**settings.effective(), "best_on": settings.best_on_used(held)}
     shaping = {k: v for k, v in effective.items() if LATER_DEFAULTS.get(k, object()) != v}
     run = {"model": opts.model, "gguf_file": opts.gguf_file, "dtype": opts.dtype}
