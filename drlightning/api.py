@@ -100,7 +100,7 @@ def run_options(model, output_dir: Path, run: dict, saving: bool) -> RunOptions:
 
 def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2:4",
           calibration="embedded", nsamples: int = 32, seqlen: int = 512, steps: int = 50,
-          held_out: int = 0, judge: bool = False, output_dir: str | Path | None = None,
+          held_out: int | None = None, judge: bool = False, output_dir: str | Path | None = None,
           **options) -> PruneResult:
     """Rotate and prune ``model``; returns the pruned model and the report.
 
@@ -114,7 +114,8 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
         calibration: "embedded", "c4", "wikitext2", "hf:<id>", a path, a ``datasets.Dataset``
             (its "text" column) or a list of strings; ``nsamples`` windows of ``seqlen`` tokens.
         held_out: extra calibration windows no fit sees (``data.held_out``): the guard and the
-            judge decide on them.
+            judge decide on them. None: a quarter of ``nsamples`` (8 at the default 32, as the
+            configs); 0: none (the guard then decides on the fitted windows).
         judge: also run the plain pruner and return whichever finished model is better on the
             held-out windows (``run.judge``; needs ``held_out`` or ``holdout``). A loaded model
             is copied once for the plain run (twice its memory while both exist).
@@ -131,6 +132,7 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
     from .pipeline.baselines import PLAIN, run_with_plain_baseline
     from .pipeline.setup import check_options
 
+    held_out = nsamples // 4 if held_out is None else held_out
     rotation, run = split_options(options)
     settings = RotationSettings(method=method, pattern=pattern, steps=steps, **rotation)
     if isinstance(model, str | Path):

@@ -11,8 +11,24 @@ from __future__ import annotations
 import torch
 
 from drlightning.models.adapters import HeadLayout
+from drlightning.rotation import frozen_layer
 from drlightning.rotation.entropy import group_entropy
 from drlightning.rotation.objective import FrozenLayer
+
+FROZEN_TENSORS = ("m_attn", "m_mlp", "m_o_blocks", "c_down")
+"""The FrozenLayer fields beside ``weights`` that hold tensors (None where a method has none)."""
+
+
+def frozen_float64(weights: dict, hessians: dict, method: str, layout: HeadLayout) -> FrozenLayer:
+    """``frozen_layer`` from float64 copies, with every frozen tensor kept in float64
+    (``frozen_layer`` itself computes in float32): the frozen side of a slow reference."""
+    frozen = frozen_layer({k: v.double() for k, v in weights.items()},
+                          {k: v.double() for k, v in hessians.items()}, method, layout)
+    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
+    for name in FROZEN_TENSORS:
+        if getattr(frozen, name) is not None:
+            setattr(frozen, name, getattr(frozen, name).double())
+    return frozen
 
 
 def _factor(m: torch.Tensor | None, rot: torch.Tensor, method: str) -> torch.Tensor | None:

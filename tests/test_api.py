@@ -34,6 +34,8 @@ def test_prune_a_loaded_model_in_memory(tiny_dir, tmp_path, monkeypatch):
     assert report["method"] == "wanda" and report["pattern"] == "2:4" and report["steps"] == 3
     assert [r["layer"] for r in report["layers"]] == [0, 1]
     assert all(0 < r["pruning_error"] < 1 for r in report["layers"])
+    assert len(report["calibration"]["held_out_windows"]) == 1  # a quarter of nsamples 4
+    assert all(r["judged_on"] == "held-out windows" for r in report["layers"])
     assert result.dense_ppl["embedded"] < result.ppl["embedded"] < float("inf")
     assert "path" not in report["export"] and list(tmp_path.iterdir()) == []  # nothing written
     ids = tok("The object", return_tensors="pt").input_ids
@@ -80,4 +82,4 @@ def test_prune_refuses_a_judge_without_held_out_windows(tiny_dir):
     import pytest
 
     with pytest.raises(ValueError, match="judge"):
-        drlightning.prune(str(tiny_dir("llama")), judge=True, **SMALL)
+        drlightning.prune(str(tiny_dir("llama")), judge=True, held_out=0, **SMALL)

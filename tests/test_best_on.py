@@ -14,10 +14,10 @@ from drlightning.lightning.rotation_settings import RotationSettings
 from drlightning.pipeline.options import RunOptions
 from drlightning.pipeline.setup import check_options, fingerprint
 from drlightning.pruning import parse_pattern
-from drlightning.rotation import frozen_layer
 from drlightning.rotation.objective import layer_scores
 from drlightning.rotation.pruned_mass import pruned_mass
 
+from .reference_entropy import frozen_float64
 from .test_rotation_module import layer_datamodule
 from .tiny import fit_args, rotation_trainer, save_tiny_dir
 
@@ -47,15 +47,11 @@ def _fit(held: bool) -> tuple[RotationModule, dict]:
     return module, {"weights": weights, "held": held_hessians, "layout": dm.layout}
 
 
-def _held_mass(q: torch.Tensor, r: torch.Tensor, data: dict) -> float:
+def held_mass(q: torch.Tensor, r: torch.Tensor, data: dict) -> float:
     """Σ over roles of the pruned mass at (Q, R2) over that at the identity, float64, on the
     held-out Hessians (built here, not by the module)."""
     layout, pattern = data["layout"], parse_pattern("2:4")
-    frozen = frozen_layer(data["weights"], data["held"], "wanda", layout)
-    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
-    for name in ("m_attn", "m_mlp", "m_o_blocks", "c_down"):
-        if getattr(frozen, name) is not None:
-            setattr(frozen, name, getattr(frozen, name).double())
+    frozen = frozen_float64(data["weights"], data["held"], "wanda", layout)
 
     def parts(q, r):
         scores = layer_scores(q.double(), r.double(), frozen, layout, "wanda")
@@ -90,7 +86,7 @@ def test_the_kept_iterate_is_the_lowest_on_held_out_windows():
     for step in (0, 30):  # the curve is the held-out objective, measured independently
         qs, rs = (torch.eye(q.shape[0]), torch.eye(r.shape[-1]).expand_as(r)) if step == 0 \
             else module.rotations()
-        assert curve[step] == pytest.approx(_held_mass(qs, rs, data), rel=1e-4)
+        assert curve[step] == pytest.approx(held_mass(qs, rs, data), rel=1e-4)
 
 
 def test_held_out_hessians_equal_to_the_fitted_ones_change_nothing():
@@ -111,7 +107,7 @@ def test_held_out_hessians_equal_to_the_fitted_ones_change_nothing():
 @pytest.mark.parametrize("settings, held, used", [
     ({}, True, "held_out"), ({}, False, "fitted"),
     ({"method": "magnitude"}, True, "fitted"),  # its score never looks at the inputs
-    ({"r1": "shared"}, True, "fitted"),  # the shared fit keeps its iterate on fitted windows
+    ({"r1": "shared"}, True, "held_out"), ({"r1": "shared"}, False, "fitted"),
     ({"steps": 0}, True, "fitted"),
 ])
 def test_auto_resolves_to_held_out_where_it_can_act(settings, held, used):
@@ -122,8 +118,6 @@ def test_auto_resolves_to_held_out_where_it_can_act(settings, held, used):
 def test_bad_best_on_is_refused_early():
     with pytest.raises(ValueError, match="best_on='last'; allowed: auto, fitted, held_out"):
         RotationSettings(best_on="last")
-    with pytest.raises(ValueError, match="r1='shared' keeps its iterate on the fitted windows"):
-        RotationSettings(best_on="held_out", r1="shared")
     with pytest.raises(ValueError, match="model.best_on='held_out'.*data.held_out=0 hold none out"):
         check_options(RunOptions(), RotationSettings(best_on="held_out"), held_out=0)
     check_options(RunOptions(), RotationSettings(best_on="held_out"), held_out=2)

@@ -64,6 +64,7 @@ def test_quick_config_runs_the_plain_baseline_first_and_prints_both(tiny_dir, tm
     res = cli.results
     assert plain["steps"] == 0 and res["steps"] == 3 and res["method"] == plain["method"] == "wanda"
     assert res["options"]["monitor"]["baseline_run"] == str(tmp_path / "plain")
+    assert all(layer["judged_on"] == "held-out windows" for layer in res["layers"])  # 4 held out
     assert out.index("the plain pruner first") < out.index("dense perplexity: embedded")
     row = next(line for line in out.splitlines() if line.startswith("embedded") and "%" in line)
     dense, p, d = (float(x) for x in row.split()[1:4])

@@ -20,6 +20,7 @@ from .tiny import (
     ARCHS,
     MOE_ARCHS,
     check_float64_rotate_only_run,
+    checkout_env,
     fit_args,
     save_tiny_dir,
     tiny_config,
@@ -115,7 +116,7 @@ def test_gemma2_refused_at_preflight_before_any_weights(tmp_path):
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16).save_pretrained(src)
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "drlightning.cli", *fit_args(src, run)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=checkout_env())
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2, proc.stderr
     assert len(errors) == 1 and "Gemma 2" in errors[0] and "after attention" in errors[0], errors
@@ -152,5 +153,5 @@ def test_readme_families_table_is_generated_from_the_adapters():
     assert {a.name for a in ADAPTERS} == set(ARCHS) | set(MOE_ARCHS)
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "benchmarks/families.py", "check"], cwd=root,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=checkout_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .tiny import checkout_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,7 +20,8 @@ def test_gpu_check_script_runs_both_placements_and_generates(tmp_path):
     record = tmp_path / "gpu_check.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--size", "tiny",
                     "--steps", "2", "--nsamples", "4", "--seqlen", "32", "--work", str(tmp_path / "w"),
-                    "--json", str(record)], check=True, cwd=tmp_path, capture_output=True, text=True)
+                    "--json", str(record)], check=True, cwd=tmp_path, capture_output=True, text=True,
+                   env=checkout_env())
     rec = json.loads(record.read_text())
     runs = {run["layerwise"]: run for run in rec["runs"]}
     assert set(runs) == {True, False} and all(run["layers"] == 2 for run in runs.values())

@@ -11,7 +11,7 @@ import torch
 from drlightning.cli import DRLightningCLI
 from drlightning.layer.capture import LayerInputs, capture_layer_inputs, run_layer
 from drlightning.layer.prune import PruneSpec
-from drlightning.layer.step import prune_candidates
+from drlightning.layer.step import FITTED_ONLY, prune_candidates
 from drlightning.layer.walk import held_windows
 from drlightning.lightning.rotation_settings import RotationSettings
 from drlightning.models import HeadLayout, adapter_for
@@ -64,7 +64,7 @@ def test_the_guard_picks_on_held_out_windows():
 
     _, report, _ = prune_candidates(copy.deepcopy(candidates), everything, dense_all,
                                     replace(spec, holdout=0.0))
-    assert "judged_on" not in report and report["guard"] in ("rotated", "unrotated")
+    assert report["judged_on"] == FITTED_ONLY and report["guard"] in ("rotated", "unrotated")
 
 
 def test_too_little_text_keeps_the_plain_pruners_layer():

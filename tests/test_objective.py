@@ -16,6 +16,8 @@ from drlightning.rotation import (
     random_orthogonal,
 )
 
+from .reference_entropy import frozen_float64
+
 LAYOUT = HeadLayout(hidden=32, n_heads=4, n_kv_heads=2, head_dim=8, intermediate=48)
 
 
@@ -163,14 +165,8 @@ def test_benchmark_reference_loss_matches_the_fast_loss(method):
 
 
 def frozen_f64(weights, hessians, method: str):
-    """frozen_layer computes in float32; this keeps every frozen tensor in float64."""
-    frozen = frozen_layer({k: v.double() for k, v in weights.items()},
-                          {k: v.double() for k, v in hessians.items()}, method, LAYOUT)
-    frozen.weights = {k: v.double() for k, v in frozen.weights.items()}
-    for name in ("m_attn", "m_mlp", "m_o_blocks"):
-        if getattr(frozen, name) is not None:
-            setattr(frozen, name, getattr(frozen, name).double())
-    return frozen
+    """The frozen layer of ``LAYOUT`` in float64 (frozen_layer computes in float32)."""
+    return frozen_float64(weights, hessians, method, LAYOUT)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])

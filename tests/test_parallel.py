@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,9 +13,9 @@ from safetensors.torch import load_file
 from drlightning.cli import DRLightningCLI
 from drlightning.pipeline.parallel import Ranks, RotationStore
 
-from .tiny import fit_args, save_tiny_dir
+from .tiny import checkout_env, fit_args, save_tiny_dir
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = checkout_env(OMP_NUM_THREADS="1")
 
 
 def _launch(nproc: int, args: list[str]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import types
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -190,3 +192,11 @@ def check_float64_rotate_only_run(arch: str, r1: str, tmp_path) -> tuple:
     dense, got = logits(src, remote=False), logits(run / "model", remote=not shared)
     assert ((got - dense).norm() / dense.norm()).item() <= 1e-9
     return src, run
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that must import this checkout's drlightning (first on
+    PYTHONPATH), whatever an editable install elsewhere points at; ``extra`` variables added."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, **extra}

@@ -125,10 +125,17 @@ def prune_candidates(candidates: dict[str, nn.Module], inputs: LayerInputs, dens
     elif plain_only:
         report["judged_on"] = ("too little calibration text to hold windows out: the plain "
                                "pruner's layer is kept")
+    elif spec.guard and len(candidates) > 1:
+        report["judged_on"] = FITTED_ONLY
     if len(errors) > 1:
         report["guard"] = name
         report.update({f"pruning_error_{n}": e for n, e in errors.items()})
     return layer, report, out
+
+
+FITTED_ONLY = ("the fitted windows (none held out: data.held_out 0); the choice may fit the "
+               "calibration text")
+"""What a guard without held-out windows decided on, as its layer report says."""
 
 
 @dataclass(frozen=True)

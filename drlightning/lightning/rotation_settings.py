@@ -93,10 +93,6 @@ def check_settings(s: dict) -> None:
     _choice("role_weights", s["role_weights"], ROLE_WEIGHTS)
     _choice("refit", s["refit"], REFITS)
     _choice("best_on", s["best_on"], BEST_ON)
-    if s["best_on"] == "held_out" and s["r1"] == "shared":
-        raise ValueError("best_on='held_out' keeps a per-layer fit's iterate on held-out windows; "
-                         "r1='shared' keeps its iterate on the fitted windows (its model-wide "
-                         "guard decides on held-out ones): set best_on='auto' or 'fitted'")
     if isinstance(s["refit_damping"], bool) or not isinstance(s["refit_damping"], int | float) \
             or not s["refit_damping"] > 0:
         raise ValueError(f"refit_damping={s['refit_damping']!r}; allowed: a share of the "
@@ -186,11 +182,11 @@ class RotationSettings:
 
     def best_on_used(self, held_out: bool) -> str:
         """Where the fit keeps its best iterate (``auto`` resolved) when ``held_out`` windows are
-        there or not: held-out windows count only for a per-layer fit whose score uses Hessians
-        (magnitude's does not look at the inputs)."""
+        there or not: held-out windows count only for a fit whose score uses Hessians
+        (magnitude's does not look at the inputs), per layer or shared."""
         if self.best_on != "auto":
             return self.best_on
-        acts = held_out and self.r1 == "per_layer" and self.score != "magnitude" and self.steps > 0
+        acts = held_out and self.score != "magnitude" and self.steps > 0
         return "held_out" if acts else "fitted"
 
     @property

@@ -25,24 +25,34 @@ from ..rotation.objective import FrozenLayer, ObjectiveSpec, identity_scale, lay
 @dataclass
 class LayerItem:
     """One layer as a training example: its index, frozen tensors, pruned-mass divisors (divided
-    by the measured role weights where they apply) and those measured group errors."""
+    by the measured role weights where they apply) and those measured group errors; with
+    ``best_on: held_out`` also the frozen tensors from the held-out windows' Hessians (the same
+    weight tensors) and their divisors, on which the kept iterate is chosen."""
 
     index: int
     frozen: FrozenLayer
     scale: dict[str, float] | None = None
     group_errors: dict[str, float] | None = None
+    held: FrozenLayer | None = None
+    held_scale: dict[str, float] | None = None
 
 
-def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec) -> LayerItem:
-    """A layer item; for pruned_mass its divisors are the parts at the identity (as per layer)."""
-    scale = identity_scale(frozen, layout, spec) if spec.objective == "pruned_mass" else None
-    return LayerItem(index, frozen, scale)
+def layer_item(index: int, frozen: FrozenLayer, layout: HeadLayout, spec: ObjectiveSpec,
+               held: FrozenLayer | None = None) -> LayerItem:
+    """A layer item; for pruned_mass its divisors are the parts at the identity (as per layer),
+    on the fitted and (given ``held``) on the held-out windows."""
+    mass = spec.objective == "pruned_mass"
+    scale = identity_scale(frozen, layout, spec) if mass else None
+    held_scale = identity_scale(held, layout, spec) if mass and held is not None else None
+    return LayerItem(index, frozen, scale, held=held, held_scale=held_scale)
 
 
 def summed_objective(items: list[LayerItem], q: torch.Tensor, r: torch.Tensor, layout: HeadLayout,
-                     spec: ObjectiveSpec) -> torch.Tensor:
-    """Σ over ``items`` of the per-layer objective at Q and each layer's R2 (``r[item.index]``)."""
-    return torch.stack([layer_objective(q, r[item.index], item.frozen, layout, spec, item.scale)[0]
+                     spec: ObjectiveSpec, held: bool = False) -> torch.Tensor:
+    """Σ over ``items`` of the per-layer objective at Q and each layer's R2 (``r[item.index]``);
+    ``held``: on the held-out windows' frozen tensors instead of the fitted ones."""
+    return torch.stack([layer_objective(q, r[item.index], item.held if held else item.frozen,
+                                        layout, spec, item.held_scale if held else item.scale)[0]
                         for item in items]).sum()
 
 
@@ -119,7 +129,10 @@ class SharedRotationModule(LightningModule):
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(n_layers, layout.n_kv_heads, 1, 1))
         self.best_loss, self.best_step = float("inf"), -1
         self.initial_loss: float | None = None
+        self.best_fitted_loss: float | None = None
         self.best: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.held_curve: list[float] = []
+        """The summed held-out objective of every evaluated iterate (empty: kept on fitted)."""
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current Q and every layer's R2 (n_layers × n_kv_heads × hd × hd), float32."""
@@ -130,18 +143,34 @@ class SharedRotationModule(LightningModule):
         q, r = self.rotations()
         return summed_objective(batch, q, r, self.layout, self.spec), q, r
 
-    def _track(self, value: float, q: torch.Tensor, r: torch.Tensor) -> None:
-        self.initial_loss = value if self.initial_loss is None else self.initial_loss
+    @torch.no_grad()
+    def held_loss(self, batch: list[LayerItem], q: torch.Tensor, r: torch.Tensor) -> float | None:
+        """The summed objective on the held-out windows' tensors (over every process), or None
+        when the items carry none (the iterate is then kept on the fitted objective)."""
+        if not batch or batch[0].held is None:
+            return None
+        value = summed_objective(batch, q.detach(), r.detach(), self.layout, self.spec, held=True)
+        return float(self.trainer.strategy.reduce(value, reduce_op="sum"))
+
+    def _track(self, fitted: float, q: torch.Tensor, r: torch.Tensor, held: float | None) -> None:
+        """Keep (Q, R2) if it is the best iterate so far: by the fitted summed objective, or by
+        the held-out one when the items carry it."""
+        self.initial_loss = fitted if self.initial_loss is None else self.initial_loss
+        value = fitted if held is None else held
+        if held is not None:
+            self.held_curve.append(held)
         if value < self.best_loss:
-            self.best_loss, self.best_step = value, self.global_step
+            self.best_loss, self.best_step, self.best_fitted_loss = value, self.global_step, fitted
             self.best = (q.detach().clone(), r.detach().clone())
 
     def training_step(self, batch: list[LayerItem], batch_idx: int) -> torch.Tensor:
         loss, q, r = self.summed_loss(batch)
         total = self.trainer.strategy.reduce(loss.detach(), reduce_op="sum")
         if self.datamodule_is_full_batch():
-            self._track(float(total), q, r)
+            self._track(float(total), q, r, self.held_loss(batch, q, r))
         self.log(f"shared/{self.spec.objective}", total, prog_bar=True)
+        if self.held_curve:
+            self.log(f"shared/{self.spec.objective}_held_out", self.held_curve[-1])
         return loss * self.trainer.world_size  # DDP averages gradients: this gives the sum's
 
     @torch.no_grad()
@@ -151,7 +180,7 @@ class SharedRotationModule(LightningModule):
         if self.datamodule_is_full_batch() and self.trainer.world_size == 1 and dm is not None:
             batch = self.trainer.strategy.batch_to_device(list(dm.items))
             loss, q, r = self.summed_loss(batch)
-            self._track(float(loss), q, r)
+            self._track(float(loss), q, r, self.held_loss(batch, q, r))
 
     def datamodule_is_full_batch(self) -> bool:
         dm = getattr(self.trainer, "datamodule", None)
@@ -172,7 +201,12 @@ class SharedRotationModule(LightningModule):
         """Numbers for results.json: the summed objective before and at its best."""
         q, r = self.best_rotations()
         tracked = self.best is not None  # not with random layer subsets (losses not comparable)
-        return {"objective": self.spec.objective, "initial_loss": self.initial_loss,
-                "best_loss": self.best_loss if tracked else None,
-                "best_step": self.best_step if tracked else None,
-                "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}
+        out = {"objective": self.spec.objective, "initial_loss": self.initial_loss,
+               "best_loss": self.best_fitted_loss if tracked else None,
+               "best_step": self.best_step if tracked else None,
+               "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}
+        if self.held_curve and tracked:  # kept on the held-out windows' summed objective
+            out.update({"best_on": "held_out", "held_out_initial_loss": self.held_curve[0],
+                        "held_out_best_loss": self.best_loss,
+                        "held_out_final_loss": self.held_curve[-1]})
+        return out

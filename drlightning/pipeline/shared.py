@@ -39,23 +39,32 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     """Every layer's frozen objective tensors, from one walk through the dense model (copies of
     its layers, norm-folded; with ``layerwise`` each is loaded from the shards and released). With
     ``role_weights: measured`` each layer's group errors are measured on the way and every
-    item's pruned-mass divisors are divided by its weights (normalised over all layers)."""
+    item's pruned-mass divisors are divided by its weights (normalised over all layers). With
+    ``best_on: held_out`` (or ``auto``) and held-out windows each item also carries the objective's
+    tensors from the held-out windows' Hessians (the Hessian-derived matrices once more, not the
+    weights), on which the fit keeps its iterate."""
     settings, layout = loop.settings, HeadLayout.from_config(model.config)
     stats, measure = settings.needed_stats(), settings.role_weights_used == "measured"
     spec = settings.prune_spec(adapter, layout) if measure else None
+
+    def frozen(weights: dict, inputs: LayerInputs | None, layer: nn.Module):
+        hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
+        hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
+        return frozen_layer(weights, hessians, settings.score, layout,
+                            settings.reference_quirks, int(windows.shape[1]))
 
     def work(index: int, layer: nn.Module, inputs: LayerInputs) -> Visited:
         fold_norms(layer, adapter)
         fitted = inputs.fitted()  # held-out windows never reach a fit
         errors = measured_role_weights(layer, fitted, spec)[1] if measure else None
-        hessians = collect_hessians(layer, adapter, fitted, stats) if stats else None
         weights = {r: adapter.linear(layer, r).weight.detach().float().cpu()
                    for r in adapter.roles(layer)}
-        hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
-        frozen = frozen_layer(weights, hessians, settings.score, layout,
-                              settings.reference_quirks, int(windows.shape[1]))
-        return Visited(layer, None, {"item": layer_item(index, frozen, layout, settings.spec),
-                                     "errors": errors, "roles": tuple(frozen.weights)})
+        fit = frozen(weights, fitted, layer)
+        held = None  # the held-out windows' tensors: only to choose which iterate is kept
+        if stats and inputs.held and settings.best_on_used(True) == "held_out":
+            held = frozen(weights, inputs.held_out(), layer)
+        return Visited(layer, None, {"item": layer_item(index, fit, layout, settings.spec, held),
+                                     "errors": errors, "roles": tuple(fit.weights)})
 
     walk = replace(loop.walk, desc="dense pass (shared R1)")
     found = [v.report for _, v in walk_layers(model, adapter, windows, work, walk,
@@ -65,7 +74,10 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
         return items
     errors = [f["errors"] for f in found]
     weights = weights_across_layers(errors, [f["roles"] for f in found])
-    return [replace(item, scale={role: v / w[role] for role, v in item.scale.items()},
+    def divided(scale: dict | None, w: dict) -> dict | None:
+        return None if scale is None else {role: v / w[role] for role, v in scale.items()}
+
+    return [replace(item, scale=divided(item.scale, w), held_scale=divided(item.held_scale, w),
                     group_errors=e)
             for item, e, w in zip(items, errors, weights, strict=True)]
 
