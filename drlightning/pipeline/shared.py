@@ -47,7 +47,7 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
     stats, measure = settings.needed_stats(), settings.role_weights_used == "measured"
     spec = settings.prune_spec(adapter, layout) if measure else None
 
-    def frozen(weights: dict, inputs: LayerInputs | None, layer: nn.Module):
+    def frozen(weights: dict, inputs: LayerInputs, layer: nn.Module):
         hessians = collect_hessians(layer, adapter, inputs, stats) if stats else None
         hessians = {k: v.cpu() for k, v in hessians.items()} if hessians else None
         return frozen_layer(weights, hessians, settings.score, layout,
