@@ -130,7 +130,7 @@ PLAN = [
     ("wanda-2of4", ["plain", "dr", "pm+perm+guard", "pm-rw+guard"], [0, 1, 2]),
     ("sparsegpt-2of4", ["plain+perm", "dr+guard", "dr+perm"], [0, 1, 2]),
     ("wanda-2of4", ["plain+perm", "dr-released", "dr+guard", "dr+perm"], [0, 1, 2]),
-    ("sparsegpt-4of8", ["plain", "pm+perm+guard", "pm-rw+guard"], [0, 1, 2]),
+    ("sparsegpt-4of8", ["plain", "pm+perm+guard", "pm-rw+guard", "pm-rw+guard+held8"], [0, 1, 2]),
     ("sparsegpt-50pct", ["plain", "pm+guard", "pm-rw+guard"], [0, 1, 2]),
     ("magnitude-2of4", ["plain", "dr", "pm+perm+guard"], [0, 1, 2]),
     ("sparsegpt-2of4", ["shared", "shared-rw"], [0, 1, 2]),

@@ -33,8 +33,8 @@ def held_out(r: dict) -> tuple[str, str]:
     if not r.get("held_ppl"):
         return "-", "-"
     seeds = f" (seeds {','.join(r['held_seeds'])})" if r["held_seeds"] != r["seeds"] else ""
-    closed = "-" if r["setting"] == "plain" else mean_std(r["held_gap_closed"], 100, 1) + seeds
-    return mean_std(r["held_ppl"]) + seeds, closed
+    closed = "-" if r["setting"] == "plain" else _value(r["held_gap_closed"], 100, 1) + seeds
+    return _value(r["held_ppl"]) + seeds, closed
 
 
 def _mean(values: list[float], digits: int = 0) -> str:
@@ -65,7 +65,7 @@ def side_by_side(rows: list[dict]) -> list[str]:
 
 
 DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard", "sparsegpt-2of4": "pm-rw+guard+held8",
-                   "wanda-2of4": "pm-rw+guard+held8"}
+                   "wanda-2of4": "pm-rw+guard+held8", "sparsegpt-4of8": "pm-rw+guard+held8"}
 """Each pruner's default setting in the configs (others: ``PER_LAYER``)."""
 README_SETTINGS = ("plain", "dr", "dr-released", "shared-rw", "shared-rw+held8")
 """The README's rows besides each pruner's default: the plain pruner, the paper's method, the
