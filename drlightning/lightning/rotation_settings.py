@@ -189,6 +189,11 @@ class RotationSettings:
         acts = held_out and self.score != "magnitude" and self.steps > 0
         return "held_out" if acts else "fitted"
 
+    def wants_held_hessians(self, held: int) -> bool:
+        """Whether a fit with ``held`` held-out windows needs their Hessians: only to keep its
+        iterate on them (none held out: the fitted choice, as the guard falls back to plain's)."""
+        return bool(held) and bool(self.needed_stats()) and self.best_on_used(True) == "held_out"
+
     @property
     def prunes(self) -> bool:
         return self.pattern != NO_PRUNING

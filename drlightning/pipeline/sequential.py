@@ -82,9 +82,8 @@ def fit_rotation(task: LayerTask, loop: LayerLoop,
     stats = settings.needed_stats()
     fitted = task.inputs.fitted()  # held-out windows never reach a fit
     hessians = collect_hessians(task.layer, spec.adapter, fitted, stats) if stats else None
-    held = None  # the held-out windows' Hessians: only to choose which iterate is kept (too
-    # little text to hold any out: the fitted choice, as the guard falls back to plain's)
-    if stats and task.inputs.held and settings.best_on_used(True) == "held_out":
+    held = None  # the held-out windows' Hessians: only to choose which iterate is kept
+    if settings.wants_held_hessians(task.inputs.held):
         held = collect_hessians(task.layer, spec.adapter, task.inputs.held_out(), stats)
     dm = LayerDataModule(task.index, task.layer, spec.adapter, spec.layout, task.inputs, hessians,
                          settings.steps, weights, dense_out=task.dense_out, others=task.others,

@@ -61,7 +61,7 @@ def dense_items(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.T
                    for r in adapter.roles(layer)}
         fit = frozen(weights, fitted, layer)
         held = None  # the held-out windows' tensors: only to choose which iterate is kept
-        if stats and inputs.held and settings.best_on_used(True) == "held_out":
+        if settings.wants_held_hessians(inputs.held):
             held = frozen(weights, inputs.held_out(), layer)
         return Visited(layer, None, {"item": layer_item(index, fit, layout, settings.spec, held),
                                      "errors": errors, "roles": tuple(fit.weights)})
