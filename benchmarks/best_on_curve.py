@@ -51,7 +51,7 @@ def curve(module_settings: RotationSettings, index: int, layer, inputs: LayerInp
             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
             **module_settings.trainer_clipping()).fit(module, datamodule=dm)
     module.best_rotations()
-    return module.held_curve
+    return module.track.held_curve
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ from drlightning.models import HeadLayout, adapter_for, load_model
 from drlightning.pruning import parse_pattern
 from drlightning.pruning.importance import damped_inverse
 from drlightning.rotation import fold_norms, frozen_layer, layer_entropy
+from drlightning.rotation.best_iterate import IterateTracker
 from drlightning.rotation.objective import layer_pruned_mass, layer_scores
 from drlightning.rotation.pruned_mass import pruned_mass
 
@@ -143,7 +144,7 @@ class Research(RotationModule):
             else:
                 total = ent if self.global_step < self.hparams.steps // 2 else pm
                 if self.global_step == self.hparams.steps // 2:  # a new objective: new best
-                    self.best_loss, self.initial_loss = float("inf"), None
+                    self.track = IterateTracker()
         return total, {}, q, r
 
     def configure_model(self) -> None:

@@ -81,7 +81,7 @@ def main() -> None:
             at_start = model_guard(model, adapter, windows, loop, q0, eye_r)
             trained = model_guard(model, adapter, windows, loop, q, r)
         row = {"start": name, "objective_start": obj0, "objective_trained": obj1,
-               "best_step": module.best_step, "error_identity": trained["identity"],
+               "best_step": module.track.best_step, "error_identity": trained["identity"],
                "error_start": at_start["shared"], "error_trained": trained["shared"],
                "fit_seconds": fit_s}
         rows.append(row)

@@ -70,14 +70,14 @@ def test_the_kept_iterate_is_the_lowest_on_held_out_windows():
     the reported held-out objective equals an independent float64 measurement."""
     fitted_only, _ = _fit(held=False)
     fitted_only.best_rotations()
-    assert fitted_only.best_step == 30 and fitted_only.held_curve == []
+    assert fitted_only.track.best_step == 30 and fitted_only.track.held_curve == []
     assert "best_on" not in fitted_only.report()
 
     module, data = _fit(held=True)
     q, r = module.best_rotations()
-    curve = module.held_curve
+    curve = module.track.held_curve
     assert len(curve) == 31  # every step's iterate and the final one
-    assert module.best_step == int(np.argmin(curve)) == 0
+    assert module.track.best_step == int(np.argmin(curve)) == 0
     assert torch.allclose(q, torch.eye(q.shape[0])) and torch.allclose(r, torch.eye(r.shape[-1]))
     report = module.report()
     assert report["best_on"] == "held_out" and report["held_out_best_loss"] == min(curve)
@@ -98,7 +98,7 @@ def test_held_out_hessians_equal_to_the_fitted_ones_change_nothing():
         module = RotationModule(method="sparsegpt", pattern="2:4", steps=12, lr=0.05,
                                 role_weights="equal")
         rotation_trainer(module).fit(module, datamodule=dm)
-        kept.append((module.best_rotations(), module.best_step))
+        kept.append((module.best_rotations(), module.track.best_step))
     (qa, ra), step_a = kept[0]
     (qb, rb), step_b = kept[1]
     assert step_a == step_b and torch.equal(qa, qb) and torch.equal(ra, rb)

@@ -77,7 +77,7 @@ def test_unit_weights_are_the_unweighted_objective_and_weights_divide_the_scale(
     fold_norms(layer, adapter)
     plain = _fit(copy.deepcopy(layer), adapter, layout, inputs, None)
     unit = _fit(copy.deepcopy(layer), adapter, layout, inputs, dict.fromkeys(ROLES, 1.0))
-    assert unit.mass_scale == plain.mass_scale and unit.best_loss == plain.best_loss
+    assert unit.mass_scale == plain.mass_scale and unit.track.best_loss == plain.track.best_loss
     for a, b in zip(plain.best_rotations(), unit.best_rotations(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     weights, _ = measured_role_weights(layer, inputs, PruneSpec(adapter, layout, "wanda", "2:4"))

@@ -65,8 +65,8 @@ def test_best_iterate_is_kept_when_steps_overshoot():
     q, r = module.best_rotations()
     seen = module.seen + [module.loss()[0].item()]
     assert len(module.seen) == 25
-    assert module.best_loss == pytest.approx(min(seen), rel=1e-6)
-    assert module.best_step == seen.index(min(seen))
+    assert module.track.best_loss == pytest.approx(min(seen), rel=1e-6)
+    assert module.track.best_step == seen.index(min(seen))
     dm = layer_datamodule("magnitude", 25)
     again = layer_entropy(q, r, frozen_layer(dm.frozen_weights(), None, "magnitude", dm.layout),
                           dm.layout, "magnitude")[0]

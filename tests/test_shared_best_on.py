@@ -63,14 +63,14 @@ def test_the_shared_fit_keeps_the_iterate_lowest_on_held_out_windows():
     because Q makes them worse from the first step. The held-out curve equals an independent
     float64 measurement summed over the layers."""
     fitted_only, _, _ = _fit(with_held=False)
-    assert fitted_only.best_step == STEPS and fitted_only.held_curve == []
+    assert fitted_only.track.best_step == STEPS and fitted_only.track.held_curve == []
     assert "best_on" not in fitted_only.report()
 
     module, layout, layers = _fit(with_held=True)
     q, r = module.best_rotations()
-    curve = module.held_curve
+    curve = module.track.held_curve
     assert len(curve) == STEPS + 1  # every step's iterate and the final one
-    assert module.best_step == int(np.argmin(curve)) == 0
+    assert module.track.best_step == int(np.argmin(curve)) == 0
     assert torch.allclose(q, torch.eye(layout.hidden))
     assert torch.allclose(r, torch.eye(layout.head_dim).expand_as(r))
     report = module.report()

@@ -138,8 +138,8 @@ def test_shared_rotation_lowers_the_summed_objective(spec):
     items = [layer_item(i, f, layout, spec) for i, f in enumerate(frozen)]
     module = _fit(SharedRotationModule(layout, len(items), spec), LayersDataModule(items))
     q, r = module.best_rotations()
-    assert module.best_loss < module.initial_loss
-    assert module.summed_loss(items)[0].item() >= module.best_loss - 1e-4  # best kept, not last
+    assert module.track.best_loss < module.track.initial_loss
+    assert module.summed_loss(items)[0].item() >= module.track.best_loss - 1e-4  # best kept, not last
     assert q.shape == (layout.hidden, layout.hidden) and r.shape[0] == len(items)
     assert module.report()["orthogonality_error"] < 1e-5
 
@@ -150,7 +150,7 @@ def test_random_layer_subsets_per_step():
     data = LayersDataModule(items, layers_per_step=1, seed=3)
     assert [len(b) for b in data.train_dataloader()] == [1, 1]
     module = _fit(SharedRotationModule(layout, len(items), ENTROPY), data, steps=4)
-    assert module.best is None  # subset losses are not comparable: the last iterate is used
+    assert module.track.best is None  # subset losses are not comparable: the last iterate is used
     with pytest.raises(ValueError, match="layers_per_step=3 must be between 1 and the number of "
                                          "layers .2."):
         LayersDataModule(items, layers_per_step=3)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..models.adapters import base_role, unit_of
 from ..rotation import frozen_layer, orthogonality_error, qr_orthogonal
+from ..rotation.best_iterate import IterateTracker
 from ..rotation.objective import (
     FrozenLayer,
     identity_scale,
@@ -132,18 +133,13 @@ class RotationModule(LightningModule):
         self.save_hyperparameters(args)
         self.A: nn.Parameter | None = None
         self.B: nn.Parameter | None = None
-        self.best_loss = float("inf")
-        self.best_step = -1
-        self.initial_loss: float | None = None
-        self.best: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.track = IterateTracker()
+        """The kept iterate (fitted or held-out objective) and the curves it was chosen on."""
         self._final_checked = False
         self.mass_scale: dict[str, float] | None = None
         self._keys: FrozenKeys | None = None
         self._held_keys: FrozenKeys | None = None
         self.held_scale: dict[str, float] | None = None
-        self.held_curve: list[float] = []
-        """The held-out objective of every evaluated iterate (empty when kept on the fitted one)."""
-        self.best_fitted_loss: float | None = None
 
     @classmethod
     def from_settings(cls, settings: RotationSettings) -> RotationModule:
@@ -215,27 +211,21 @@ class RotationModule(LightningModule):
     def _track(self, loss: torch.Tensor, q: torch.Tensor, r: torch.Tensor, step: int) -> None:
         """Keep (Q, R2) if it is the best iterate so far: by the fitted objective, or with
         held-out Hessians by the same objective measured on them."""
-        fitted = float(loss.detach())
-        if self.initial_loss is None:
-            self.initial_loss = fitted
-        value = fitted
+        value = None
         held = self.held_frozen
         if held is not None:
             with torch.no_grad():
                 value = float(layer_objective(q.detach(), r.detach(), held, self.layout,
                                               self.rotation.spec, self.held_scale)[0])
-            self.held_curve.append(value)
-        if value < self.best_loss:
-            self.best_loss, self.best_step, self.best_fitted_loss = value, step, fitted
-            self.best = (q.detach().clone(), r.detach().clone())
+        self.track.offer(float(loss.detach()), q, r, step, held=value)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         total, parts, q, r = self.loss()
         self._track(total, q, r, self.global_step)
         name = "entropy" if self.rotation.objective_used == "entropy" else "pruned_mass"
         self.log(f"{name}/total", total, prog_bar=True)
-        if self.held_curve:
-            self.log(f"{name}/held_out", self.held_curve[-1])
+        if self.track.held_curve:
+            self.log(f"{name}/held_out", self.track.held_curve[-1])
         for role, value in by_base_role(parts).items():
             self.log(f"{name}/{role}", value)
         return total
@@ -255,8 +245,8 @@ class RotationModule(LightningModule):
             self._final_checked = True
             total, _, q, r = self.loss()
             self._track(total, q, r, self.global_step)
-        assert self.best is not None, "no loss was evaluated"
-        q, r = self.best
+        assert self.track.best is not None, "no loss was evaluated"
+        q, r = self.track.best
         return (torch.block_diag(*q.unbind(0)) if q.dim() == 3 else q), r
 
     @torch.no_grad()
@@ -280,15 +270,5 @@ class RotationModule(LightningModule):
     def report(self) -> dict:
         """Per-layer numbers for results.json: the objective and its value before and after."""
         q, r = self.best_rotations()
-        out = {
-            "objective": self.rotation.objective_used,
-            "initial_loss": self.initial_loss,
-            "best_loss": self.best_fitted_loss,  # the fitted objective at the kept iterate
-            "best_step": self.best_step,
-            "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r)),
-        }
-        if self.held_curve:  # kept on the held-out windows' objective
-            out.update({"best_on": "held_out", "held_out_initial_loss": self.held_curve[0],
-                        "held_out_best_loss": self.best_loss,
-                        "held_out_final_loss": self.held_curve[-1]})
-        return out
+        return {"objective": self.rotation.objective_used, **self.track.report(),
+                "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}

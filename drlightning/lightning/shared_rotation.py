@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..models.adapters import HeadLayout
 from ..rotation import orthogonality_error, qr_orthogonal
+from ..rotation.best_iterate import IterateTracker
 from ..rotation.objective import FrozenLayer, ObjectiveSpec, identity_scale, layer_objective
 
 
@@ -127,12 +128,8 @@ class SharedRotationModule(LightningModule):
                              f"matrix; got shape {tuple(start.shape)}")
         self.A = nn.Parameter(start)
         self.B = nn.Parameter(torch.eye(layout.head_dim).repeat(n_layers, layout.n_kv_heads, 1, 1))
-        self.best_loss, self.best_step = float("inf"), -1
-        self.initial_loss: float | None = None
-        self.best_fitted_loss: float | None = None
-        self.best: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.held_curve: list[float] = []
-        """The summed held-out objective of every evaluated iterate (empty: kept on fitted)."""
+        self.track = IterateTracker()
+        """The kept iterate (fitted or summed held-out objective) and the curves it was chosen on."""
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Current Q and every layer's R2 (n_layers × n_kv_heads × hd × hd), float32."""
@@ -152,25 +149,14 @@ class SharedRotationModule(LightningModule):
         value = summed_objective(batch, q.detach(), r.detach(), self.layout, self.spec, held=True)
         return float(self.trainer.strategy.reduce(value, reduce_op="sum"))
 
-    def _track(self, fitted: float, q: torch.Tensor, r: torch.Tensor, held: float | None) -> None:
-        """Keep (Q, R2) if it is the best iterate so far: by the fitted summed objective, or by
-        the held-out one when the items carry it."""
-        self.initial_loss = fitted if self.initial_loss is None else self.initial_loss
-        value = fitted if held is None else held
-        if held is not None:
-            self.held_curve.append(held)
-        if value < self.best_loss:
-            self.best_loss, self.best_step, self.best_fitted_loss = value, self.global_step, fitted
-            self.best = (q.detach().clone(), r.detach().clone())
-
     def training_step(self, batch: list[LayerItem], batch_idx: int) -> torch.Tensor:
         loss, q, r = self.summed_loss(batch)
         total = self.trainer.strategy.reduce(loss.detach(), reduce_op="sum")
         if self.datamodule_is_full_batch():
-            self._track(float(total), q, r, self.held_loss(batch, q, r))
+            self.track.offer(float(total), q, r, self.global_step, self.held_loss(batch, q, r))
         self.log(f"shared/{self.spec.objective}", total, prog_bar=True)
-        if self.held_curve:
-            self.log(f"shared/{self.spec.objective}_held_out", self.held_curve[-1])
+        if self.track.held_curve:
+            self.log(f"shared/{self.spec.objective}_held_out", self.track.held_curve[-1])
         return loss * self.trainer.world_size  # DDP averages gradients: this gives the sum's
 
     @torch.no_grad()
@@ -180,7 +166,7 @@ class SharedRotationModule(LightningModule):
         if self.datamodule_is_full_batch() and self.trainer.world_size == 1 and dm is not None:
             batch = self.trainer.strategy.batch_to_device(list(dm.items))
             loss, q, r = self.summed_loss(batch)
-            self._track(float(loss), q, r, self.held_loss(batch, q, r))
+            self.track.offer(float(loss), q, r, self.global_step, self.held_loss(batch, q, r))
 
     def datamodule_is_full_batch(self) -> bool:
         dm = getattr(self.trainer, "datamodule", None)
@@ -193,20 +179,15 @@ class SharedRotationModule(LightningModule):
     def best_rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Best full-batch iterate (Q, R2 per layer); the current one with random layer subsets,
         whose losses are not comparable across steps."""
-        if self.best is None or not self.datamodule_is_full_batch():
+        if self.track.best is None or not self.datamodule_is_full_batch():
             return self.rotations()
-        return self.best
+        return self.track.best
 
     def report(self) -> dict:
         """Numbers for results.json: the summed objective before and at its best."""
         q, r = self.best_rotations()
-        tracked = self.best is not None  # not with random layer subsets (losses not comparable)
-        out = {"objective": self.spec.objective, "initial_loss": self.initial_loss,
-               "best_loss": self.best_fitted_loss if tracked else None,
-               "best_step": self.best_step if tracked else None,
-               "orthogonality_error": max(orthogonality_error(q), orthogonality_error(r))}
-        if self.held_curve and tracked:  # kept on the held-out windows' summed objective
-            out.update({"best_on": "held_out", "held_out_initial_loss": self.held_curve[0],
-                        "held_out_best_loss": self.best_loss,
-                        "held_out_final_loss": self.held_curve[-1]})
-        return out
+        orth = max(orthogonality_error(q), orthogonality_error(r))
+        if self.track.best is None:  # random layer subsets: losses not comparable, none kept
+            return {"objective": self.spec.objective, "initial_loss": self.track.initial_loss,
+                    "best_loss": None, "best_step": None, "orthogonality_error": orth}
+        return {"objective": self.spec.objective, **self.track.report(), "orthogonality_error": orth}
