@@ -12,13 +12,12 @@ from lightning import Trainer
 
 from drlightning.cli import DRLightningCLI
 from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
-from drlightning.models.adapters import ROLES, HeadLayout, adapter_for
 from drlightning.pruning import parse_pattern
-from drlightning.rotation import fold_norms, frozen_layer
+from drlightning.rotation import frozen_layer
 from drlightning.rotation.objective import ObjectiveSpec
 
 from .test_best_on import held_mass
-from .tiny import fit_args, save_tiny_dir, tiny_model
+from .tiny import fit_args, folded_layer_weights, save_tiny_dir
 
 MASS = ObjectiveSpec("pruned_mass", "wanda", parse_pattern("2:4"))
 STEPS = 30
@@ -28,14 +27,11 @@ def _skewed_layers():
     """Every layer of a tiny model (norms folded) with fitted Hessians that load some residual
     channels heavily and 'held-out' ones that load the opposite channels: a shared Q fitted to
     the first makes the second worse."""
-    model = tiny_model("llama", torch.float32, seed=0)
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    layout, folded = folded_layer_weights(0)
     gen = torch.Generator().manual_seed(3)
     widths = {"o": layout.n_heads * layout.head_dim, "down": layout.intermediate}
     layers = []
-    for layer in adapter.decoder_layers(model):
-        fold_norms(layer, adapter)
-        weights = {role: adapter.linear(layer, role).weight.detach().clone() for role in ROLES}
+    for weights in folded:
         xs = {k: torch.randn(256, n, generator=gen) for k, n in widths.items()}
         common = {k: x.T @ x / 256 for k, x in xs.items()}
         fitted, held = dict(common), dict(common)

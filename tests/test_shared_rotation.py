@@ -11,14 +11,14 @@ from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForCausalLM
 
 from drlightning.lightning.shared_rotation import LayersDataModule, SharedRotationModule, layer_item
-from drlightning.models.adapters import ROLES, HeadLayout, adapter_for
+from drlightning.models.adapters import HeadLayout, adapter_for
 from drlightning.pruning import parse_pattern
-from drlightning.rotation import fold_norms, frozen_layer, layer_entropy
+from drlightning.rotation import frozen_layer, layer_entropy
 from drlightning.rotation.objective import ObjectiveSpec
 from drlightning.rotation.orthogonal import random_orthogonal
 from drlightning.rotation.shared import absorb_residual_rotation
 
-from .tiny import ARCHS, tiny_model
+from .tiny import ARCHS, folded_layer_weights, tiny_model
 
 TOKENS = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -89,15 +89,12 @@ def test_wrong_shapes_are_refused():
 
 def _items(spec: ObjectiveSpec, seed: int = 0):
     """Frozen tensors of every layer of a tiny model (norms folded) with random Hessians."""
-    model = tiny_model("llama", torch.float32, seed=seed)
-    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    layout, layers = folded_layer_weights(seed)
     gen = torch.Generator().manual_seed(seed)
     widths = {"attn_in": layout.hidden, "o": layout.n_heads * layout.head_dim,
               "mlp_in": layout.hidden, "down": layout.intermediate}
     frozen = []
-    for layer in adapter.decoder_layers(model):
-        fold_norms(layer, adapter)
-        weights = {role: adapter.linear(layer, role).weight.detach().clone() for role in ROLES}
+    for weights in layers:
         xs = {k: torch.randn(256, n, generator=gen) for k, n in widths.items()}
         frozen.append(frozen_layer(weights, {k: x.T @ x / 256 for k, x in xs.items()}, spec.score,
                                    layout))

@@ -86,6 +86,22 @@ def tiny_first_layer(arch: str = "llama", windows: int = 4, seqlen: int = 32, se
     return model, adapter, layout, inputs, copy.deepcopy(adapter.decoder_layers(model)[0])
 
 
+def folded_layer_weights(seed: int = 0):
+    """(layout, every layer's weights by role) of a tiny Llama with its norms folded into the
+    next linears: the frozen side of an objective test, Hessians left to the test."""
+    from drlightning.models import HeadLayout, adapter_for
+    from drlightning.models.adapters import ROLES
+    from drlightning.rotation import fold_norms
+
+    model = tiny_model("llama", torch.float32, seed=seed)
+    adapter, layout = adapter_for(model.config), HeadLayout.from_config(model.config)
+    layers = []
+    for layer in adapter.decoder_layers(model):
+        fold_norms(layer, adapter)
+        layers.append({role: adapter.linear(layer, role).weight.detach().clone() for role in ROLES})
+    return layout, layers
+
+
 def _rmsnorm_in_input_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
     return self.weight * hidden_states * torch.rsqrt(variance + self.variance_epsilon)
