@@ -70,6 +70,10 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "pm+perm+guard": ("DR, pruned mass + permutation + guard",
                       {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True,
                        "guard": True}),
+    "pm+perm+guard+held8+judge": ("DR, pruned mass + permutation + guard and the model-wide judge "
+                                  "on 8 extra held-out windows (the magnitude configs)",
+                                  {**PAPER, "steps": 50, "objective": "pruned_mass", "permute": True,
+                                   "guard": True, "data.held_out": 8, "run.judge": True}),
     "pm-rw+guard": ("DR, pruned mass weighted by the measured role errors + guard",
                     {**PAPER, "steps": 50, "objective": "pruned_mass", "guard": True,
                      "role_weights": "measured"}),
@@ -143,6 +147,9 @@ PLAN = [
     ("wanda-2of4", ["pm-rw+guard+held8"], [0, 1, 2]),
     ("sparsegpt-2of4", ["shared-rw+held8", "shared-rw+held8+best"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+held8+best"], [0, 1, 2]),
+    ("sparsegpt-50pct", ["pm-rw+guard+held8"], [0, 1, 2]),
+    ("wanda-2of4", ["shared-rw+held8"], [0, 1, 2]),
+    ("magnitude-2of4", ["pm+perm+guard+held8+judge"], [0, 1, 2]),
     ("sparsegpt-2of4", ["pm-rw+guard+mix", "plain+admm", "plain+layer", "pm-rw+guard+held8+layer"],
      [0, 1, 2]),
 ]
