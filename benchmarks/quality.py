@@ -298,7 +298,8 @@ def render(records: dict[tuple, Record], archived_means: dict[str, dict]) -> dic
              for s in ["plain", "dr", "dr-released", "pm+perm+guard", "pm-rw+guard", "shared"]}
     means = {s: m for s, m in means.items() if m}
     lines += layer_table({SETTINGS[s][0]: m for s, m in means.items()})
-    readme = readme_table(rows, PRUNERS, dense_ppl) + [machine_note(records).strip()]
+    readme = readme_table(rows, PRUNERS, dense_ppl,
+                         {s: name for s, (name, _) in SETTINGS.items()}) + [machine_note(records).strip()]
     return {"docs": "\n".join(lines), "readme": "\n".join(readme), "rows": rows, "means": means}
 
 

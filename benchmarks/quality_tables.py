@@ -64,9 +64,13 @@ def side_by_side(rows: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard", "sparsegpt-2of4": "pm-rw+guard+held8",
-                   "wanda-2of4": "pm-rw+guard+held8", "sparsegpt-4of8": "pm-rw+guard+held8"}
+DEFAULT_SETTING = {"magnitude-2of4": "pm+perm+guard+held8+judge",
+                   "sparsegpt-2of4": "pm-rw+guard+held8", "wanda-2of4": "pm-rw+guard+held8",
+                   "sparsegpt-4of8": "pm-rw+guard+held8", "sparsegpt-50pct": "pm-rw+guard+held8"}
 """Each pruner's default setting in the configs (others: ``PER_LAYER``)."""
+README_EXTRA = {"magnitude-2of4": ("pm+perm+guard",)}
+"""Measured rows the README shows beside a pruner's default (the magnitude default's judge has
+no run at this protocol yet: the same rotations without it)."""
 README_SETTINGS = ("plain", "dr", "dr-released", "shared-rw", "shared-rw+held8")
 """The README's rows besides each pruner's default: the plain pruner, the paper's method, the
 authors' released code and the standard checkpoint, without and with the held-out windows of the
@@ -101,9 +105,11 @@ def pruner_tables(rows: list[dict], pruners: dict[str, tuple[str, str]]) -> list
     return lines
 
 
-def readme_table(rows: list[dict], pruners: dict[str, tuple[str, str]], dense_ppl: float) -> list[str]:
+def readme_table(rows: list[dict], pruners: dict[str, tuple[str, str]], dense_ppl: float,
+                 labels: dict[str, str]) -> list[str]:
     """The README's results: per pruner, the plain pruner, the paper's method, the authors' released
-    objective, the default (bold) and the standard checkpoint, where measured."""
+    objective, the default (bold; a line saying so where it has no run) and the standard
+    checkpoint, where measured. ``labels``: each setting's name."""
     lines = [f"Default model, dense perplexity {dense_ppl:.2f}; mean ± std over the seeds listed; gap "
              "closed = (plain − ppl) / (plain − dense) against the plain pruner of the same seed; "
              "held-out domain = the same on U.S. State of the Union addresses (`speeches`, a "
@@ -115,17 +121,23 @@ def readme_table(rows: list[dict], pruners: dict[str, tuple[str, str]], dense_pp
              "| mean layer error |", "|---|---|---|---|---|---|---|"]
     for pruner, (method, pattern) in pruners.items():
         default = DEFAULT_SETTING.get(pruner, PER_LAYER)
-        for r in (r for r in rows if r["pruner"] == pruner
-                  and (r["setting"] in README_SETTINGS or r["setting"] == default)):
+        shown = README_SETTINGS + README_EXTRA.get(pruner, ()) + (default,)
+        mine = [r for r in rows if r["pruner"] == pruner and r["setting"] in shown]
+        for r in mine:
             closed = "–" if r["setting"] == "plain" else _value(r["gap_closed"], 100, 1) + "%"
             ppl = _value(r["ppl"])
             name = r["label"]
+            held_closed = held_out(r)[1]
+            held_closed = "–" if held_closed == "-" else held_closed.replace(" (", "% (", 1) \
+                if " (" in held_closed else held_closed + "%"
             if r["setting"] == default:
                 name, ppl, closed = f"**{name} (default)**", f"**{ppl}**", f"**{closed}**"
-            held_closed = held_out(r)[1]
-            held_closed = "–" if held_closed == "-" else held_closed
+                held_closed = held_closed if held_closed == "–" else f"**{held_closed}**"
             lines.append(f"| {method} {pattern} | {name} | {', '.join(r['seeds'])} | {ppl} | "
                          f"{closed} | {held_closed} | {statistics.fmean(r['layer_error']):.3f} |")
+        if mine and not any(r["setting"] == default for r in mine):
+            lines.append(f"| {method} {pattern} | **{labels[default]} (default)** | – | "
+                         "not measured at this protocol yet | – | – | – |")
     return lines
 
 

@@ -127,3 +127,28 @@ def test_a_hand_edited_number_is_drift(tmp_path):
     found = quality.drift(ROOT / "docs" / "benchmarks.md",
                           ROOT / "benchmarks" / "results" / "quality.json", readme)
     assert len(found) == 1 and "quality-readme" in found[0]
+
+
+def test_readme_marks_the_default_and_says_when_it_has_no_run(tmp_path, monkeypatch):
+    """The default's cells are bold on both domains; a pruner whose configs' default has no run
+    says so instead of calling another row the default."""
+    runs, doc, out, readme = (tmp_path / "runs", tmp_path / "bench.md", tmp_path / "quality.json",
+                              tmp_path / "README.md")
+    monkeypatch.setattr(quality, "RUNS", runs)
+    readme.write_text("<!-- quality-readme:begin -->\n<!-- quality-readme:end -->\n")
+    both = {"embedded": DENSE, "speeches": 20.0}
+    write_run(runs, "wanda-2of4", "plain", 0,
+              {**fake_results(30.0, [0.5]), "ppl": {"embedded": 30.0, "speeches": 120.0},
+               "dense_ppl": both})
+    write_run(runs, "wanda-2of4", "pm-rw+guard+held8", 0,
+              {**fake_results(14.0, [0.2]), "ppl": {"embedded": 14.0, "speeches": 40.0},
+               "dense_ppl": both})
+    write_run(runs, "magnitude-2of4", "plain", 0, fake_results(900.0, [0.6]))
+    write_run(runs, "magnitude-2of4", "pm+perm+guard", 0, fake_results(800.0, [0.5]))
+    quality.report(doc, out, readme)
+    text = readme.read_text()
+    assert "| **14.00** | **80.0%** | **80.0%** | 0.200 |" in text  # (30-14)/20, (120-40)/100
+    assert "| magnitude 2:4 | DR, pruned mass + permutation + guard | 0 | 800.00 | 11.2% |" in text
+    default = quality.SETTINGS["pm+perm+guard+held8+judge"][0]
+    assert f"| magnitude 2:4 | **{default} (default)** | – | not measured at this protocol yet |" \
+        in text
