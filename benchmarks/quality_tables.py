@@ -28,12 +28,13 @@ def _value(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return mean_std(values, scale, digits) if len(values) > 1 else f"{values[0] * scale:.{digits}f}"
 
 
-def held_out(r: dict) -> tuple[str, str]:
-    """(perplexity, gap closed %) on the held-out domain with the seeds measured there, or '-'."""
+def held_out(r: dict, unit: str = "") -> tuple[str, str]:
+    """(perplexity, gap closed, followed by ``unit``) on the held-out domain with the seeds
+    measured there, or '-'."""
     if not r.get("held_ppl"):
         return "-", "-"
     seeds = f" (seeds {','.join(r['held_seeds'])})" if r["held_seeds"] != r["seeds"] else ""
-    closed = "-" if r["setting"] == "plain" else _value(r["held_gap_closed"], 100, 1) + seeds
+    closed = "-" if r["setting"] == "plain" else _value(r["held_gap_closed"], 100, 1) + unit + seeds
     return _value(r["held_ppl"]) + seeds, closed
 
 
@@ -127,9 +128,8 @@ def readme_table(rows: list[dict], pruners: dict[str, tuple[str, str]], dense_pp
             closed = "–" if r["setting"] == "plain" else _value(r["gap_closed"], 100, 1) + "%"
             ppl = _value(r["ppl"])
             name = r["label"]
-            held_closed = held_out(r)[1]
-            held_closed = "–" if held_closed == "-" else held_closed.replace(" (", "% (", 1) \
-                if " (" in held_closed else held_closed + "%"
+            held_closed = held_out(r, "%")[1]
+            held_closed = "–" if held_closed == "-" else held_closed
             if r["setting"] == default:
                 name, ppl, closed = f"**{name} (default)**", f"**{ppl}**", f"**{closed}**"
                 held_closed = held_closed if held_closed == "–" else f"**{held_closed}**"

@@ -28,18 +28,16 @@ class IterateTracker:
     """The held-out objective of every offered iterate (empty when kept on the fitted one)."""
 
     def offer(self, fitted: float, q: torch.Tensor, r: torch.Tensor, step: int,
-              held: float | None = None) -> bool:
-        """Keep (Q, R2) if it is the best so far (by ``held`` when given); True when kept."""
+              held: float | None = None) -> None:
+        """Keep (Q, R2) if it is the best so far (by ``held`` when given)."""
         if self.initial_loss is None:
             self.initial_loss = fitted
         value = fitted if held is None else held
         if held is not None:
             self.held_curve.append(held)
-        if value >= self.best_loss:
-            return False
-        self.best_loss, self.best_step, self.best_fitted_loss = value, step, fitted
-        self.best = (q.detach().clone(), r.detach().clone())
-        return True
+        if value < self.best_loss:
+            self.best_loss, self.best_step, self.best_fitted_loss = value, step, fitted
+            self.best = (q.detach().clone(), r.detach().clone())
 
     def report(self) -> dict:
         """The fields results.json records for a fit: initial, kept (fitted) value and step, and
