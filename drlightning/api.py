@@ -13,6 +13,7 @@ holds what a ``fit`` run directory holds, the saved model included, and a re-run
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -46,11 +47,12 @@ class PruneResult:
         return self.report.get("dense_ppl") or {}
 
 
-def calibration_source(calibration, work: Path, text_field: str = "text") -> str:
-    """A ``data.source`` for ``calibration``: a named source or a path as it is; a list of
-    strings or a ``datasets.Dataset`` (its ``text_field`` column) written to a JSONL file."""
+def calibration_source(calibration, work: Path, text_field: str = "text") -> tuple[str, str | None]:
+    """(``data.source``, label) for ``calibration``: a named source or a path as it is (no
+    label); a list of strings or a ``datasets.Dataset`` (its ``text_field`` column) written to a
+    JSONL file in ``work``, labelled by its content (so the same texts resume the same run)."""
     if isinstance(calibration, str | Path):
-        return str(calibration)
+        return str(calibration), None
     if hasattr(calibration, "column_names"):  # a datasets.Dataset
         if text_field not in calibration.column_names:
             raise ValueError(f"calibration dataset has no {text_field!r} column; columns: "
@@ -61,8 +63,10 @@ def calibration_source(calibration, work: Path, text_field: str = "text") -> str
         raise ValueError("calibration must be a named source ('embedded', 'c4', 'wikitext2', "
                          "'hf:<id>'), a path, a datasets.Dataset or a non-empty list of strings")
     path = work / "calibration.jsonl"
-    path.write_text("".join(json.dumps({text_field: t}) + "\n" for t in texts), encoding="utf-8")
-    return str(path)
+    body = "".join(json.dumps({text_field: t}) + "\n" for t in texts)
+    path.write_text(body, encoding="utf-8")
+    digest = hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+    return str(path), f"{len(texts)} texts given to prune() (digest {digest})"
 
 
 def split_options(options: dict) -> tuple[dict, dict]:
@@ -130,22 +134,26 @@ def prune(model, tokenizer=None, *, method: str = "sparsegpt", pattern: str = "2
     from .lightning.rotation_module import RotationModule
     from .models import load_model
     from .pipeline.baselines import PLAIN, run_with_plain_baseline
+    from .pipeline.preflight import check_calibration_text
     from .pipeline.setup import check_options
 
     held_out = nsamples // 4 if held_out is None else held_out
     rotation, run = split_options(options)
     settings = RotationSettings(method=method, pattern=pattern, steps=steps, **rotation)
-    if isinstance(model, str | Path):
-        model, own = load_model(str(model), dtype=run.get("dtype", "float32"))
-        tokenizer = tokenizer or own
-    elif tokenizer is None:
+    if not isinstance(model, str | Path) and tokenizer is None:
         raise ValueError("prune(model=<a loaded model>) needs its tokenizer: prune(model, tokenizer)")
     with tempfile.TemporaryDirectory(prefix="drl-prune-") as tmp:
         work = Path(tmp)
+        source, label = calibration_source(calibration, work)
+        data = CalibrationDataModule(source=source, nsamples=nsamples, seqlen=seqlen,
+                                     held_out=held_out)
+        data.source_label = label
+        check_calibration_text(data)  # before the model loads
+        if isinstance(model, str | Path):
+            model, own = load_model(str(model), dtype=run.get("dtype", "float32"))
+            tokenizer = tokenizer or own
         out = Path(output_dir) if output_dir is not None else work / "run"
         opts = replace(run_options(model, out, run, saving=output_dir is not None), judge=judge)
-        data = CalibrationDataModule(source=calibration_source(calibration, work), nsamples=nsamples,
-                                     seqlen=seqlen, held_out=held_out)
         check_options(opts, settings, held_out)  # a refused judge copies nothing
         plain = (copy.deepcopy(model), tokenizer) if judge else None
         report = run_with_plain_baseline(RotationModule.from_settings(settings), data, opts,

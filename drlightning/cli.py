@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from . import cli_errors as errors
 from .cli_errors import CLI_SETTINGS, USER_ERRORS, FriendlyParsing
 from .lightning.calibration import CalibrationDataModule
 from .lightning.rotation_module import RotationModule
@@ -28,6 +29,13 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         parser.add_class_arguments(RunOptions, "run")
         parser.link_arguments("model.steps", "trainer.max_steps")
 
+    def before_instantiate_classes(self) -> None:
+        """Before any Trainer is built: the accelerator exists here, and one process (one device,
+        one node) runs the layer loop."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        errors.check_accelerator(cfg.trainer)
+        errors.check_one_process(cfg.trainer)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Only ``fit``: the layer loop has no separate validate/test/predict stage yet."""
@@ -45,11 +53,21 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         listed = self.config_init["fit"]["trainer"].get("callbacks") or []
         make = default_trainer_factory(opts, Path(opts.output_dir), base, loop_callbacks(listed))
         text = self._parser("fit").dump(cfg, skip_none=False)
+        shaping = {k: base.get(k) for k, default in RESULT_SHAPING_TRAINER.items()
+                   if base.get(k, default) != default}
         settings = {"seed_everything": cfg.get("seed_everything"),
-                    "trainer": {"precision": str(cfg.trainer.precision)}}
+                    "trainer": {"precision": str(cfg.trainer.precision), **shaping}}
         self.results = run_with_plain_baseline(model, datamodule, opts, make, config_text=text,
                                                settings=settings)
         return self.results
+
+
+RESULT_SHAPING_TRAINER = {"accumulate_grad_batches": 1, "deterministic": None, "benchmark": None,
+                          "limit_train_batches": None, "max_epochs": None, "min_steps": None,
+                          "min_epochs": None, "overfit_batches": 0.0, "max_time": None,
+                          "gradient_clip_val": None, "gradient_clip_algorithm": None}
+"""Trainer settings that change what a layer's fit learns, with Lightning's defaults: a value
+other than the default joins the run fingerprint (a resumed run must use the same)."""
 
 
 def loop_callbacks(listed: list) -> list:
@@ -82,18 +100,47 @@ def usage() -> str:
 
 
 def _configs(argv: list[str]) -> list[dict]:
-    """The ``--config`` files named on the command line, parsed (unreadable ones are skipped:
-    the CLI reports them)."""
-    import yaml
+    """The ``--config`` files named on the command line, parsed; a malformed one is a one-line
+    ValueError naming the file and the line (:func:`read_config`)."""
+    return [errors.read_config(path) for path in errors.config_paths(argv)]
 
-    found = []
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path and Path(path).is_file():
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            found.append(data if isinstance(data, dict) else {})
-    return found
+
+def _with_model(args: list[str]) -> list[str]:
+    """``drlightning eval RUN_DIR --eval.x …``: the one bare argument is ``--model RUN_DIR``."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-"):
+            if any(a == "--model" or a.startswith("--model=") for a in args):
+                raise ValueError(f"drlightning eval: {arg!r} and --model both name the model; "
+                                 "allowed: one of them (drlightning eval RUN_DIR or --model MODEL)")
+            return [*args[:i], "--model", arg, *args[i + 1:]]
+        i += 1 if "=" in arg or arg in ("-h", "--help") else 2
+    return args
+
+
+def eval_command(args: list[str]) -> dict:
+    """``drlightning eval [RUN_DIR] [--model M] [--eval.* …]``: for a run directory the run's own
+    evaluation plan, with only the fields set on the command line or in ``--config`` changed."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from .eval.api import cli_plan, evaluate
+    from .eval.plan import PLAN_FIELDS
+
+    args = _with_model(args)
+    parser = ArgumentParser(prog="drlightning eval", exit_on_error=False, description=(
+        "drlightning eval RUN_DIR|--model MODEL [--eval.* ...]: perplexity on eval.data and 0-shot "
+        "accuracy on eval.zero_shot of a run directory (with the run's own plan), a model "
+        "directory, a .gguf file or a hub id"))
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    parser.add_function_arguments(evaluate, as_group=False)
+    cfg = errors.parse_friendly(parser, args, keys=tuple(f"eval.{k}" for k in PLAN_FIELDS))
+    given = errors.parse_friendly(parser, args, defaults=False).as_dict().get("eval")
+    kwargs = parser.instantiate_classes(cfg).as_dict()
+    kwargs.pop("config", None)
+    kwargs["eval"] = cli_plan(kwargs["model"], kwargs["eval"], given if isinstance(given, dict) else {},
+                              kwargs["layerwise"])
+    return evaluate(**kwargs)
 
 
 def config_stage(argv: list[str]) -> str | None:
@@ -142,8 +189,15 @@ def main(args: list[str] | None = None) -> None:
         if debug:
             raise
         kind = "" if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: "
-        print(f"error: {kind}{err}\n(add --debug or set DRL_DEBUG=1 for the traceback)",
+        print(f"error: {kind}{errors.one_line(str(err))}\n(add --debug or set DRL_DEBUG=1 for the traceback)",
               file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as err:  # a full disk surfaces as OSError or as the writer's own error type
+        if debug or not errors.disk_full(err):
+            raise
+        print(f"error: no space left on the device while writing ({errors.one_line(str(err))}); "
+              "free some space and re-run the same command: finished layers are kept and the run "
+              "resumes\n(add --debug or set DRL_DEBUG=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -157,13 +211,10 @@ def dispatch(argv: list[str]) -> None:
         if not argv:
             raise SystemExit(2)
         return
+    _configs(argv)  # a malformed --config file: one line naming it and the line, for every command
     if argv[:1] == ["eval"]:
-        from jsonargparse import CLI
-
-        from .eval.api import evaluate
-
         refuse_moved(argv[1:], "", "the evaluation options now live in one plan, --eval.*")
-        CLI(evaluate, args=argv[1:])
+        eval_command(argv[1:])
     elif argv[:1] == ["compare"]:
         from .reporting.report import compare
 

@@ -41,7 +41,8 @@ def test_unwritable_output_dir_fails_before_loading_anything(tmp_path):
 @pytest.mark.parametrize("kwargs,message", [
     ({"method": "obs"}, "unknown method 'obs'; allowed: magnitude, wanda, sparsegpt"),
     ({"steps": -1}, "steps=-1 must be an integer ≥ 0"),
-    ({"lr": 0.0}, "lr=0.0 must be > 0"),
+    ({"lr": 0.0}, "lr=0.0 must be a finite number > 0"),
+    ({"lr": float("inf")}, "lr=inf must be a finite number > 0"),
     ({"pattern": "0"}, "sparsity '0' is out of range"),
     ({"pattern": "1.0"}, "sparsity '1.0' is out of range"),
     ({"pattern": "100%"}, "sparsity '100%' is out of range"),

@@ -202,3 +202,42 @@ def test_compare_without_runs_is_an_error_and_mixed_protocols_warn(tmp_path, cap
     main(["compare", str(tmp_path / "full"), str(tmp_path / "quick")])
     err = capsys.readouterr().err
     assert "different windows" in err and "first 2 windows" in err and "all windows" in err
+
+
+def _fake_run(path: Path, dense: float, pruned: float, windows: int | None = None,
+              model: str = "m") -> Path:
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({
+        "model": model, "method": "wanda", "pattern": "2:4", "steps": 20, "ppl": {"embedded": pruned},
+        "dense_ppl": {"embedded": dense},
+        "eval": {"seqlen": 512, "max_windows": windows, "datasets": ["embedded"]}}))
+    return path
+
+
+def test_compare_shows_each_run_its_own_dense_value_when_they_differ(tmp_path, capsys):
+    from drlightning.cli import main
+
+    a, b = _fake_run(tmp_path / "a", 11.0, 20.0), _fake_run(tmp_path / "b", 11.0, 15.0)
+    main(["compare", str(a), str(b)])
+    out, err = capsys.readouterr()
+    assert "| metric | dense | wanda 2:4 s20 | wanda 2:4 s20 |" in out
+    assert "| ppl embedded | 11.000 | 20.000 | 15.000 |" in out and not err
+    c = _fake_run(tmp_path / "c", 12.5, 15.0)  # same protocol, another dense number (dtype, device)
+    main(["compare", str(a), str(c)])
+    out, err = capsys.readouterr()
+    assert "| metric | wanda 2:4 s20 dense | wanda 2:4 s20 | wanda 2:4 s20 dense | wanda 2:4 s20 |" in out
+    assert "| ppl embedded | 11.000 | 20.000 | 12.500 | 15.000 |" in out and not err
+
+
+def test_compare_marks_runs_measured_with_another_protocol(tmp_path, capsys):
+    from drlightning.cli import main
+
+    a = _fake_run(tmp_path / "a", 11.0, 20.0)
+    b = _fake_run(tmp_path / "b", 11.0, 15.0, windows=8, model="other")
+    main(["compare", str(a), str(b)])
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("warning: ")
+    assert "(max_windows, dense model differ)" in err and "not comparable" in err
+    assert "| metric | dense | wanda 2:4 s20 [A] | wanda 2:4 s20 [B] |" in out
+    assert "- [A]: seqlen 512, all windows, data [embedded], dense model m" in out
+    assert "- [B]: seqlen 512, first 8 windows, data [embedded], dense model other" in out

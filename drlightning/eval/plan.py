@@ -51,3 +51,29 @@ class EvalPlan:
 
 PLAN_FIELDS = tuple(EvalPlan.__dataclass_fields__)
 """The fields of an evaluation plan (a subclass such as the fit's ``run.eval`` may add more)."""
+
+SHOWN_KEPT = ("seqlen", "max_windows", "data", "zero_shot")
+"""The fields a change note lists as kept (zero_shot only when the run measured tasks)."""
+
+
+def shown(name: str, value) -> str:
+    """A plan field's value as a note shows it (``max_windows`` None: "all")."""
+    if name == "max_windows" and value is None:
+        return "all"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def change_note(run: EvalPlan, plan: EvalPlan) -> str | None:
+    """One line saying what ``plan`` changes in a run's own plan ``run`` (None: nothing), e.g.
+    "note: evaluating with max_windows 8 instead of the run's 32; the run's other settings kept
+    (seqlen 128, data [embedded])"."""
+    changed = [k for k in PLAN_FIELDS if getattr(run, k) != getattr(plan, k)]
+    if not changed:
+        return None
+    what = ", ".join(f"{k} {shown(k, getattr(plan, k))} instead of the run's {shown(k, getattr(run, k))}"
+                     for k in changed)
+    kept = ", ".join(f"{k} {shown(k, getattr(run, k))}" for k in SHOWN_KEPT
+                     if k not in changed and (k != "zero_shot" or run.zero_shot))
+    return f"note: evaluating with {what}" + (f"; the run's other settings kept ({kept})" if kept else "")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 from torch import nn
 
@@ -87,4 +90,38 @@ def install_boundaries(
     device = next(model.parameters()).device
     for b, m in mats.items():
         owner.matrix(b).copy_(m.to(device))
+    become_drlightning(model, cfg.fields())
     return cfg.fields()
+
+
+@functools.cache
+def _drlightning_subclass(model_cls: type, own: type) -> type:
+    """DRLightningForCausalLM over a subclass ``own`` of its base class (keeps ``own``'s methods)."""
+    return type("DRLightningForCausalLM", (model_cls, own), {"__module__": model_cls.__module__})
+
+
+def become_drlightning(model: nn.Module, fields: dict) -> bool:
+    """Make ``model`` (its boundary rotations installed) the drlightning model it now is, in place:
+    its class becomes DRLightningForCausalLM over its own architecture and its config a
+    DRLightningConfig with the ``drl_*`` ``fields``, so that ``model.save_pretrained(d)`` writes a
+    directory that reloads to the same model (and plain transformers refuses it without remote
+    code). Returns False (with a warning) for a class that is not transformers' own."""
+    config = model.config
+    base = getattr(config, "base_model_type", None) or config.model_type
+    cfg_cls, model_cls = mdl.build_classes(base)
+    if isinstance(model, model_cls):
+        return True
+    own = model_cls.__mro__[1]
+    if not isinstance(model, own):
+        warnings.warn(f"{type(model).__name__} is not transformers' {own.__name__}: the model keeps "
+                      "its class, and its own save_pretrained does not save the boundary rotations; "
+                      "save it with drlightning.export.save_model_dir", stacklevel=2)
+        return False
+    for key, value in fields.items():
+        setattr(config, key, value)
+    config.base_model_type = base
+    config.__class__ = cfg_cls
+    if "model_type" in vars(config):  # a config loaded from a file may hold its own copy
+        config.model_type = cfg_cls.model_type
+    model.__class__ = model_cls if type(model) is own else _drlightning_subclass(model_cls, type(model))
+    return True

@@ -11,30 +11,22 @@ from torch import nn
 from ..atomic import write_dir_atomically
 from . import modeling_drlightning as mdl
 
-MODELING_FILE = "modeling_drlightning.py"
+MODELING_FILE = mdl.MODELING_FILE
 
 
-def _modeling_source(base_model_type: str) -> str:
-    text = Path(mdl.__file__).read_text(encoding="utf-8")
-    line = 'BASE_MODEL_TYPE = "llama"'
-    assert line in text, "modelling file template changed"
-    return text.replace(line, f"BASE_MODEL_TYPE = {base_model_type!r}", 1)
+def is_drlightning(model: nn.Module) -> bool:
+    """Whether ``model`` is a drlightning model (boundary rotations that its own save keeps)."""
+    return str(getattr(model.config, "model_type", "")).startswith("drlightning_")
 
 
 def _rewrite_config(directory: Path, drl_fields: dict, base_model_type: str) -> None:
+    if drl_fields:
+        mdl.mark_saved_dir(directory, base_model_type, drl_fields)
+        return
     path = directory / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    cfg.pop("quantization_config", None)
-    if drl_fields:
-        module = MODELING_FILE.removesuffix(".py")
-        cfg.update(drl_fields)
-        cfg["base_model_type"] = base_model_type
-        cfg["model_type"] = f"drlightning_{base_model_type}"
-        cfg["architectures"] = ["DRLightningForCausalLM"]
-        cfg["auto_map"] = {"AutoConfig": f"{module}.DRLightningConfig",
-                           "AutoModelForCausalLM": f"{module}.DRLightningForCausalLM"}
-        (directory / MODELING_FILE).write_text(_modeling_source(base_model_type), encoding="utf-8")
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if cfg.pop("quantization_config", None) is not None:  # the weights are plain floats now
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def finish_dir(directory: Path, model: nn.Module, tokenizer, drl_fields: dict) -> None:
@@ -45,8 +37,19 @@ def finish_dir(directory: Path, model: nn.Module, tokenizer, drl_fields: dict) -
     _rewrite_config(directory, drl_fields, base)
 
 
-def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict) -> Path:
-    """Write ``model`` (+ tokenizer, generation config) to ``path`` as safetensors, atomically."""
+def save_model_dir(model: nn.Module, tokenizer, path: Path, drl_fields: dict | None = None) -> Path:
+    """Write ``model`` (+ tokenizer, generation config) to ``path`` as safetensors, atomically.
+
+    A drlightning model is saved by its own ``save_pretrained`` (as ``model.save_pretrained(d)``
+    saves it); ``drl_fields`` are then only checked against its config. A plain model with
+    ``drl_fields`` (one whose class could not become DRLightningForCausalLM) gets them written.
+    """
+    drl_fields = drl_fields or {}
+    if is_drlightning(model):
+        differ = {k: v for k, v in drl_fields.items() if getattr(model.config, k, None) != v}
+        if differ:
+            raise ValueError(f"drl_fields {differ} differ from the drlightning model's own config")
+        drl_fields = {}
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -75,9 +78,10 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
 
     Returns the model in eval mode (and ``(model, tokenizer)`` with ``with_tokenizer=True``).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models.loading import DTYPES
+    from ..models.loading import DTYPES, check_loading_info, check_weight_files
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -90,12 +94,17 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
     kwargs = {"use_safetensors": True, "dtype": dtype or "auto"}
     if dtype == torch.float64 and (cfg.get("num_local_experts") or cfg.get("num_experts")):
         kwargs["experts_implementation"] = "eager"  # grouped_mm has no float64 kernel
-    if str(cfg.get("model_type", "")).startswith("drlightning_"):
-        _, model_cls = register_auto_classes(cfg["base_model_type"])
-        model = model_cls.from_pretrained(path, **kwargs)
-    else:
-        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
-        mdl.check_loading_info(info)
+    check_weight_files(path)  # a truncated or corrupt file: one line naming it
+    try:
+        if str(cfg.get("model_type", "")).startswith("drlightning_"):
+            _, model_cls = register_auto_classes(cfg["base_model_type"])
+            model = model_cls.from_pretrained(path, **kwargs)  # strict itself
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True,
+                                                               **kwargs)
+            check_loading_info(info, path)
+    except SafetensorError as err:
+        raise ValueError(f"a weight file in {path} is truncated or corrupt ({err})") from None
     if device is not None:
         model.to(device)
     model.eval()

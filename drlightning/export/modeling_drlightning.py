@@ -14,6 +14,9 @@ Loading is strict: a missing, unexpected or mis-shaped tensor is an error.
 from __future__ import annotations
 
 import functools
+import json
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,6 +24,8 @@ from transformers import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 BASE_MODEL_TYPE = "llama"  # rewritten by drlightning when the file is saved next to a model
+MODELING_FILE = "modeling_drlightning.py"
+DRL_FIELDS = ("drl_boundaries", "drl_rotation_dtype", "drl_layers_path", "drl_final_norm_path")
 ROTATION_DTYPES = {"float32": torch.float32, "float64": torch.float64,
                    "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,12 +89,17 @@ def install_rotations(model: nn.Module, config) -> BoundaryRotations:
     return owner
 
 
-def check_loading_info(info: dict) -> None:
-    """Raise if weights were missing, unexpected or mis-shaped (strict loading)."""
-    problems = {k: v for k, v in info.items()
-                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise ValueError(f"checkpoint does not match the model: {problems}")
+def check_loading_info(info: dict, where: object = "the checkpoint") -> None:
+    """Raise one line if weights were missing, unexpected or mis-shaped (strict loading)."""
+    parts = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or ())
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{more})")
+    if parts:
+        raise ValueError(f"the weights in {where} do not match the model: {'; '.join(parts)}")
 
 
 def share_weight_conversion(base_model_type: str, model_type: str) -> None:
@@ -106,6 +116,34 @@ def share_weight_conversion(base_model_type: str, model_type: str) -> None:
     mapping = get_checkpoint_conversion_mapping(base_model_type)
     if mapping:
         register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)
+
+
+def modeling_source(base_model_type: str) -> str:
+    """This file's text with ``BASE_MODEL_TYPE`` set to ``base_model_type``."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    new, count = re.subn(r"^BASE_MODEL_TYPE = ['\"][^'\"]*['\"]", f"BASE_MODEL_TYPE = {base_model_type!r}",
+                         text, count=1, flags=re.M)
+    if count != 1:
+        raise RuntimeError(f"{__file__} has no BASE_MODEL_TYPE line to rewrite")
+    return new
+
+
+def mark_saved_dir(directory, base_model_type: str, drl_fields: dict | None = None) -> None:
+    """Make a saved model directory load as a drlightning model: ``config.json`` gets the
+    ``drl_fields``, the drlightning model type, architecture and ``auto_map`` (and loses any
+    ``quantization_config``: the weights are plain floats), and this file is written next to it."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg.pop("quantization_config", None)
+    cfg.update(drl_fields or {})
+    module = MODELING_FILE.removesuffix(".py")
+    cfg.update(base_model_type=base_model_type, model_type=f"drlightning_{base_model_type}",
+               architectures=["DRLightningForCausalLM"],
+               auto_map={"AutoConfig": f"{module}.DRLightningConfig",
+                         "AutoModelForCausalLM": f"{module}.DRLightningForCausalLM"})
+    (directory / MODELING_FILE).write_text(modeling_source(base_model_type), encoding="utf-8")
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 @functools.cache
@@ -142,8 +180,19 @@ def build_classes(base_model_type: str) -> tuple[type, type]:
         def from_pretrained(cls, *args, **kwargs):
             want_info = kwargs.pop("output_loading_info", False)
             model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-            check_loading_info(info)
+            check_loading_info(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
             return (model, info) if want_info else model
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            """Save as transformers does, then make the directory a drlightning model (config
+            fields, ``auto_map`` and this modelling file), loadable with ``trust_remote_code``."""
+            if kwargs.get("push_to_hub"):
+                raise ValueError("save_pretrained(push_to_hub=True) would upload before the "
+                                 "modelling file is written: use model.push_to_hub(repo_id)")
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", args[0] if args else True):
+                fields = {k: getattr(self.config, k) for k in DRL_FIELDS}
+                mark_saved_dir(save_directory, self.config.base_model_type, fields)
 
     DRLightningConfig.__name__ = DRLightningConfig.__qualname__ = "DRLightningConfig"
     DRLightningForCausalLM.__name__ = DRLightningForCausalLM.__qualname__ = "DRLightningForCausalLM"

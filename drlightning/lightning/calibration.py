@@ -60,6 +60,9 @@ class CalibrationDataModule(LightningDataModule):
             check_chat_source(source)
         self.save_hyperparameters()
         self.windows: torch.Tensor | None = None
+        self.source_label: str | None = None
+        """How reports and the run fingerprint name ``source`` when it is a file the caller made
+        (the Python API's texts), instead of that file's temporary path."""
 
     def documents(self, tokenizer) -> list[str]:
         """The calibration documents: the source's texts, or its conversations rendered with
@@ -93,8 +96,9 @@ class CalibrationDataModule(LightningDataModule):
     def protocol(self) -> dict:
         """The calibration settings, for results.json and the run fingerprint (settings added
         later are left out while at their earlier behaviour, see ``LATER_DEFAULTS``)."""
-        return {k: v for k, v in self.hparams.items()
+        kept = {k: v for k, v in self.hparams.items()
                 if not k.startswith("_") and LATER_DEFAULTS.get(k, object()) != v}
+        return {**kept, "source": self.source_label} if self.source_label else kept
 
     def train_dataloader(self) -> DataLoader:
         assert self.windows is not None, "call calibration(tokenizer) first"

@@ -7,6 +7,7 @@ it as ``module.rotation``. ``auto`` choices are resolved here, in one place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..layer.capture import OBJECTIVE_STATS
@@ -75,8 +76,9 @@ def check_settings(s: dict) -> None:
         parse_pattern(s["pattern"])
     _whole("steps", s["steps"], 0, "0 = plain pruner")
     for name in ("lr", "grad_clip"):
-        if not s[name] > 0:
-            raise ValueError(f"{name}={s[name]!r} must be > 0")
+        if isinstance(s[name], bool) or not isinstance(s[name], int | float) \
+                or not 0 < s[name] < math.inf:
+            raise ValueError(f"{name}={s[name]!r} must be a finite number > 0")
     _whole("r1_blocks", s["r1_blocks"], 1, "1 = dense R1")
     for name in ("low_memory", "permute", "guard", "reference_quirks"):
         if not isinstance(s[name], bool):
@@ -94,12 +96,12 @@ def check_settings(s: dict) -> None:
     _choice("refit", s["refit"], REFITS)
     _choice("best_on", s["best_on"], BEST_ON)
     if isinstance(s["refit_damping"], bool) or not isinstance(s["refit_damping"], int | float) \
-            or not s["refit_damping"] > 0:
+            or not 0 < s["refit_damping"] < math.inf:
         raise ValueError(f"refit_damping={s['refit_damping']!r}; allowed: a share of the "
                          "Hessian's mean diagonal > 0, e.g. 0.01")
     _whole("refit_steps", s["refit_steps"], 1, "optimiser steps of the layer refit")
     if isinstance(s["refit_lr"], bool) or not isinstance(s["refit_lr"], int | float) \
-            or not s["refit_lr"] > 0:
+            or not 0 < s["refit_lr"] < math.inf:
         raise ValueError(f"refit_lr={s['refit_lr']!r}; allowed: an Adam learning rate > 0, "
                          "e.g. 1e-4")
     if s["refit"] != "none" and s["pattern"] == NO_PRUNING:

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from drlightning.callbacks.lora import LoRAExport
 
-from ..cli_errors import CLI_SETTINGS, FriendlyParsing
+from ..cli_errors import CLI_SETTINGS, FriendlyParsing, check_accelerator
 from .module import LoRAModule
 from .text_data import TextDataModule
 
@@ -56,8 +56,9 @@ class LoRACLI(FriendlyParsing, LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Log to ``<export.output_dir>/tensorboard`` and keep Lightning's files there, unless the
-        config names another logger or root directory."""
+        config names another logger or root directory; an accelerator this machine lacks is refused."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        check_accelerator(cfg.trainer)
         every, last = cfg.trainer.val_check_interval, cfg.trainer.max_steps
         if isinstance(every, int) and last is not None and 0 < last < every:
             raise ValueError(f"trainer.val_check_interval={every} > trainer.max_steps={last}: "

@@ -4,7 +4,7 @@ parsing and dequantising the file (most of the ~20–40 s the 135M default model
 
 The key is the file's resolved path, size and modification time and the versions of the libraries
 that convert it; files over :data:`MAX_GGUF_BYTES` are not copied (their float32 copy would be
-large). A cache that cannot be written is skipped.
+large). A cache that cannot be written (read-only, disk full) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import hashlib
 import importlib.metadata
 import warnings
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from ..atomic import write_dir_atomically
 from ..cache import cache_root
@@ -57,7 +59,7 @@ def store(gguf: Path, model, tokenizer) -> Path | None:
 
     try:
         return write_dir_atomically(path, write)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # a full disk is a SafetensorError in save_file
         warnings.warn(f"could not keep a converted copy of {gguf} in {path} ({err}); the next "
                       "load converts it again", stacklevel=2)
         return None

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-from .loading import resolve_source
+from .loading import read_config, resolve_source
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
@@ -54,14 +54,7 @@ def model_shape(source: str, gguf_file: str | None = None, trust_remote_code: bo
     ``model_type``, sizes, head counts and context length — no weights are read."""
     location, gguf = resolve_source(source, gguf_file)
     if gguf is None:
-        from transformers import AutoConfig
-
-        try:
-            return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
-        except OSError as err:
-            raise FileNotFoundError(f"could not read the config of model {source!r} ({err}); give a "
-                                    "local directory, a .gguf file, or a hub id with the hub "
-                                    "reachable") from err
+        return read_config(location, source, trust_remote_code)
     meta = gguf_metadata(Path(location) / gguf)
     arch = meta.get("general.architecture", "?")
 
@@ -73,4 +66,5 @@ def model_shape(source: str, gguf_file: str | None = None, trust_remote_code: bo
         model_type=arch, hidden_size=get("embedding_length"),
         intermediate_size=get("feed_forward_length"), num_attention_heads=heads,
         num_key_value_heads=get("attention.head_count_kv", heads),
-        head_dim=get("attention.key_length"), max_position_embeddings=get("context_length"))
+        head_dim=get("attention.key_length"), max_position_embeddings=get("context_length"),
+        vocab_size=get("vocab_size"))

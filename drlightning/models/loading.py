@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -56,6 +57,27 @@ def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, str 
     return source, None
 
 
+def read_config(location: str, source: str, trust_remote_code: bool = False, **kwargs):
+    """``AutoConfig.from_pretrained(location)``; a config transformers refuses (a field of the wrong
+    type, e.g. ``max_position_embeddings: Infinity``) is a one-line ValueError naming the value."""
+    from transformers import AutoConfig
+
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: configs are not validated
+        StrictDataclassError = ()  # noqa: N806
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not load model {source!r} ({err}); give a local directory, a .gguf file, "
+            f"{DEFAULT_MODEL!r}, or a hub id with the hub reachable"
+        ) from err
+    except StrictDataclassError as err:
+        raise ValueError(f"the config of model {source!r} is invalid: {' '.join(str(err).split())}") \
+            from None
+
+
 def load_model(
     source: str = DEFAULT_MODEL,
     *,
@@ -64,8 +86,11 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
 ) -> tuple[nn.Module, object]:
-    """Load ``(model, tokenizer)``; checks architecture and that every weight is finite."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Load ``(model, tokenizer)``; checks architecture, context length, vocabulary, that the
+    weight files are whole, that every tensor is there (none missing or unexpected; GGUF files
+    excepted) and that every weight is finite."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
@@ -75,20 +100,17 @@ def load_model(
     if converted is not None:  # dequantised by an earlier load: a plain safetensors directory
         location, gguf, gguf_path = str(converted), None, None
     kwargs = {"gguf_file": gguf} if gguf else {}
-    try:
-        config = AutoConfig.from_pretrained(
-            location, trust_remote_code=trust_remote_code, **kwargs
-        )
-    except OSError as err:
-        raise FileNotFoundError(
-            f"could not load model {source!r} ({err}); give a local directory, a .gguf file, "
-            f"{DEFAULT_MODEL!r}, or a hub id with the hub reachable"
-        ) from err
+    config = read_config(location, source, trust_remote_code, **kwargs)
     adapter_for(config)
+    check_context_length(config)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    check_vocabulary(config, tokenizer)
     if not gguf:  # never unpickle: weights come from safetensors (or GGUF) only
-        kwargs["use_safetensors"] = True
+        kwargs.update(use_safetensors=True, output_loading_info=True)
+        if Path(location).is_dir():
+            check_weight_files(Path(location))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             location, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation, **kwargs,
         )
@@ -96,7 +118,10 @@ def load_model(
         raise FileNotFoundError(
             f"could not load weights of {source!r}: drlightning reads weights only from "
             f"safetensors or GGUF files, never from pickled .bin/.pt files ({err})") from err
-    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
+    except SafetensorError as err:
+        raise ValueError(f"a weight file of model {source!r} is truncated or corrupt ({err})") from None
+    model, info = (loaded, {}) if gguf else loaded
+    check_loading_info(info, location)
     if getattr(model.config, "quantization_config", None) is not None and gguf:
         del model.config.quantization_config  # weights are dequantised floats now
         model.hf_quantizer = None
@@ -135,3 +160,111 @@ def check_finite(model: nn.Module) -> None:
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise ValueError(f"model weight {name} contains NaN or Inf values")
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_loading_info(info: dict, where: str | Path) -> None:
+    """One-line ValueError if ``from_pretrained(..., output_loading_info=True)`` found tensors
+    missing (they would be randomly initialised), unexpected (silently dropped) or mis-shaped."""
+    parts = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = [k if isinstance(k, str) else k[0] for k in info.get(key) or ()]
+        if names:
+            parts.append(f"{len(names)} tensor{'s' * (len(names) > 1)} {what} ({_some(names)})")
+    if parts:
+        raise ValueError(f"the weights in {where} do not match the model's config: "
+                         f"{'; '.join(parts)}; refusing to load a partly random or different model")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a model directory (its index's shards, or model.safetensors)."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{index} is corrupt ({type(err).__name__}: {err})") from None
+        return [directory / name for name in sorted(names)]
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def check_weight_file(path: Path) -> None:
+    """One-line error if ``path`` is missing, or truncated or corrupt (its header does not parse or
+    does not cover the file); reads the header only."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"weight file {path} is truncated or corrupt ({err}); download or copy "
+                         "it again") from None
+
+
+def check_weight_files(directory: Path) -> None:
+    """:func:`check_weight_file` on every safetensors file of the model in ``directory``."""
+    for path in weight_files(directory):
+        check_weight_file(path)
+
+
+MAX_CONTEXT = 1 << 24
+"""Largest ``max_position_embeddings`` accepted (16M tokens: above every released model's)."""
+
+
+def check_context_length(config) -> None:
+    """``max_position_embeddings`` (when set) is a whole number of tokens, 1 to MAX_CONTEXT."""
+    value = getattr(config, "max_position_embeddings", None)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
+        raise ValueError(f"the model's max_position_embeddings={value!r} is not a context length "
+                         f"(a whole number of tokens from 1 to {MAX_CONTEXT}); fix its config.json")
+
+
+def check_vocabulary(config, tokenizer) -> None:
+    """Every token the tokenizer produces on its own (its base vocabulary and its BOS token)
+    indexes the model's embedding (id < ``vocab_size``). Added tokens beyond it (e.g. a special
+    token a tokenizer class adds on load) are checked where text is tokenised:
+    :func:`check_token_ids`."""
+    size = getattr(config, "vocab_size", None)
+    if size is None or tokenizer is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"the model's vocab_size={size!r} is not a vocabulary size; fix its config.json")
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    base = [i for i in tokenizer.get_vocab().values() if i not in added]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    top = max([*base, *([bos] if isinstance(bos, int) else []), -1])
+    if top >= size:
+        raise ValueError(f"the tokenizer has token ids up to {top} but the model's vocab_size is "
+                         f"{size}: ids from {size} on would index past its embedding; use the "
+                         "model's own tokenizer")
+
+
+def check_token_ids(tokens, vocab_size: int | None, what: str, tokenizer=None) -> None:
+    """The token ids of ``what`` (a tensor) all index an embedding of ``vocab_size`` rows."""
+    if vocab_size is None or tokens.numel() == 0:
+        return
+    top = int(tokens.max())
+    if top >= vocab_size:
+        token = tokenizer.convert_ids_to_tokens(top) if tokenizer is not None else "?"
+        raise ValueError(f"{what} tokenises to id {top} ({token!r}) but the model's vocab_size is "
+                         f"{vocab_size}: the tokenizer does not fit the model; use the model's own "
+                         "tokenizer")
+
+
+def check_model_limits(config, tokenizer=None) -> None:
+    """Pre-flight check of a model's config (and tokenizer, if given) before any work:
+    :func:`check_context_length` and :func:`check_vocabulary`."""
+    check_context_length(config)
+    check_vocabulary(config, tokenizer)

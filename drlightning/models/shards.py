@@ -15,7 +15,16 @@ from torch import nn
 
 from .adapters import ArchitectureAdapter, adapter_for
 from .expert_layout import to_memory
-from .loading import DEFAULT_MODEL, DTYPES, float64_norms, resolve_source
+from .loading import (
+    DEFAULT_MODEL,
+    DTYPES,
+    check_context_length,
+    check_vocabulary,
+    check_weight_file,
+    float64_norms,
+    read_config,
+    resolve_source,
+)
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -27,10 +36,14 @@ class ShardedCheckpoint:
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         if (self.dir / INDEX).is_file():
-            weight_map = json.loads((self.dir / INDEX).read_text(encoding="utf-8"))["weight_map"]
+            try:
+                weight_map = json.loads((self.dir / INDEX).read_text(encoding="utf-8"))["weight_map"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{self.dir / INDEX} is corrupt ({type(err).__name__}: {err})") from None
         elif (self.dir / SINGLE).is_file():
             from safetensors import safe_open
 
+            check_weight_file(self.dir / SINGLE)
             with safe_open(str(self.dir / SINGLE), framework="pt") as fh:
                 weight_map = dict.fromkeys(fh.keys(), SINGLE)
         else:
@@ -40,6 +53,8 @@ class ShardedCheckpoint:
         missing = sorted({f for f in weight_map.values() if not (self.dir / f).is_file()})
         if missing:
             raise FileNotFoundError(f"{self.dir}: shard files named in {INDEX} are missing: {missing}")
+        for name in sorted(set(weight_map.values())):  # whole files, before hours of work on them
+            check_weight_file(self.dir / name)
         self.weight_map: dict[str, str] = weight_map
 
     def names(self, prefix: str = "") -> list[str]:
@@ -132,16 +147,18 @@ class LayerwiseModel:
     def __init__(self, source: str, *, dtype: str = "float32", device: torch.device | str = "cpu",
                  gguf_file: str | None = None, trust_remote_code: bool = False,
                  attn_implementation: str = "sdpa") -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.initialization import no_init_weights
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
         self.dir = checkpoint_dir(source, gguf_file)
         self.checkpoint = ShardedCheckpoint(self.dir)
-        config = base_config(self.dir) or AutoConfig.from_pretrained(
-            self.dir, trust_remote_code=trust_remote_code)
+        config = base_config(self.dir) or read_config(str(self.dir), source, trust_remote_code)
         self.adapter: ArchitectureAdapter = adapter_for(config)
+        check_context_length(config)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.dir, trust_remote_code=trust_remote_code)
+        check_vocabulary(config, self.tokenizer)
         self.dtype, self.device = DTYPES[dtype], torch.device(device)
         with parameters_on_meta(), no_init_weights():
             self.model = AutoModelForCausalLM.from_config(
@@ -152,7 +169,6 @@ class LayerwiseModel:
         self.model.eval()
         self.layer_prefix = f"{self.adapter.layers}."
         self._load_outer()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.dir, trust_remote_code=trust_remote_code)
 
     @property
     def layers(self) -> nn.ModuleList:

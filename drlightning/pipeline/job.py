@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, clean_orphans
 from ..data import load_eval_text, tokenize_text
 from ..eval.dense_cache import cache_dir, load_dense, save_dense
 from ..eval.perplexity import perplexity
@@ -27,6 +27,7 @@ from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_module import RotationModule
 from ..lightning.rotation_settings import RotationSettings
 from ..models import adapter_for
+from ..models.loading import check_token_ids
 from ..pruning import NO_PRUNING, parse_pattern
 from ..reporting.monitor import RunMonitor
 from ..reporting.report import load_run, report_markdown
@@ -40,9 +41,12 @@ from ..reporting.results import (
     versions,
     write_json,
 )
+from .content import run_content
+from .eval_checks import check_eval_plan
 from .options import RunOptions
 from .placement import place_model
 from .preflight import preflight
+from .run_lock import run_lock
 from .schedules import SCHEDULES, schedule_name
 from .sequential import LayerLoop, TrainerFactory, rotate_and_prune
 from .setup import check_options, fingerprint, resolve_device
@@ -88,8 +92,19 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     ensure_writable(run_dir)
     check_options(opts, rotation, data.held_out)
     preflight(opts, rotation, data, loaded[0].config if loaded else None)  # nothing written
+    with run_lock(run_dir):
+        return _locked_job(module, data, opts, make_trainer, loaded, config_text, settings, start)
+
+
+def _locked_job(module: RotationModule, data: CalibrationDataModule, opts: RunOptions,
+                make_trainer: TrainerFactory | None, loaded: tuple | None, config_text: str | None,
+                settings: dict | None, start: float) -> dict:
+    """:func:`run_job` once its checks have passed and it holds the run directory's lock."""
+    run_dir, rotation = Path(opts.output_dir), module.rotation
+    for folder in (run_dir, run_dir / "state", run_dir / "state" / "rotations"):
+        clean_orphans(folder)  # temporary files of a killed earlier attempt
     state = RunState(run_dir, fingerprint(rotation, data, opts, settings))
-    reclaim = state.check()  # refuses finished work of other settings; writes nothing
+    state.check()  # the settings, before the model loads: refuses other finished work
     schedule = SCHEDULES[schedule_name(rotation.r1, opts.launch.mode)]()
     device = schedule.device(resolve_device(opts.device))
     place = place_model(opts, device, loaded)
@@ -97,11 +112,15 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
     windows = data.calibration(place.tokenizer, getattr(model.config, "max_position_embeddings", None))
     seqlen = opts.eval.seqlen or data.hparams.seqlen
     eval_tokens = {name: tokenize_text(place.tokenizer, load_eval_text(name)) for name in opts.eval.data}
-    if reclaim:  # every check passed: the run directory is ours from here on
+    check_eval_plan(opts.eval, eval_tokens, seqlen)
+    vocab = getattr(model.config, "vocab_size", None)
+    check_token_ids(windows, vocab, "the calibration text", place.tokenizer)
+    for name, tokens in eval_tokens.items():
+        check_token_ids(tokens, vocab, f"run.eval.data {name!r}", place.tokenizer)
+    state = state.with_content(run_content(model, windows, place.shard_files()))
+    if state.check():  # every check passed: the run directory is ours from here on
         state.claim()
     clock = RunClock(state, start)
-    if config_text is not None:
-        atomic_write_text(run_dir / "config.yaml", config_text)
     dense = dense_results(place, state, opts, eval_tokens, seqlen) if schedule.is_main else None
     loop, monitor = layer_loop(rotation, make_trainer or default_trainer_factory(opts, run_dir),
                                data.hparams.batch_size, opts, run_dir, clock)
@@ -135,6 +154,8 @@ def run_job(module: RotationModule, data: CalibrationDataModule, opts: RunOption
         "layers": layer_reports,
     }
     write_outputs(results, run_dir, monitor, opts.monitor.baseline_run)
+    if config_text is not None:  # with results.json, so a failed re-run leaves a finished run's own
+        atomic_write_text(run_dir / "config.yaml", config_text)
     schedule.stop()
     return results
 
@@ -179,8 +200,9 @@ def dense_results(place, state: RunState, opts: RunOptions, eval_tokens: dict,
     """The dense model's evaluation (``run.eval.dense``), cached in the run state for re-runs."""
     if not opts.eval.dense:
         return None
-    wanted = {"ppl": sorted(opts.eval.data), "zero_shot": sorted(opts.eval.zero_shot),
-              "zero_shot_batch_size": opts.eval.batch_size}
+    wanted = {"plan": opts.eval.resolved(seqlen).protocol(),
+              "model": {k: v for k, v in (state.fingerprint.get("content") or {}).items()
+                        if k in ("weights", "config")}}
     cached = state.load_json("dense_eval.json")
     if cached is not None and cached.get("wanted") == wanted:
         return cached["result"]

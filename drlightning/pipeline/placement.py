@@ -22,6 +22,7 @@ from ..export.finish import boundary_dtype, finalize_rotations, merge_tolerance,
 from ..export.sharded import save_layerwise_dir
 from ..models import adapter_for, load_model
 from ..models.shards import LayerwiseModel, ShardedCheckpoint
+from .content import config_digest
 from .options import RunOptions
 
 
@@ -53,6 +54,10 @@ class WholeModel:
         return evaluate_loaded(self.model, self.tokenizer, self.opts.eval.resolved(seqlen),
                                eval_tokens, self.opts.monitor.progress)
 
+    def shard_files(self) -> None:
+        """The weights are in memory (their digest is taken from there)."""
+        return None
+
     def dense_key(self, eval_tokens: dict, seqlen: int) -> str | None:
         """The key of the (still dense) model's evaluation in the cross-run cache."""
         ev = self.opts.eval
@@ -64,7 +69,7 @@ class WholeModel:
             texts["task_data"] = bytes_digest((f.name, f.read_bytes())
                                               for f in sorted(Path(ev.task_data_dir).glob("*.jsonl")))
         param = next(self.model.parameters())
-        protocol = {"model_type": self.model.config.model_type, "dtype": str(param.dtype),
+        protocol = {"config": config_digest(self.model.config), "dtype": str(param.dtype),
                     "device": param.device.type, "seqlen": seqlen, "eval": settings,
                     "zero_shot_batch_size": ev.batch_size, **texts}  # lm-eval's since the plan
         return dense_key(self.model, eval_tokens, protocol)
@@ -109,6 +114,11 @@ class LayerByLayer:
     def evaluate(self, eval_tokens: dict, seqlen: int) -> dict:
         """Perplexity of the input model, its layers streamed from its own shards."""
         return self._perplexity(self.layerwise.checkpoint, eval_tokens, seqlen)
+
+    def shard_files(self) -> list[Path]:
+        """The checkpoint's weight files (the decoder layers are not in memory to digest)."""
+        checkpoint = self.layerwise.checkpoint
+        return [checkpoint.dir / name for name in sorted(set(checkpoint.weight_map.values()))]
 
     def dense_key(self, eval_tokens: dict, seqlen: int) -> None:
         """No cross-run cache: the weights are not in memory to be digested."""

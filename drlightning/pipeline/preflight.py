@@ -19,6 +19,7 @@ from ..lightning.calibration import CalibrationDataModule
 from ..lightning.rotation_settings import RotationSettings, check_r1_blocks
 from ..models.adapters import HeadLayout, adapter_for
 from ..models.header import model_shape
+from ..models.loading import check_model_limits
 from .options import RunOptions
 from .setup import check_pattern_fits
 
@@ -100,6 +101,13 @@ def check_hub(opts: RunOptions, source: str) -> None:
                          "run.eval.task_data_dir for the standard zero-shot tasks")
 
 
+def check_calibration_text(data: CalibrationDataModule) -> None:
+    """A local calibration source exists, holds UTF-8 text and is not obviously too short."""
+    cal = data.hparams
+    check_enough_text(data.source_label or cal.source, check_local_text("data.source", cal.source),
+                      cal.nsamples, cal.seqlen, data.held_out)
+
+
 def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDataModule,
               shape=None) -> None:
     """Device, model source and architecture, pattern vs every linear's width, r1_blocks,
@@ -108,6 +116,7 @@ def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDat
     config of a model already in memory (else read from ``run.model`` without its weights)."""
     check_device(opts.device)
     shape = shape or model_shape(opts.model, opts.gguf_file, opts.trust_remote_code)
+    check_model_limits(shape)
     adapter_for(shape)
     layout = HeadLayout.from_config(shape)
     check_pattern_fits(layout.in_features(), shape.model_type, rotation.pattern)
@@ -117,8 +126,7 @@ def preflight(opts: RunOptions, rotation: RotationSettings, data: CalibrationDat
     for setting, seqlen in (("data.seqlen", cal.seqlen), ("run.eval.seqlen", opts.eval.seqlen)):
         if context and seqlen and seqlen > context:
             raise ValueError(f"{setting}={seqlen} exceeds the model context of {context} tokens")
-    check_enough_text(cal.source, check_local_text("data.source", cal.source), cal.nsamples,
-                      cal.seqlen, data.held_out)
+    check_calibration_text(data)
     for source in opts.eval.data:
         check_local_text("run.eval.data", source)
     if CONTINUATION in opts.eval.zero_shot:

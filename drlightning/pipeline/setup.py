@@ -8,6 +8,7 @@ from ..export.finish import ROTATION_DTYPES
 from ..lightning.rotation_settings import RotationSettings
 from ..models.adapters import ROLES
 from ..pruning import NO_PRUNING, parse_pattern
+from .eval_checks import check_eval_fields
 from .options import RunOptions
 from .state import LATER_DEFAULTS
 
@@ -17,6 +18,7 @@ LAUNCH_MODES = ("sequential", "parallel")
 
 def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 0) -> None:
     """Refuse run options that are invalid on their own or with the rotation settings."""
+    check_eval_fields(opts.eval)
     if opts.export.rotation_dtype not in ROTATION_DTYPES:
         raise ValueError(f"run.export.rotation_dtype={opts.export.rotation_dtype!r}; allowed: "
                          f"{', '.join(map(repr, ROTATION_DTYPES))}")

@@ -10,6 +10,7 @@ continues with the next layer. Trained rotations waiting to be merged (parallel 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_write_text, atomic_write_with
+from ..eval.dense_cache import tensors_digest
 from ..lightning.calibration import LATER_DEFAULTS as DATA_LATER_DEFAULTS
 from ..rotation import RotatedLayer
 
@@ -76,6 +78,29 @@ def load_rotations(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return t["q"], t["r"], read_report(path)
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file whose header parses and whose size matches it (a
+    ValueError says what is wrong: truncated, padded or not safetensors)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"is truncated or not a safetensors file ({size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            raise ValueError("has a damaged header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError("has a damaged header")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        raise ValueError(f"is truncated or padded ({size} bytes where its header says {expected})")
+    return header.get("__metadata__") or {}
+
+
 def read_report(path: Path) -> dict:
     """The JSON ``report`` kept in a state file's safetensors metadata ({} if none)."""
     with safe_open(str(path), framework="pt") as fh:
@@ -83,11 +108,25 @@ def read_report(path: Path) -> dict:
 
 
 class RunState:
-    """The ``state/`` folder of one run directory."""
+    """The ``state/`` folder of one run directory.
+
+    Every layer file carries its index, a checksum of its tensors and the digest of the run's
+    fingerprint (safetensors metadata); a resumed run checks all three before it trusts a file.
+    """
 
     def __init__(self, run_dir: Path, fingerprint: dict) -> None:
         self.dir = Path(run_dir) / "state"
         self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+
+    @property
+    def run_id(self) -> str:
+        """Digest of the fingerprint: which run a layer file belongs to."""
+        return hashlib.blake2b(json.dumps(self.fingerprint, sort_keys=True).encode(),
+                               digest_size=12).hexdigest()
+
+    def with_content(self, content: dict) -> RunState:
+        """This state with the run's content digests (weights, config, calibration) added."""
+        return RunState(self.dir.parent, {**self.fingerprint, "content": content})
 
     def finished_work(self) -> list[Path]:
         """Files of finished work: saved layers and (parallel mode) trained rotations."""
@@ -96,18 +135,31 @@ class RunState:
 
     def check(self) -> bool:
         """Before any work: refuse a directory whose finished work has other settings (nothing is
-        written). Returns True if the directory must be (re)claimed by :meth:`claim`."""
+        written). Returns True if the directory must be (re)claimed by :meth:`claim`.
+
+        Before the model is loaded the fingerprint has no ``content`` yet: only the settings are
+        compared then; :meth:`with_content` gives the state whose check compares everything."""
         path = self.dir / "fingerprint.json"
         if not path.is_file():
             return True
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = describe_differences(old, self.fingerprint)
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ValueError(f"{path} is not valid JSON (damaged); delete the run directory "
+                             f"{self.dir.parent} to start over, or use another output directory") from None
+        new = self.fingerprint
+        if "content" not in new:
+            old = {k: v for k, v in old.items() if k != "content"}
+        diff = describe_differences(old, new)
         if not diff:
             return False
         if self.finished_work():
+            why = ("; it was made before drlightning recorded what a run read (weights, config, "
+                   "calibration tokens), so it cannot be checked" if "content" in new
+                   and "content" not in old else "")
             raise ValueError(
                 f"run directory {self.dir.parent} holds finished layers of a run with other "
-                "settings; refusing to mix them. Differences (saved → now):\n  "
+                f"settings or inputs{why}; refusing to mix them. Differences (saved → now):\n  "
                 + "\n  ".join(diff)
                 + "\nUse another run.output_dir, or delete the directory to start over.")
         return True
@@ -132,27 +184,58 @@ class RunState:
         return self.dir / f"layer_{index:02d}.safetensors"
 
     def finished_layers(self, n_layers: int) -> int:
-        """Number of leading layers (0, 1, …) whose state file exists."""
+        """Number of leading layers (0, 1, …) whose state file exists; each is checked (header,
+        size, index, run) first, so a damaged or foreign file fails before any work."""
         done = 0
         while done < n_layers and self.layer_path(done).is_file():
+            self.layer_metadata(done)
             done += 1
         return done
 
+    def _bad(self, index: int, what: str) -> ValueError:
+        return ValueError(f"{self.layer_path(index)} {what}; delete it to recompute that layer "
+                          "(and the layers after it) on the next run")
+
+    def layer_metadata(self, index: int) -> dict[str, str]:
+        """The checked metadata of finished layer ``index`` (a one-line error names a truncated,
+        unreadable or foreign file)."""
+        try:
+            meta = safetensors_metadata(self.layer_path(index))
+        except ValueError as err:
+            raise self._bad(index, str(err)) from None
+        if meta.get("index") != str(index):
+            raise self._bad(index, f"holds layer {meta.get('index', '?')}, not layer {index} "
+                                   "(copied or renamed)")
+        if meta.get("run") != self.run_id:
+            raise self._bad(index, "was written by another run (other settings or inputs)")
+        return meta
+
     def save_layer(self, index: int, layer: nn.Module, report: dict) -> None:
-        """Write the finished layer (weights, rotation, report) atomically."""
+        """Write the finished layer (weights, rotation, report) atomically, with its index, a
+        checksum of its tensors and the run's digest."""
         rotated = isinstance(layer, RotatedLayer)
         inner = layer.inner if rotated else layer
         tensors = {f"layer.{k}": v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
         if rotated:
             tensors["rotation"] = layer.rotation.detach().cpu().contiguous()
-        atomic_save_tensors(tensors, self.layer_path(index), {"report": json.dumps(report, default=float)})
+        meta = {"report": json.dumps(report, default=float), "index": str(index),
+                "run": self.run_id, "checksum": tensors_digest(sorted(tensors.items()))}
+        atomic_save_tensors(tensors, self.layer_path(index), meta)
 
     def layer_tensors(self, index: int) -> tuple[dict, torch.Tensor | None, dict]:
-        """(layer state_dict, rotation Q or None, report) of finished layer ``index``, on CPU."""
+        """(layer state_dict, rotation Q or None, report) of finished layer ``index``, on CPU;
+        its checksum is checked."""
         path = self.layer_path(index)
-        tensors = load_file(str(path))
+        meta = self.layer_metadata(index)
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:
+            raise self._bad(index, f"cannot be read ({type(err).__name__}: {err})") from None
+        if tensors_digest(sorted(tensors.items())) != meta.get("checksum"):
+            raise self._bad(index, "is damaged (its tensors do not match their checksum)")
         rotation = tensors.pop("rotation", None)
-        return {k.removeprefix("layer."): v for k, v in tensors.items()}, rotation, read_report(path)
+        return ({k.removeprefix("layer."): v for k, v in tensors.items()}, rotation,
+                json.loads(meta.get("report", "{}")))
 
     def load_layer(self, index: int, layer: nn.Module,
                    device: torch.device | None = None) -> tuple[nn.Module, dict]:
@@ -164,15 +247,24 @@ class RunState:
         state, rotation, report = self.layer_tensors(index)
         param = next(layer.parameters())
         device = device or param.device
-        layer.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True,
-                              assign=param.is_meta)
+        try:
+            layer.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True,
+                                  assign=param.is_meta)
+        except RuntimeError as err:
+            raise self._bad(index, f"does not fit this model's layer ({str(err).splitlines()[0]})") \
+                from None
         if rotation is not None:
             layer = RotatedLayer(layer, rotation.to(device))
         return layer, report
 
     def load_json(self, name: str) -> dict | None:
         path = self.dir / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # a damaged cache file: recomputed
 
     def save_json(self, name: str, data: dict) -> None:
         atomic_write_text(self.dir / name, json.dumps(data, indent=2) + "\n")

@@ -126,64 +126,132 @@ def report_markdown(res: dict, baseline: dict | None = None, plot: str | None = 
     return "\n".join(lines)
 
 
+RUN_KEYS = ("method", "pattern", "steps")
+"""Keys every finished run's results.json has (a LoRA run's: ``lora.r``)."""
+
+
+def _malformed(res: dict) -> list[str]:
+    """The keys of a (LoRA-converted) results.json that a report needs and it lacks or garbles."""
+    bad = [k for k in RUN_KEYS if k not in res]
+    for key in ("ppl", "dense_ppl"):
+        value = res.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())):
+            bad.append(f"{key} (dataset → number)")
+    for key in ("zero_shot", "dense_zero_shot"):
+        zs = res.get(key)
+        tasks = zs.get("tasks") if isinstance(zs, dict) else None
+        rows_ok = isinstance(tasks, dict) and all(isinstance(r, dict) and {"metric", "value"} <= set(r)
+                                                  for r in tasks.values())
+        if zs is not None and (not isinstance(zs, dict) or (tasks and not (rows_ok and "mean" in zs))):
+            bad.append(f"{key} (tasks with metric and value, and mean)")
+    return bad
+
+
 def load_run(path: str | Path) -> dict:
-    """results.json of a run directory (with ``run_dir`` added)."""
+    """results.json of a run directory (with ``run_dir`` added); a missing, unreadable or
+    incomplete one is a one-line error naming the file and what it lacks."""
+    from .results import read_json
+
     path = Path(path)
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a drlightning run directory (no results.json)")
-    res = json.loads(file.read_text(encoding="utf-8"))
+    res = read_json(file, "a drlightning run's results")
     res["run_dir"] = str(path)
     if "lora" in res and "method" not in res:  # a LoRA recovery run: its final model's numbers
+        if not isinstance(res["lora"], dict) or "r" not in res["lora"]:
+            raise ValueError(f"{file}: missing lora.r (an unfinished or hand-edited LoRA run?)")
         final = res.get("after") or res.get("after_adapter") or {}
         src = res.get("source_run") or {}
+        final, src = (x if isinstance(x, dict) else {} for x in (final, src))
         res.update(method=f"{src.get('method', '?')} {src.get('pattern', '')} + LoRA",
                    pattern=f"r{res['lora']['r']}", steps=res.get("steps"), ppl=final.get("ppl"),
                    zero_shot=final.get("zero_shot"), dense_ppl=src.get("dense_ppl"),
                    dense_zero_shot=src.get("dense_zero_shot"))
+    bad = _malformed(res)
+    if bad:
+        raise ValueError(f"{file}: missing or malformed {', '.join(bad)} (an unfinished or "
+                         "hand-edited run?); a finished drlightning run's results.json has them")
     return res
 
 
+def protocol(res: dict) -> dict:
+    """What a run's numbers were measured with: evaluation window length and count, datasets and
+    the dense model ("?": not recorded)."""
+    ev = res.get("eval") if isinstance(res.get("eval"), dict) else {}
+    src = res.get("source_run") if isinstance(res.get("source_run"), dict) else {}
+    data = ev.get("datasets") or ev.get("data") or list(res.get("ppl") or {})
+    return {"seqlen": ev.get("seqlen", "?"), "max_windows": ev.get("max_windows", "?"),
+            "datasets": sorted(map(str, data)),
+            "dense model": (src if "lora" in res else res).get("model", "?")}
+
+
+def describe_protocol(proto: dict) -> str:
+    """'seqlen 512, all windows, data [embedded], dense model m' for :func:`protocol`'s dict."""
+    windows = proto["max_windows"]
+    shown = "all windows" if windows is None else f"first {windows} windows"
+    return (f"seqlen {proto['seqlen']}, {shown}, data [{', '.join(proto['datasets'])}], "
+            f"dense model {proto['dense model']}")
+
+
+def differing_fields(runs: list[dict]) -> list[str]:
+    """The protocol fields (:func:`protocol`) whose values differ between ``runs``."""
+    protos = [protocol(r) for r in runs]
+    return [k for k in protos[0] if len({str(p[k]) for p in protos}) > 1]
+
+
 def compare_table(runs: list[dict]) -> str:
-    """Markdown table: one column per run (plus the dense model of the first run)."""
+    """Markdown table: one column per run, after one dense column when every run has the same
+    dense numbers, else each run's own dense column; runs measured with different protocols are
+    marked [A], [B], … and the protocols listed under the table."""
     labels: dict[str, bool] = {}
     for res in runs:
         labels.update({k: acc for k, (_, acc) in _rows(res, False).items()})
-    names = [f"{r['method']} {r['pattern']} s{r['steps']}" for r in runs]
-    lines = ["| metric | dense | " + " | ".join(names) + " |", "|---" * (len(runs) + 2) + "|"]
-    dense = _rows(runs[0], True)
+    protos = [describe_protocol(protocol(r)) for r in runs]
+    marks = {p: f" [{chr(65 + i)}]" for i, p in enumerate(dict.fromkeys(protos))}
+    names = [f"{r['method']} {r['pattern']} s{r['steps']}" + (marks[p] if len(marks) > 1 else "")
+             for r, p in zip(runs, protos, strict=True)]
+    dense = [_rows(r, True) for r in runs]
+
+    def cell(rows: dict, label: str, acc: bool) -> str:
+        return _fmt(rows.get(label, (None, acc))[0], acc)
+
+    shared = all(len({cell(d, label, acc) for d in dense}) == 1 for label, acc in labels.items())
+    heads = ["dense", *names] if shared else [h for n in names for h in (f"{n} dense", n)]
+    lines = ["| metric | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for label, acc in labels.items():
-        cells = [_fmt(_rows(r, False).get(label, (None, acc))[0], acc) for r in runs]
-        lines.append(f"| {label} | {_fmt(dense.get(label, (None, acc))[0], acc)} | "
-                     + " | ".join(cells) + " |")
+        ours = [cell(_rows(r, False), label, acc) for r in runs]
+        cells = ([cell(dense[0], label, acc), *ours] if shared else
+                 [c for d, o in zip(dense, ours, strict=True) for c in (cell(d, label, acc), o)])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {n}: {r['run_dir']}" for n, r in zip(names, runs, strict=True)]
+    if len(marks) > 1:
+        lines += [f"-{mark}: {p}" for p, mark in marks.items()]
     return "\n".join(lines)
 
 
 def protocol_differences(runs: list[dict]) -> list[str]:
-    """'run: seqlen 512, all windows' for each run when the runs' perplexity protocols differ."""
-    def key(res: dict) -> tuple:
-        ev = res.get("eval") or {}
-        return ev.get("seqlen"), ev.get("max_windows")
-
-    if len({key(r) for r in runs}) <= 1:
+    """'run: seqlen 512, all windows, data [embedded], dense model m' for each run when the runs'
+    evaluation protocols differ (window length or count, datasets, dense model); else []."""
+    if not differing_fields(runs):
         return []
-    return [f"{r['run_dir']}: seqlen {key(r)[0]}, "
-            f"{'all windows' if key(r)[1] is None else f'first {key(r)[1]} windows'}" for r in runs]
+    return [f"{r['run_dir']}: {describe_protocol(protocol(r))}" for r in runs]
 
 
 def compare(runs: list[str]) -> str:
-    """Print a side-by-side table of the given run directories (a warning first when their
-    perplexities were measured on different windows: those numbers are not comparable)."""
+    """Print a side-by-side table of the given run directories (a warning first when their numbers
+    were measured with different protocols: those numbers are not comparable)."""
     if not runs:
         raise ValueError("compare needs at least one run directory: drlightning compare RUN_DIR "
                          "[RUN_DIR ...]")
     loaded = [load_run(r) for r in runs]
     differ = protocol_differences(loaded)
     if differ:
-        print("warning: these runs were evaluated on different windows, so their perplexities are "
-              "not comparable — " + "; ".join(differ), file=sys.stderr)
+        print(f"warning: these runs were evaluated on different windows or protocols "
+              f"({', '.join(differing_fields(loaded))} differ), so their numbers are not comparable "
+              "— " + "; ".join(differ), file=sys.stderr)
     table = compare_table(loaded)
     print(table)
     return table

@@ -61,6 +61,25 @@ def ensure_writable(path: Path) -> None:
                               "choose another run.output_dir") from err
 
 
+def read_json(path: Path, what: str = "a JSON object") -> dict:
+    """The JSON object in ``path``; a file that is not JSON, or not an object, is a one-line
+    ValueError naming the file and the line (``what``: what the file should hold)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}); "
+                         f"expected {what}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: "
+                         f"{err.msg}); expected {what}") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(data), "a number")
+        raise ValueError(f"{path}: holds {kind}, not a JSON object; expected {what}")
+    return data
+
+
 def write_json(path: Path, data: dict) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
