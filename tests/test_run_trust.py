@@ -243,3 +243,78 @@ def test_text_that_tokenises_past_the_vocabulary_is_refused_before_any_layer(tmp
     with pytest.raises(ValueError, match=r"calibration text tokenises to id 320 \('<beyond>'\)"):
         DRLightningCLI(args=fit_args(src, run, steps=2, extra=("--data.source", str(text))))
     assert not (run / "state").exists()
+
+
+def test_eval_refuses_impossible_plan_values_before_loading(tiny_dir, capsys):
+    for flag, value in (("--eval.batch_size", "0"), ("--eval.task_items", "0")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--model", str(tiny_dir("llama")), flag, value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"eval.{flag.split('.')[1]}={value}; allowed: an integer ≥ 1" in err
+
+
+def test_a_damaged_or_misplaced_rotations_file_is_named(tmp_path):
+    from drlightning.pipeline.state import load_rotations, save_rotations
+
+    q, r = torch.eye(4), torch.eye(2).expand(2, 2, 2).contiguous()
+    path = tmp_path / "layer_03.safetensors"
+    save_rotations(path, q, r, {"x": 1}, index=3)
+    assert load_rotations(path, 3)[2] == {"x": 1}
+    with pytest.raises(ValueError, match="holds layer 3's rotations, not layer 4's"):
+        load_rotations(path, 4)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"layer_03\.safetensors is damaged.*delete it to recompute"):
+        load_rotations(path, 3)
+    path.write_bytes(bytes(data[:100]))
+    with pytest.raises(ValueError, match="is truncated"):
+        load_rotations(path, 3)
+
+
+def test_a_sequential_run_under_a_multi_process_launch_is_refused(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 processes of a launch"):
+        DRLightningCLI(args=fit_args(tiny_dir("llama"), tmp_path / "run", steps=2))
+    assert not (tmp_path / "run" / "state").exists()
+
+
+def test_the_weights_sample_reaches_the_last_element_of_a_large_tensor():
+    from drlightning.pipeline.content import sampled_elements
+
+    big = torch.arange(28_311_552, dtype=torch.float32)  # float32 index rounding once overflowed
+    got = sampled_elements(big)
+    assert got[0] == 0 and got[-1] == big[-1] and got.numel() == 1024
+
+
+def test_a_full_disk_while_saving_a_layer_is_one_line_and_the_rerun_resumes(tiny_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    import safetensors
+
+    import drlightning.pipeline.state_files as files
+
+    real, calls = files.save_file, []
+
+    def full_after_one(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) > 1:  # layer 0 is saved, then the disk is full
+            raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+                                              "StorageFull, message: \"No space left on device\" })")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(files, "save_file", full_after_one)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(fit_args(tiny_dir("llama"), run, steps=2))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "no space left on the device" in lines[0]
+    assert [p.name for p in (run / "state").glob("layer_*")] == ["layer_00.safetensors"]
+    assert not list((run / "state").glob(".*.tmp"))
+    monkeypatch.setattr(files, "save_file", real)
+    main(fit_args(tiny_dir("llama"), run, steps=2))
+    assert "were finished by an earlier run" in capsys.readouterr().out

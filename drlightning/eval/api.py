@@ -240,6 +240,9 @@ def evaluate(
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     plan = plan_of(run_dir, eval, layerwise)
+    from .checks import check_eval_fields
+
+    check_eval_fields(plan, "eval")
     if plan.data:
         check_context(plan.seqlen, *model_context(spec, gguf_file))  # before the weights load
     if layerwise:

@@ -62,7 +62,7 @@ def sampled_elements(tensor: torch.Tensor, k: int = SAMPLED_ELEMENTS) -> torch.T
     flat = tensor.detach().reshape(-1)
     if flat.numel() <= k:
         return flat.cpu()
-    index = torch.linspace(0, flat.numel() - 1, k, device=flat.device).long()
+    index = torch.arange(k, device=flat.device, dtype=torch.int64) * (flat.numel() - 1) // (k - 1)
     return flat[index].cpu()
 
 

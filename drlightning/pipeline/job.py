@@ -19,6 +19,7 @@ import torch
 
 from ..atomic import atomic_write_text, clean_orphans
 from ..data import load_eval_text, tokenize_text
+from ..eval.checks import check_eval_plan
 from ..eval.dense_cache import cache_dir, load_dense, save_dense
 from ..eval.perplexity import perplexity
 from ..export.card import model_card
@@ -42,7 +43,6 @@ from ..reporting.results import (
     write_json,
 )
 from .content import run_content
-from .eval_checks import check_eval_plan
 from .options import RunOptions
 from .placement import place_model
 from .preflight import preflight

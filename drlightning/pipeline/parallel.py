@@ -96,14 +96,14 @@ class RotationStore:
         return self.path(index).is_file()
 
     def save(self, index: int, q: torch.Tensor, r: torch.Tensor, report: dict) -> None:
-        save_rotations(self.path(index), q, r, report)
+        save_rotations(self.path(index), q, r, report, index)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         path = self.path(index)
         if not path.is_file():
             raise FileNotFoundError(f"no trained rotations for layer {index} in {self.dir} "
                                     "(did every rank of the parallel run finish?)")
-        return load_rotations(path)
+        return load_rotations(path, index)
 
 
 def train_rotations(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from ..eval.checks import check_eval_fields
 from ..export.finish import ROTATION_DTYPES
 from ..lightning.rotation_settings import RotationSettings
 from ..models.adapters import ROLES
 from ..pruning import NO_PRUNING, parse_pattern
-from .eval_checks import check_eval_fields
 from .options import RunOptions
 from .state import LATER_DEFAULTS
 
@@ -28,6 +30,12 @@ def check_options(opts: RunOptions, settings: RotationSettings, held_out: int = 
     if opts.launch.mode == "parallel" and settings.steps == 0:
         raise ValueError("run.launch.mode='parallel' trains rotations; model.steps=0 (the plain "
                          "pruner) has none — use run.launch.mode='sequential'")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and (opts.launch.mode != "parallel" or settings.r1 == "shared"):
+        raise ValueError(f"this process is one of WORLD_SIZE={world} processes of a launch "
+                         "(torchrun); only run.launch.mode='parallel' with a per-layer R1 splits "
+                         "its work over processes — every other run is one process: start it "
+                         "without torchrun, or set run.launch.mode=parallel")
     if settings.r1 == "shared" and opts.launch.mode != "sequential":
         raise ValueError("model.r1='shared' learns one rotation for all layers at once, which "
                          "run.launch.mode='parallel' does not split; use run.launch.mode='sequential'")

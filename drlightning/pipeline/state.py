@@ -16,14 +16,20 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import atomic_write_text, atomic_write_with
+from ..atomic import atomic_write_text
 from ..eval.dense_cache import tensors_digest
 from ..lightning.calibration import LATER_DEFAULTS as DATA_LATER_DEFAULTS
 from ..rotation import RotatedLayer
+from .state_files import (  # noqa: F401 (re-exported: state files are read through this module)
+    atomic_save_tensors,
+    load_rotations,
+    read_report,
+    safetensors_metadata,
+    save_rotations,
+)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -59,52 +65,6 @@ def describe_differences(old: dict, new: dict) -> list[str]:
     after = {k: b.get(k, later.get(k, "<unset>")) for k in before}
     return [f"{CONFIG_KEY.get(k, k)}: {before[k]!r} → {after[k]!r}"
             for k in sorted(before) if before[k] != after[k]]
-
-
-def atomic_save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temporary file and ``os.replace`` (never half-written)."""
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def save_rotations(path: Path, q: torch.Tensor, r: torch.Tensor, report: dict) -> None:
-    """Trained (Q, R2) and their report in one safetensors file, atomically."""
-    tensors = {"q": q.detach().cpu().contiguous(), "r": r.detach().cpu().contiguous()}
-    atomic_save_tensors(tensors, path, {"report": json.dumps(report, default=float)})
-
-
-def load_rotations(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(Q, R2, report) from a file written by :func:`save_rotations`."""
-    t = load_file(str(path))
-    return t["q"], t["r"], read_report(path)
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a safetensors file whose header parses and whose size matches it (a
-    ValueError says what is wrong: truncated, padded or not safetensors)."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
-            raise ValueError(f"is truncated or not a safetensors file ({size} bytes)")
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError:
-            raise ValueError("has a damaged header (not JSON)") from None
-    if not isinstance(header, dict):
-        raise ValueError("has a damaged header")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
-    expected = 8 + n + max(ends, default=0)
-    if size != expected:
-        raise ValueError(f"is truncated or padded ({size} bytes where its header says {expected})")
-    return header.get("__metadata__") or {}
-
-
-def read_report(path: Path) -> dict:
-    """The JSON ``report`` kept in a state file's safetensors metadata ({} if none)."""
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {}).get("report", "{}"))
 
 
 class RunState:

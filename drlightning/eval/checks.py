@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..eval.api import protocol_windows
-from ..eval.perplexity import eval_windows
-from ..eval.plan import EvalPlan
+from .api import protocol_windows
+from .perplexity import eval_windows
+from .plan import EvalPlan
 
 
 def _count(name: str, value, low: int, optional: bool) -> None:
