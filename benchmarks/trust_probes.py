@@ -109,18 +109,21 @@ def damage_probes(src: Path, work: Path, finished: Path) -> list[str]:
             d / "state" / "layer_01.safetensors", d / "state" / "layer_02.safetensors"),
         "a layer file of another run": foreign,
         "fingerprint.json not JSON": lambda d: (d / "state" / "fingerprint.json").write_text("{"),
-        "the input weights replaced in place": lambda d: shutil.copy(
-            save_tiny_dir(work / "seed1", "llama", seed=1, num_hidden_layers=4) / "model.safetensors",
-            d / "input" / "model.safetensors"),
     }
     rows = []
-    for what, damage in damages.items():
-        out = work / f"damage-{len(rows)}"
-        shutil.copytree(finished, out)
-        shutil.copytree(src, out / "input")
-        damage(out)
+    for what, damage in [*damages.items(), ("the input weights replaced in place", None)]:
+        out, model = work / f"damage-{len(rows)}", src
+        if damage is None:  # a run of its own copy of the model, then other weights put in its place
+            model = work / "replaced"
+            shutil.copytree(src, model)
+            run(fit(model, out))
+            shutil.copy(save_tiny_dir(work / "seed1", "llama", seed=1, num_hidden_layers=4)
+                        / "model.safetensors", model / "model.safetensors")
+        else:
+            shutil.copytree(finished, out)
+            damage(out)
         before = (out / "results.json").read_bytes()
-        again = run(fit(out / "input", out))
+        again = run(fit(model, out))
         kept = (out / "results.json").read_bytes() == before
         msg = error_line(again.stderr).replace(str(out), "<run>").replace("|", "\\|")
         rows.append(f"| {what} | exit {again.returncode}; results.json "
