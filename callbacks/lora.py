@@ -12,7 +12,7 @@ from drlightning.atomic import atomic_write_text, write_dir_atomically
 from drlightning.eval.api import evaluate_loaded
 from drlightning.eval.plan import EvalPlan
 from drlightning.lora.masked_merge import masked_merge, sparsity_masks, sparsity_summary
-from drlightning.lora.report import lora_report
+from drlightning.lora.report import adapter_card, lora_model_card, lora_report
 from drlightning.reporting.results import (
     EVAL_PROTOCOL,
     device_name,
@@ -22,10 +22,18 @@ from drlightning.reporting.results import (
 )
 
 
-def save_adapter_dir(peft_model, path: Path) -> Path:
-    """peft ``save_pretrained`` into a temporary sibling, renamed into place (atomic)."""
-    return write_dir_atomically(
-        path, lambda tmp: peft_model.save_pretrained(str(tmp), safe_serialization=True))
+def save_adapter_dir(peft_model, path: Path, card: str | None = None) -> Path:
+    """peft ``save_pretrained`` into a temporary sibling, renamed into place (atomic); ``card``
+    replaces the blank template README.md peft writes (``None``: the template is removed)."""
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        readme = Path(tmp) / "README.md"
+        if card is not None:
+            readme.write_text(card, encoding="utf-8")
+        else:
+            readme.unlink(missing_ok=True)
+
+    return write_dir_atomically(path, write)
 
 
 class LoRAExport(Callback):
@@ -105,9 +113,12 @@ class LoRAExport(Callback):
                    "after_adapter": after_adapter,
                    "eval": {**self.plan.protocol(), "protocol": EVAL_PROTOCOL}}
         if self.save_adapter:
-            results["adapter_path"] = str(save_adapter_dir(peft_model, self.output_dir / "adapter"))
+            results["adapter_path"] = str(save_adapter_dir(peft_model, self.output_dir / "adapter",
+                                                           adapter_card(results)))
         if self.merge:
             results.update(self._merge(pl_module))
+            path = Path(results["export"]["path"])
+            atomic_write_text(path / "README.md", lora_model_card(results, str(path)))
         results.update(device=device_name(pl_module.device), versions=versions(),
                        seconds=time.perf_counter() - self.start)
         self._log_model_scalars(trainer, results)

@@ -41,8 +41,12 @@ class DRLightningCLI(FriendlyParsing, LightningCLI):
         """Only ``fit``: the layer loop has no separate validate/test/predict stage yet."""
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
 
-    def fit(self, model: RotationModule, datamodule: CalibrationDataModule, **_) -> dict:
+    def fit(self, model: RotationModule, datamodule: CalibrationDataModule, **kw) -> dict:
         """Run the layer loop; the Trainer built by LightningCLI is used as the per-layer template."""
+        if kw.get("ckpt_path") is not None:
+            raise ValueError(f"ckpt_path={kw['ckpt_path']!r}: the rotation stage keeps no Lightning "
+                             "checkpoint; its run directory's state/ is its checkpoint — re-run the "
+                             "same command to resume (ckpt_path resumes the LoRA stage only)")
         cfg = self.config["fit"]
         check_precision(cfg.trainer.precision)
         opts = self.config_init["fit"]["run"]

@@ -16,6 +16,8 @@ from drlightning.export import load_pretrained
 from drlightning.lora import LoRAModule, TextDataModule, masked_merge, sparsity_masks
 from drlightning.reporting.report import compare
 
+from .card_checks import check_hub_dataset_ids, check_no_local_paths, check_rounded_metrics, front_matter
+
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -116,6 +118,30 @@ def _lora_args(run, out, steps: int, extra: tuple = ()) -> list[str]:
             "--export.eval.max_windows", "2", "--export.progress", "false", *extra]
 
 
+def _check_lora_cards(out, res: dict, pruned_run, tmp_path) -> None:
+    """The merged model and the adapters each carry a real card: base named, no local path, no
+    non-Hub dataset id, rounded metrics, nothing of peft's blank template."""
+    merged, adapter = (out / "model" / "README.md").read_text(), (out / "adapter" / "README.md").read_text()
+    for text in (merged, adapter):
+        check_no_local_paths(text, tmp_path, pruned_run.parent)
+        check_hub_dataset_ids(text)
+        check_rounded_metrics(text)
+        assert "[More Information Needed]" not in text and "More Information" not in text
+        assert f"run `{pruned_run.name}`" in text and "`model` pruned to 2:4 with sparsegpt" in text
+        assert "rank 8, alpha 32" in text and "Python's bundled documentation" in text
+        before = f"{res['before']['ppl']['embedded']:.3f}"
+        assert f"| perplexity, embedded | {before} | {res['after_adapter']['ppl']['embedded']:.3f} |" \
+            in text
+    assert f"| {res['after']['ppl']['embedded']:.3f} |" in merged and "W ← M ⊙ (W + BA)" in merged
+    meta = front_matter(merged)
+    assert meta["library_name"] == "transformers" and {"lora", "sparsity-2:4"} <= set(meta["tags"])
+    assert "datasets" not in meta and "model-index" not in meta  # embedded text only: prose, no ids
+    assert "drlightning.load_pretrained('model')" in merged
+    meta = front_matter(adapter)
+    assert meta["library_name"] == "peft" and "base_model" not in meta  # the base is a local model
+    assert "PeftModel.from_pretrained(base, 'adapter')" in adapter and "mask_lora_updates" in adapter
+
+
 def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path, caplog):
     out = tmp_path / "lora"
     main(["lora", "fit", *_lora_args(pruned_run, out, steps=4)])
@@ -128,6 +154,7 @@ def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path,
     report = (out / "report.md").read_text()
     assert "| ppl embedded |" in report and "+ LoRA merged (sparse)" in report
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    _check_lora_cards(out, res, pruned_run, tmp_path)
     table = compare([str(pruned_run), str(out)])
     assert "+ LoRA r8 s4" in table and f"{res['after']['ppl']['embedded']:.3f}" in table
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -166,6 +193,35 @@ def test_cli_chain_saves_sparse_model_adapters_and_resumes(pruned_run, tmp_path,
     saved = load_file(out / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in saved.items() if "lora_B" in k]
     assert lora_b and all(bool((v == 0.125).all()) for v in lora_b)
+
+
+def test_lora_cards_name_hub_data_and_no_local_path(tmp_path):
+    from drlightning.lora.report import adapter_card, lora_model_card
+
+    local = str(tmp_path / "eval" / "notes.txt")
+    res = {"model": str(tmp_path / "runs" / "sparsegpt-2of4"),
+           "lora": {"r": 4, "alpha": 16, "dropout": 0.0, "mask_updates": False},
+           "data": {"source": "hf:someone/corpus:cfg", "seqlen": 64, "train_windows": 10}, "steps": 7,
+           "source_run": {"model": "someorg/dense-1b", "pattern": "2:4", "method": "wanda",
+                          "export": {"drl_boundaries": [0]}},
+           "before": {"ppl": {"wikitext2": 40.123456789, local: 3.33333333}},
+           "after_adapter": {"ppl": {"wikitext2": 30.1234567, local: 3.1}},
+           "after": {"ppl": {"wikitext2": 30.2345678, local: 3.2},
+                     "zero_shot": {"tasks": {"piqa": {"metric": "acc", "value": 0.612345678}}}},
+           "eval": {"seqlen": 64}}
+    merged, adapter = lora_model_card(res, str(tmp_path / "lora" / "model")), adapter_card(res)
+    for text in (merged, adapter):
+        check_no_local_paths(text, tmp_path)
+        check_hub_dataset_ids(text, "notes.txt")
+        check_rounded_metrics(text)
+        assert "run `sparsegpt-2of4` (`someorg/dense-1b` pruned to 2:4 with wanda" in text
+        assert "rank 4, alpha 16" in text and "`hf:someone/corpus:cfg`" in text
+        assert "| perplexity, notes.txt | 3.333 | 3.100 |" in text
+        assert front_matter(text)["datasets"] == ["someone/corpus"]
+    meta = front_matter(merged)
+    assert meta["base_model"] == "someorg/dense-1b" and "custom_code" in meta["tags"]
+    assert sorted(check_rounded_metrics(merged)) == [0.6123, 30.235]  # notes.txt: table only
+    assert "mask_lora_updates" not in adapter  # plain LoRA: peft applies what was trained
 
 
 def test_bad_lora_input_is_refused_early(pruned_run, tmp_path):

@@ -72,6 +72,16 @@ def test_objective_curves_have_every_step_from_step_0(run):
     assert [e.step for e in acc.Scalars(curves[0])] == list(range(15))  # steps=15
 
 
+def test_layer_runs_hold_no_placeholder_scalars(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for layer in ("layer_00", "layer_01"):
+        acc = EventAccumulator(str(run / "tensorboard" / layer))
+        acc.Reload()
+        scalars = acc.Tags()["scalars"]
+        assert scalars and "epoch" not in scalars and "hp_metric" not in scalars, scalars
+
+
 def test_pruning_error_is_reported_per_layer(run):
     res = json.loads((run / "results.json").read_text())
     errors = [layer["pruning_error"] for layer in res["layers"]]

@@ -74,7 +74,7 @@ def test_changed_settings_are_refused_naming_the_difference(tmp_path):
 
 
 def test_disk_full_while_saving_a_layer_keeps_the_previous_state(tmp_path, monkeypatch):
-    import drlightning.pipeline.state as run_state
+    import drlightning.pipeline.state_files as run_state
 
     src = save_tiny_dir(tmp_path / "tiny", "mistral", num_hidden_layers=3)
     real = run_state.save_file

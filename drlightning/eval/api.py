@@ -85,11 +85,16 @@ def resolve_eval_target(spec: str) -> tuple[str, Path | None]:
         return str(path / "model"), path
     looks_like_run = any((path / name).exists() for name in ("results.json", "state", "config.yaml"))
     if path.is_dir() and looks_like_run and not (path / "config.json").is_file():
-        missing = "model/config.json" if (path / "results.json").is_file() else "results.json"
-        raise FileNotFoundError(f"{path} is a drlightning run directory without {missing} (an "
-                                "unfinished run, or one that saved no model); allowed: a finished "
-                                "run directory with its saved model/, a model directory with "
-                                "config.json, a .gguf file or a hub id")
+        if (path / "results.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is a finished drlightning run that saved no model (run.export.save was "
+                "false); to get one, re-run its fit command with --run.export.save true: it resumes "
+                "from the run's state/ and saves the model without training again (the numbers "
+                f"the run measured are in {path / 'results.json'})")
+        raise FileNotFoundError(f"{path} is a drlightning run directory without results.json (an "
+                                "unfinished run: re-run its fit command to finish it); allowed: a "
+                                "finished run directory with its saved model/, a model directory "
+                                "with config.json, a .gguf file or a hub id")
     return spec, None
 
 

