@@ -27,11 +27,10 @@ def check_eval_fields(plan: EvalPlan, prefix: str = "run.eval") -> None:
     _count(f"{prefix}.task_limit", plan.task_limit, 1, True)
 
 
-def check_eval_plan(plan: EvalPlan, eval_tokens: dict[str, torch.Tensor], seqlen: int,
-                    prefix: str = "run.eval") -> None:
-    """:func:`check_eval_fields`, and every tokenised evaluation text long enough for at least
-    one window of ``seqlen`` tokens."""
-    check_eval_fields(plan, prefix)
+def check_eval_windows(plan: EvalPlan, eval_tokens: dict[str, torch.Tensor], seqlen: int,
+                       prefix: str = "run.eval") -> None:
+    """Every tokenised evaluation text long enough for at least one window of ``seqlen`` tokens
+    (the plan's fields are checked before, with the run's options: :func:`check_eval_fields`)."""
     for name, tokens in eval_tokens.items():
         try:
             eval_windows(tokens, seqlen, protocol_windows(name, plan.max_windows))

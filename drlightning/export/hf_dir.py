@@ -81,7 +81,7 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models.loading import DTYPES, check_loading_info, check_weight_files
+    from ..models.loading import DTYPES, check_weight_files
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -102,7 +102,7 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
         else:
             model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True,
                                                                **kwargs)
-            check_loading_info(info, path)
+            mdl.check_loading_info(info, path)
     except SafetensorError as err:
         raise ValueError(f"a weight file in {path} is truncated or corrupt ({err})") from None
     if device is not None:

@@ -90,16 +90,19 @@ def install_rotations(model: nn.Module, config) -> BoundaryRotations:
 
 
 def check_loading_info(info: dict, where: object = "the checkpoint") -> None:
-    """Raise one line if weights were missing, unexpected or mis-shaped (strict loading)."""
+    """One-line ValueError if ``from_pretrained(..., output_loading_info=True)`` found tensors
+    missing (they would be randomly initialised), unexpected (silently dropped) or mis-shaped."""
     parts = []
     for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
                       ("mismatched_keys", "of the wrong shape")):
         names = sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or ())
         if names:
             more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{more})")
+            parts.append(f"{len(names)} tensor{'s' * (len(names) > 1)} {what} "
+                         f"({', '.join(names[:3])}{more})")
     if parts:
-        raise ValueError(f"the weights in {where} do not match the model: {'; '.join(parts)}")
+        raise ValueError(f"the weights in {where} do not match the model's config: "
+                         f"{'; '.join(parts)}; refusing to load a partly random or different model")
 
 
 def share_weight_conversion(base_model_type: str, model_type: str) -> None:

@@ -121,6 +121,8 @@ def load_model(
     except SafetensorError as err:
         raise ValueError(f"a weight file of model {source!r} is truncated or corrupt ({err})") from None
     model, info = (loaded, {}) if gguf else loaded
+    from ..export.modeling_drlightning import check_loading_info
+
     check_loading_info(info, location)
     if getattr(model.config, "quantization_config", None) is not None and gguf:
         del model.config.quantization_config  # weights are dequantised floats now
@@ -162,35 +164,27 @@ def check_finite(model: nn.Module) -> None:
             raise ValueError(f"model weight {name} contains NaN or Inf values")
 
 
-def _some(names: list[str], limit: int = 3) -> str:
-    names = sorted(names)
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_loading_info(info: dict, where: str | Path) -> None:
-    """One-line ValueError if ``from_pretrained(..., output_loading_info=True)`` found tensors
-    missing (they would be randomly initialised), unexpected (silently dropped) or mis-shaped."""
-    parts = []
-    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
-                      ("mismatched_keys", "of the wrong shape")):
-        names = [k if isinstance(k, str) else k[0] for k in info.get(key) or ()]
-        if names:
-            parts.append(f"{len(names)} tensor{'s' * (len(names) > 1)} {what} ({_some(names)})")
-    if parts:
-        raise ValueError(f"the weights in {where} do not match the model's config: "
-                         f"{'; '.join(parts)}; refusing to load a partly random or different model")
+def index_weight_map(directory: Path) -> dict[str, str] | None:
+    """Tensor name → shard file of a sharded checkpoint (its ``model.safetensors.index.json``);
+    None without an index. A corrupt index is a one-line ValueError naming it."""
+    index = Path(directory) / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(f"weight_map is {type(weight_map).__name__}, not an object")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{index} is corrupt ({type(err).__name__}: {err})") from None
+    return weight_map
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a model directory (its index's shards, or model.safetensors)."""
     directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{index} is corrupt ({type(err).__name__}: {err})") from None
-        return [directory / name for name in sorted(names)]
+    weight_map = index_weight_map(directory)
+    if weight_map is not None:
+        return [directory / name for name in sorted(set(weight_map.values()))]
     single = directory / "model.safetensors"
     return [single] if single.is_file() else []
 

@@ -22,6 +22,7 @@ from .loading import (
     check_vocabulary,
     check_weight_file,
     float64_norms,
+    index_weight_map,
     read_config,
     resolve_source,
 )
@@ -35,26 +36,23 @@ class ShardedCheckpoint:
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
-        if (self.dir / INDEX).is_file():
-            try:
-                weight_map = json.loads((self.dir / INDEX).read_text(encoding="utf-8"))["weight_map"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{self.dir / INDEX} is corrupt ({type(err).__name__}: {err})") from None
-        elif (self.dir / SINGLE).is_file():
-            from safetensors import safe_open
-
-            check_weight_file(self.dir / SINGLE)
-            with safe_open(str(self.dir / SINGLE), framework="pt") as fh:
-                weight_map = dict.fromkeys(fh.keys(), SINGLE)
-        else:
+        weight_map = index_weight_map(self.dir)
+        if weight_map is None and not (self.dir / SINGLE).is_file():
             raise FileNotFoundError(
                 f"layer-by-layer loading needs safetensors weights ({SINGLE} or {INDEX}) in "
                 f"{self.dir}; found neither")
-        missing = sorted({f for f in weight_map.values() if not (self.dir / f).is_file()})
+        self.files: list[str] = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE]
+        """The checkpoint's weight files (names in ``dir``)."""
+        missing = [f for f in self.files if not (self.dir / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.dir}: shard files named in {INDEX} are missing: {missing}")
-        for name in sorted(set(weight_map.values())):  # whole files, before hours of work on them
+        for name in self.files:  # whole files, before hours of work on them
             check_weight_file(self.dir / name)
+        if weight_map is None:
+            from safetensors import safe_open
+
+            with safe_open(str(self.dir / SINGLE), framework="pt") as fh:
+                weight_map = dict.fromkeys(fh.keys(), SINGLE)
         self.weight_map: dict[str, str] = weight_map
 
     def names(self, prefix: str = "") -> list[str]:

@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_write_text, clean_orphans
 from ..data import load_eval_text, tokenize_text
-from ..eval.checks import check_eval_plan
+from ..eval.checks import check_eval_windows
 from ..eval.dense_cache import cache_dir, load_dense, save_dense
 from ..eval.perplexity import perplexity
 from ..export.card import model_card
@@ -112,7 +112,7 @@ def _locked_job(module: RotationModule, data: CalibrationDataModule, opts: RunOp
     windows = data.calibration(place.tokenizer, getattr(model.config, "max_position_embeddings", None))
     seqlen = opts.eval.seqlen or data.hparams.seqlen
     eval_tokens = {name: tokenize_text(place.tokenizer, load_eval_text(name)) for name in opts.eval.data}
-    check_eval_plan(opts.eval, eval_tokens, seqlen)
+    check_eval_windows(opts.eval, eval_tokens, seqlen)
     vocab = getattr(model.config, "vocab_size", None)
     check_token_ids(windows, vocab, "the calibration text", place.tokenizer)
     for name, tokens in eval_tokens.items():

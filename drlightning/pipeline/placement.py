@@ -118,7 +118,7 @@ class LayerByLayer:
     def shard_files(self) -> list[Path]:
         """The checkpoint's weight files (the decoder layers are not in memory to digest)."""
         checkpoint = self.layerwise.checkpoint
-        return [checkpoint.dir / name for name in sorted(set(checkpoint.weight_map.values()))]
+        return [checkpoint.dir / name for name in checkpoint.files]
 
     def dense_key(self, eval_tokens: dict, seqlen: int) -> None:
         """No cross-run cache: the weights are not in memory to be digested."""
